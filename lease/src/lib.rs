@@ -1,0 +1,52 @@
+//! Membership and liveness by leases (Gray and Cheriton 1989, with etcd's
+//! Grant/KeepAlive/Revoke semantics).
+//!
+//! - [`registry`]: the embedded lease registry the frontend runs by default,
+//!   and its gRPC `Lease` service.
+//! - [`holder`]: the holder side that leaves and cache servers run: grant,
+//!   keep alive at about TTL/3, grant again when told the lease is gone,
+//!   revoke on graceful shutdown.
+//! - [`Membership`]: what the frontend routes by, a watched list of live
+//!   [`Member`]s, whichever backend keeps the leases.
+
+pub mod holder;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use proto::lease::Role;
+
+/// One live holder, as the frontend routes to it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub lease_id: u64,
+    pub role: Role,
+    pub shard: u32,
+    /// `host:port` of the holder's gRPC server.
+    pub address: String,
+    pub generation: u64,
+}
+
+/// A member with the state of its lease, for `/cluster` and status pages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberStatus {
+    pub member: Member,
+    pub ttl_left: Duration,
+    pub since_renewal: Duration,
+}
+
+/// The live members; the value changes whenever one joins, leaves or expires.
+pub type MemberView = tokio::sync::watch::Receiver<Arc<Vec<Member>>>;
+
+/// Where the frontend learns who is alive: the embedded registry or etcd.
+pub trait Membership: Send + Sync + 'static {
+    /// A receiver that always holds the current live members.
+    fn watch(&self) -> MemberView;
+    /// Live members with their lease state.
+    fn status(&self) -> Vec<MemberStatus>;
+    /// False when the backend cannot be reached and the view may be stale.
+    fn connected(&self) -> bool {
+        true
+    }
+}

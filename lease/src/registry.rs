@@ -1,0 +1,1 @@
+//! The embedded lease registry. STUB: being written.
