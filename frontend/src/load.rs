@@ -1,0 +1,201 @@
+//! Per-replica load estimates and per-shard latency windows: the inputs of
+//! replica choice (power of two choices on peak-EWMA × in-flight) and of the
+//! hedge delay (a shard's recent high percentile).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// Peak-sensitive moving average of a replica's latency (Finagle's
+/// peak EWMA): a slow call raises the estimate at once, fast calls bring it
+/// down with a time constant of `decay`.
+pub struct PeakEwma {
+    state: Mutex<EwmaState>,
+    decay: Duration,
+    in_flight: AtomicUsize,
+}
+
+struct EwmaState {
+    estimate_ns: f64,
+    updated: Instant,
+}
+
+impl PeakEwma {
+    pub fn new(initial: Duration, decay: Duration) -> Self {
+        PeakEwma {
+            state: Mutex::new(EwmaState {
+                estimate_ns: initial.as_nanos() as f64,
+                updated: Instant::now(),
+            }),
+            decay,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Records one observed latency.
+    pub fn observe(&self, latency: Duration) {
+        let sample = latency.as_nanos() as f64;
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if sample > state.estimate_ns {
+            state.estimate_ns = sample;
+        } else {
+            let elapsed = now.saturating_duration_since(state.updated).as_secs_f64();
+            let weight = (-elapsed / self.decay.as_secs_f64().max(1e-9)).exp();
+            state.estimate_ns = state.estimate_ns * weight + sample * (1.0 - weight);
+        }
+        state.updated = now;
+    }
+
+    /// Forgets the history: the estimate becomes `latency`.
+    pub fn reset(&self, latency: Duration) {
+        let mut state = self.state.lock();
+        state.estimate_ns = latency.as_nanos() as f64;
+        state.updated = Instant::now();
+    }
+
+    /// The estimate in seconds.
+    pub fn estimate(&self) -> Duration {
+        Duration::from_nanos(self.state.lock().estimate_ns as u64)
+    }
+
+    /// The load that replica choice compares: latency × (calls in flight + 1).
+    pub fn cost(&self) -> f64 {
+        let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
+        self.state.lock().estimate_ns * (in_flight + 1.0)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call in flight until the guard drops.
+    pub fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+/// Decrements the in-flight count when dropped (also on cancellation).
+pub struct InFlight<'a>(&'a PeakEwma);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A rolling window of a shard's recent call latencies with a cached high
+/// percentile, recomputed every few samples so that reading it is cheap.
+pub struct LatencyWindow {
+    samples: Mutex<Window>,
+    quantile: f64,
+    /// The cached percentile in microseconds; 0 until enough samples.
+    cached_us: AtomicU64,
+}
+
+struct Window {
+    ring: Vec<u64>,
+    next: usize,
+    filled: bool,
+    since_recompute: usize,
+}
+
+/// Samples needed before the percentile is trusted for hedging.
+const MIN_SAMPLES: usize = 20;
+const RECOMPUTE_EVERY: usize = 16;
+
+impl LatencyWindow {
+    pub fn new(size: usize, quantile: f64) -> Self {
+        LatencyWindow {
+            samples: Mutex::new(Window {
+                ring: Vec::with_capacity(size.max(MIN_SAMPLES)),
+                next: 0,
+                filled: false,
+                since_recompute: 0,
+            }),
+            quantile: quantile.clamp(0.0, 1.0),
+            cached_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, latency: Duration) {
+        let us = latency.as_micros().min(u64::MAX as u128) as u64;
+        let mut window = self.samples.lock();
+        let capacity = window.ring.capacity();
+        if window.ring.len() < capacity {
+            window.ring.push(us);
+        } else {
+            let next = window.next;
+            window.ring[next] = us;
+            window.next = (next + 1) % capacity;
+            window.filled = true;
+        }
+        window.since_recompute += 1;
+        let count = window.ring.len();
+        if count >= MIN_SAMPLES
+            && (window.since_recompute >= RECOMPUTE_EVERY || count == MIN_SAMPLES)
+        {
+            window.since_recompute = 0;
+            let mut sorted = window.ring.clone();
+            drop(window);
+            sorted.sort_unstable();
+            let rank = ((sorted.len() as f64 - 1.0) * self.quantile).round() as usize;
+            self.cached_us
+                .store(sorted[rank.min(sorted.len() - 1)], Ordering::Relaxed);
+        }
+    }
+
+    /// The recent high percentile, or `None` before enough samples.
+    pub fn percentile(&self) -> Option<Duration> {
+        match self.cached_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_jumps_up_and_decays_down() {
+        let ewma = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1));
+        ewma.observe(Duration::from_millis(100));
+        assert_eq!(ewma.estimate(), Duration::from_millis(100));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        ewma.observe(Duration::from_millis(1));
+        assert!(
+            ewma.estimate() < Duration::from_millis(5),
+            "{:?}",
+            ewma.estimate()
+        );
+    }
+
+    #[test]
+    fn in_flight_raises_cost_until_dropped() {
+        let ewma = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1));
+        let idle = ewma.cost();
+        let guard = ewma.start();
+        assert!(ewma.cost() > idle);
+        drop(guard);
+        assert_eq!(ewma.cost(), idle);
+    }
+
+    #[test]
+    fn window_percentile_tracks_the_tail() {
+        let window = LatencyWindow::new(100, 0.95);
+        assert_eq!(window.percentile(), None);
+        for i in 1..=100 {
+            window.record(Duration::from_millis(i));
+        }
+        let p95 = window.percentile().unwrap();
+        assert!(
+            p95 >= Duration::from_millis(90) && p95 <= Duration::from_millis(97),
+            "{p95:?}"
+        );
+    }
+}

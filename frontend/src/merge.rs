@@ -1,0 +1,280 @@
+//! Merging shard answers into one top-k, with exact coverage and an
+//! estimate of how much of the full answer a partial one holds.
+//!
+//! **Invariant:** `partial` is true exactly when some shard is missing or
+//! searched only part of its documents.
+
+use std::cmp::Ordering;
+
+use proto::leaf::Hit;
+use serde::Serialize;
+
+use crate::fanout::{ShardOutcome, ShardResult};
+
+/// How complete an answer is, in the response's own names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Coverage {
+    pub shards_total: u32,
+    pub shards_answered: u32,
+    pub shards_timed_out: u32,
+    pub shards_failed: u32,
+    pub shards_unavailable: u32,
+    pub docs_total: u64,
+    pub docs_searched: u64,
+    pub percent: f64,
+}
+
+/// What became of one shard, for the response and for the status page.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShardReport {
+    pub shard: u32,
+    /// `answered`, `partial` (cut short), `timed_out`, `failed`, `unavailable`.
+    pub state: &'static str,
+    pub docs_searched: u64,
+    pub docs_total: u64,
+    pub took_ms: f64,
+    pub hedges: u32,
+    pub hedge_won: bool,
+}
+
+/// The merged answer before it is turned into HTTP.
+#[derive(Clone, Debug)]
+pub struct Merged {
+    pub hits: Vec<Hit>,
+    pub coverage: Coverage,
+    pub partial: bool,
+    pub estimated_recall: f64,
+    pub shards: Vec<ShardReport>,
+    pub hedges: u32,
+    pub hedges_won: u32,
+    /// Index generation of each shard that answered (0 for the others).
+    pub generations: Vec<u64>,
+    /// True when every answering shard scored with corpus-wide statistics.
+    pub global_stats: bool,
+    /// The first invalid-query error, when the query itself was bad.
+    pub invalid_query: Option<String>,
+}
+
+/// Orders hits by score (descending), ties by id so the order is stable.
+pub fn hit_order(a: &Hit, b: &Hit) -> Ordering {
+    b.score
+        .partial_cmp(&a.score)
+        .unwrap_or(Ordering::Equal)
+        .then_with(|| a.id.cmp(&b.id))
+}
+
+/// Merges shard results into the top `k`. `known_docs[s]` is the last
+/// known document count of shard `s`, used for shards that did not answer;
+/// `match_share[s]`, when known, is shard `s`'s expected share of the
+/// query's matching documents (see [`crate::quality`]).
+pub fn merge(
+    results: Vec<ShardResult>,
+    k: usize,
+    known_docs: &[u64],
+    match_share: Option<&[f64]>,
+) -> Merged {
+    let shards_total = results.len() as u32;
+    let mut coverage = Coverage {
+        shards_total,
+        ..Coverage::default()
+    };
+    let mut hits = Vec::new();
+    let mut reports = Vec::with_capacity(results.len());
+    let mut generations = vec![0; results.len()];
+    let mut hedges = 0;
+    let mut hedges_won = 0;
+    let mut global_stats = true;
+    let mut invalid_query = None;
+    let mut cut_short = false;
+    for result in results {
+        let shard = result.shard as usize;
+        hedges += result.hedges;
+        hedges_won += u32::from(result.hedge_won);
+        let known = known_docs.get(shard).copied().unwrap_or(0);
+        let (state, searched, total) = match result.outcome {
+            ShardOutcome::Answered(response) => {
+                coverage.shards_answered += 1;
+                if let Some(slot) = generations.get_mut(shard) {
+                    *slot = response.generation;
+                }
+                global_stats &= response.global_stats;
+                let short =
+                    response.early_terminated || response.docs_searched < response.docs_total;
+                cut_short |= short;
+                hits.extend(response.hits);
+                let state = if short { "partial" } else { "answered" };
+                (state, response.docs_searched, response.docs_total)
+            }
+            ShardOutcome::TimedOut => {
+                coverage.shards_timed_out += 1;
+                ("timed_out", 0, known)
+            }
+            ShardOutcome::Failed(error) => {
+                if let crate::leaf_client::CallError::InvalidQuery(message) = &error {
+                    invalid_query.get_or_insert_with(|| message.clone());
+                }
+                coverage.shards_failed += 1;
+                ("failed", 0, known)
+            }
+            ShardOutcome::Unavailable => {
+                coverage.shards_unavailable += 1;
+                ("unavailable", 0, known)
+            }
+        };
+        coverage.docs_searched += searched;
+        coverage.docs_total += total;
+        reports.push(ShardReport {
+            shard: result.shard,
+            state,
+            docs_searched: searched,
+            docs_total: total,
+            took_ms: result.latency.as_secs_f64() * 1000.0,
+            hedges: result.hedges,
+            hedge_won: result.hedge_won,
+        });
+    }
+    coverage.percent = if coverage.docs_total == 0 {
+        if coverage.shards_answered == shards_total {
+            100.0
+        } else {
+            0.0
+        }
+    } else {
+        100.0 * coverage.docs_searched as f64 / coverage.docs_total as f64
+    };
+    coverage.percent = (coverage.percent * 100.0).round() / 100.0;
+    let partial = coverage.shards_answered < shards_total || cut_short;
+    hits.sort_by(hit_order);
+    hits.truncate(k);
+    let estimated_recall = if partial {
+        crate::quality::estimated_recall(&reports, match_share)
+    } else {
+        1.0
+    };
+    Merged {
+        hits,
+        coverage,
+        partial,
+        estimated_recall,
+        shards: reports,
+        hedges,
+        hedges_won,
+        generations,
+        global_stats,
+        invalid_query,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proto::leaf::SearchResponse;
+
+    use super::*;
+    use crate::leaf_client::CallError;
+
+    fn hit(id: &str, score: f32, shard: u32) -> Hit {
+        Hit {
+            id: id.into(),
+            score,
+            title: id.into(),
+            snippet: String::new(),
+            shard,
+        }
+    }
+
+    fn answered(shard: u32, hits: Vec<Hit>, searched: u64, total: u64) -> ShardResult {
+        ShardResult {
+            shard,
+            outcome: ShardOutcome::Answered(SearchResponse {
+                hits,
+                docs_searched: searched,
+                docs_total: total,
+                shard,
+                generation: 7,
+                early_terminated: searched < total,
+                global_stats: true,
+            }),
+            hedges: 0,
+            hedge_won: false,
+            latency: Duration::from_millis(1),
+        }
+    }
+
+    fn missing(shard: u32, outcome: ShardOutcome) -> ShardResult {
+        ShardResult {
+            shard,
+            outcome,
+            hedges: 0,
+            hedge_won: false,
+            latency: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn merges_by_score_then_id() {
+        let merged = merge(
+            vec![
+                answered(0, vec![hit("b", 2.0, 0), hit("d", 1.0, 0)], 10, 10),
+                answered(1, vec![hit("a", 2.0, 1), hit("c", 3.0, 1)], 10, 10),
+            ],
+            3,
+            &[10, 10],
+            None,
+        );
+        let ids: Vec<_> = merged.hits.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids, ["c", "a", "b"]);
+        assert!(!merged.partial);
+        assert_eq!(merged.estimated_recall, 1.0);
+        assert_eq!(merged.coverage.percent, 100.0);
+        assert_eq!(merged.generations, vec![7, 7]);
+    }
+
+    #[test]
+    fn counts_every_kind_of_missing_shard() {
+        let merged = merge(
+            vec![
+                answered(0, vec![hit("a", 1.0, 0)], 100, 100),
+                missing(1, ShardOutcome::TimedOut),
+                missing(
+                    2,
+                    ShardOutcome::Failed(CallError::Unavailable("down".into())),
+                ),
+                missing(3, ShardOutcome::Unavailable),
+            ],
+            10,
+            &[100, 100, 100, 100],
+            None,
+        );
+        let c = &merged.coverage;
+        assert!(merged.partial);
+        assert_eq!(
+            (
+                c.shards_total,
+                c.shards_answered,
+                c.shards_timed_out,
+                c.shards_failed,
+                c.shards_unavailable
+            ),
+            (4, 1, 1, 1, 1)
+        );
+        assert_eq!((c.docs_searched, c.docs_total), (100, 400));
+        assert_eq!(c.percent, 25.0);
+        assert!(merged.estimated_recall > 0.0 && merged.estimated_recall < 1.0);
+    }
+
+    #[test]
+    fn a_shard_cut_short_makes_the_answer_partial() {
+        let merged = merge(
+            vec![answered(0, vec![hit("a", 1.0, 0)], 40, 100)],
+            10,
+            &[100],
+            None,
+        );
+        assert!(merged.partial);
+        assert_eq!(merged.coverage.shards_answered, 1);
+        assert_eq!(merged.coverage.percent, 40.0);
+        assert_eq!(merged.shards[0].state, "partial");
+    }
+}
