@@ -87,6 +87,12 @@ pub struct SearchFlags {
     /// The latency objective that admission control holds.
     #[arg(long, env = "FRONTEND_LATENCY_TARGET", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub latency_target: Duration,
+    /// Requests that may wait for admission (default: twice the current limit).
+    #[arg(long, env = "FRONTEND_ADMISSION_QUEUE")]
+    pub admission_queue: Option<usize>,
+    /// The longest a request waits for admission before it is shed with 503.
+    #[arg(long, env = "FRONTEND_ADMISSION_QUEUE_TIMEOUT", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub admission_queue_timeout: Duration,
 }
 
 impl SearchFlags {
@@ -116,6 +122,8 @@ impl SearchFlags {
         config.admission = AdmissionConfig {
             enabled: self.admission,
             latency_target: self.latency_target,
+            max_queue: self.admission_queue,
+            queue_timeout: self.admission_queue_timeout,
             ..AdmissionConfig::default()
         };
         config

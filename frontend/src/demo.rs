@@ -1,10 +1,194 @@
-//! `frontend demo`: a complete cluster in one process. Being written.
+//! `frontend demo`: a complete cluster in one process — the frontend, `--shards`
+//! × `--replicas` leaves and `--caches` cache servers, each a real gRPC
+//! server on its own loopback port that joins through a lease exactly as a
+//! separate process would. The corpus is generated (no download) unless
+//! `--corpus FILE` names a JSONL file.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Args;
+use rand::Rng;
+use tokio::net::TcpListener;
+
+use crate::config::SearchFlags;
+use crate::Frontend;
 
 #[derive(Args, Clone, Debug)]
-pub struct DemoFlags {}
+pub struct DemoFlags {
+    /// HTTP address of the search API and pages.
+    #[arg(long, env = "DEMO_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// gRPC address of the lease registry (port 0 picks a free one).
+    #[arg(long, env = "DEMO_GRPC", default_value = "127.0.0.1:0")]
+    pub grpc: SocketAddr,
+    #[arg(long, env = "DEMO_SHARDS", default_value_t = 4)]
+    pub shards: u32,
+    /// Leaves per shard.
+    #[arg(long, env = "DEMO_REPLICAS", default_value_t = 2)]
+    pub replicas: u32,
+    /// Cache servers.
+    #[arg(long, env = "DEMO_CACHES", default_value_t = 2)]
+    pub caches: u32,
+    /// A JSONL corpus (plain or .gz) instead of the built-in one.
+    #[arg(long, env = "DEMO_CORPUS")]
+    pub corpus: Option<PathBuf>,
+    /// Keep each leaf's index under this directory and reopen it next time.
+    #[arg(long, env = "DEMO_INDEX_DIR")]
+    pub index_dir: Option<PathBuf>,
+    /// The lease term the leaves and caches ask for.
+    #[arg(long, env = "DEMO_LEASE_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// First port of the leaves' and caches' `/metrics` (leaves from base+1,
+    /// caches from base+51); 0 turns them off.
+    #[arg(long, env = "DEMO_METRICS_BASE", default_value_t = 9100)]
+    pub metrics_base: u16,
+    /// Fault knob for demonstrations: added latency for a fraction of calls
+    /// on the first replica of every shard, e.g. `50ms`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub slow_replica_delay: Option<Duration>,
+    /// Fraction of calls the slow replica delays.
+    #[arg(long, default_value_t = 0.01)]
+    pub slow_replica_fraction: f64,
+    #[command(flatten)]
+    pub search: SearchFlags,
+}
 
-pub async fn run(_flags: DemoFlags) -> anyhow::Result<()> {
-    anyhow::bail!("the demo is not ready yet")
+/// Runs the demo until SIGINT/SIGTERM.
+pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
+    anyhow::ensure!(flags.shards > 0, "--shards must be at least 1");
+    anyhow::ensure!(flags.replicas > 0, "--replicas must be at least 1");
+    let shutdown = svc::shutdown::on_signal();
+    let token = flags.search.token.clone().unwrap_or_else(|| {
+        let bytes: [u8; 16] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let mut config = flags.search.to_config(flags.shards);
+    config.registry.token = Some(token.clone());
+    config.cache = config.cache && flags.caches > 0;
+
+    let http = TcpListener::bind(flags.http)
+        .await
+        .with_context(|| format!("cannot bind http {}", flags.http))?;
+    let grpc = TcpListener::bind(flags.grpc)
+        .await
+        .with_context(|| format!("cannot bind grpc {}", flags.grpc))?;
+    let frontend = Frontend::start(config, http, Some(grpc), shutdown.clone()).await?;
+    let registry = frontend
+        .grpc_addr
+        .context("the demo frontend serves leases")?
+        .to_string();
+
+    let corpus = match &flags.corpus {
+        Some(path) => leaf::CorpusSource::File(path.clone()),
+        None => leaf::CorpusSource::Builtin,
+    };
+    tracing::info!(corpus = %corpus.describe(), shards = flags.shards, replicas = flags.replicas, "building leaf indexes");
+    let mut starting = Vec::new();
+    for shard in 0..flags.shards {
+        for replica in 0..flags.replicas {
+            let mut leaf_config = leaf::LeafConfig::new(shard, flags.shards);
+            leaf_config.lease = Some(leaf::LeaseConfig {
+                frontends: vec![registry.clone()],
+                token: Some(token.clone()),
+                ttl: flags.lease_ttl,
+            });
+            if let Some(dir) = &flags.index_dir {
+                leaf_config.index.dir = Some(dir.join(format!(
+                    "shard-{shard}-of-{}-replica-{replica}",
+                    flags.shards
+                )));
+            }
+            if let (Some(delay), 0) = (flags.slow_replica_delay, replica) {
+                leaf_config.faults.delay = delay;
+                leaf_config.faults.delay_fraction = flags.slow_replica_fraction;
+            }
+            let metrics_port = port(flags.metrics_base, 1 + shard * flags.replicas + replica);
+            let corpus = corpus.clone();
+            let shutdown = shutdown.child_token();
+            starting.push(async move {
+                let grpc = TcpListener::bind("127.0.0.1:0").await?;
+                let metrics = match metrics_port {
+                    Some(port) => Some(
+                        TcpListener::bind(("127.0.0.1", port))
+                            .await
+                            .with_context(|| format!("cannot bind leaf metrics port {port}"))?,
+                    ),
+                    None => None,
+                };
+                leaf::start(leaf_config, corpus, grpc, metrics, shutdown)
+                    .await
+                    .with_context(|| format!("leaf for shard {shard} failed to start"))
+            });
+        }
+    }
+    let mut leaves = Vec::new();
+    for result in futures::future::join_all(starting).await {
+        leaves.push(result?);
+    }
+    let mut caches = Vec::new();
+    for index in 0..flags.caches {
+        let cache_config = cache::CacheConfig {
+            lease: Some(cache::LeaseConfig {
+                endpoints: vec![registry.clone()],
+                token: Some(token.clone()),
+                ttl: flags.lease_ttl,
+            }),
+            ..cache::CacheConfig::default()
+        };
+        let metrics = match port(flags.metrics_base, 51 + index) {
+            Some(port) => Some(
+                TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .with_context(|| format!("cannot bind cache metrics port {port}"))?,
+            ),
+            None => None,
+        };
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        caches.push(cache::start(cache_config, grpc, metrics, shutdown.child_token()).await?);
+    }
+
+    let url = format!("http://{}", frontend.http_addr);
+    let docs: u64 = leaves
+        .iter()
+        .step_by(flags.replicas as usize)
+        .map(|leaf| leaf.num_docs())
+        .sum();
+    println!();
+    println!(
+        "search cluster ready: {} shards × {} replicas, {} cache servers, {docs} documents",
+        flags.shards, flags.replicas, flags.caches
+    );
+    println!("  search page:   {url}/");
+    println!("  cluster page:  {url}/status");
+    println!("  try:           curl '{url}/search?q=json+parser&k=5'");
+    println!("                 curl '{url}/search?q=%22command+line%22+tool&k=5'");
+    println!("                 curl '{url}/search?q=%2Blogger+-color&k=5'");
+    println!("  membership:    curl {url}/cluster");
+    println!("  metrics:       curl {url}/metrics");
+    println!("press ctrl-c to stop");
+
+    shutdown.cancelled().await;
+    // Leaves and caches revoke their leases as they stop; then the frontend
+    // drains.
+    let stops = leaves
+        .into_iter()
+        .map(|leaf| leaf.wait())
+        .collect::<Vec<_>>();
+    futures::future::join_all(stops).await;
+    for cache in caches {
+        if let Err(error) = cache.wait().await {
+            tracing::warn!(%error, "cache server stopped with an error");
+        }
+    }
+    frontend.wait(Duration::from_secs(5)).await
+}
+
+fn port(base: u16, offset: u32) -> Option<u16> {
+    if base == 0 {
+        return None;
+    }
+    u16::try_from(u32::from(base) + offset).ok()
 }

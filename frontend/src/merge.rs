@@ -74,6 +74,14 @@ pub fn merge(
     match_share: Option<&[f64]>,
 ) -> Merged {
     let shards_total = results.len() as u32;
+    // A shard never heard from counts as an average one, so that coverage
+    // never claims 100% while a shard is missing.
+    let heard: Vec<u64> = known_docs.iter().copied().filter(|&d| d > 0).collect();
+    let average = if heard.is_empty() {
+        1
+    } else {
+        (heard.iter().sum::<u64>() / heard.len() as u64).max(1)
+    };
     let mut coverage = Coverage {
         shards_total,
         ..Coverage::default()
@@ -90,7 +98,10 @@ pub fn merge(
         let shard = result.shard as usize;
         hedges += result.hedges;
         hedges_won += u32::from(result.hedge_won);
-        let known = known_docs.get(shard).copied().unwrap_or(0);
+        let known = match known_docs.get(shard).copied().unwrap_or(0) {
+            0 => average,
+            known => known,
+        };
         let (state, searched, total) = match result.outcome {
             ShardOutcome::Answered(response) => {
                 coverage.shards_answered += 1;

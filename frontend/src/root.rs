@@ -245,6 +245,11 @@ impl Root {
             .map(|r| r.latency)
             .max()
             .unwrap_or_default();
+        for (shard, &docs) in query_stats.shard_docs.iter().enumerate() {
+            if let (Some(slot), true) = (self.known_docs.get(shard), docs > 0) {
+                slot.store(docs, Ordering::Relaxed);
+            }
+        }
         for result in &results {
             if let ShardOutcome::Answered(response) = &result.outcome {
                 if let Some(slot) = self.known_docs.get(result.shard as usize) {

@@ -37,6 +37,8 @@ pub struct QueryStats {
     pub match_share: Option<Vec<f64>>,
     /// `warm`, `fetched`, `partial` or `local`, for metrics.
     pub source: &'static str,
+    /// Documents per shard as the statistics saw them (0: unknown).
+    pub shard_docs: Vec<u64>,
 }
 
 impl QueryStats {
@@ -45,6 +47,7 @@ impl QueryStats {
             stats: None,
             match_share: None,
             source: "local",
+            shard_docs: Vec::new(),
         }
     }
 
@@ -230,6 +233,7 @@ fn assemble(totals: &Totals, per_term: &BTreeMap<(String, String), Vec<u64>>) ->
         stats: Some(stats),
         match_share,
         source: "warm",
+        shard_docs: totals.docs.clone(),
     }
 }
 

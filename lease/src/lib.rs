@@ -1,16 +1,30 @@
 //! Membership and liveness by leases (Gray and Cheriton 1989, with etcd's
 //! Grant/KeepAlive/Revoke semantics).
 //!
-//! - [`registry`]: the embedded lease registry the frontend runs by default,
-//!   and its gRPC `Lease` service.
+//! - [`registry`]: the embedded lease registry the frontend runs by default:
+//!   a table of leases with a reaper on tokio time, usable in-process.
+//! - [`service`]: the gRPC `Lease` service in front of a registry
+//!   ([`registry::Registry::service`]); it checks the cluster token.
 //! - [`holder`]: the holder side that leaves and cache servers run: grant,
 //!   keep alive at about TTL/3, grant again when told the lease is gone,
-//!   revoke on graceful shutdown.
+//!   count the lease as lost a safety margin before its term ends, revoke on
+//!   graceful shutdown.
 //! - [`Membership`]: what the frontend routes by, a watched list of live
 //!   [`Member`]s, whichever backend keeps the leases.
+//!
+//! Data flows one way: holders call Grant/KeepAlive/Revoke on the service,
+//! the registry updates its table and publishes every change of membership
+//! (join, leave, expiry; not renewals) on a `watch` channel, and the
+//! frontend routes by what it receives there. Errors are [`Error`], mapped
+//! to gRPC codes in one place (`error.rs`).
 
+mod error;
 pub mod holder;
+mod metrics;
 pub mod registry;
+pub mod service;
+
+pub use error::{Error, Result};
 
 use std::sync::Arc;
 use std::time::Duration;

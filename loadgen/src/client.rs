@@ -1,73 +1,181 @@
-//! The HTTP/1.1 client: a pooled hyper client that opens a new connection
-//! whenever no idle one is free, so it opens as many as the rate needs, and
-//! the lenient reading of the search API's answers.
+//! The HTTP/1.1 client: a pool of keep-alive connections that opens a new
+//! connection whenever no idle one is free, so it opens as many as the rate
+//! needs, and the lenient reading of the search API's answers.
+//!
+//! The pool is hyper's connection-level API under a LIFO stack of idle
+//! connections rather than hyper-util's general client: it does one thing
+//! (one host, GET, HTTP/1.1) and so costs less per request, which matters
+//! when the generator must not be the bottleneck. Connects in progress are
+//! capped, so when the generator falls behind it does not open thousands of
+//! connections at once; a request waiting for one keeps its scheduled time
+//! and the wait shows in its latency.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Uri};
+use http::header::HOST;
+use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Bodies larger than this are cut off and counted as errors.
 const MAX_BODY: usize = 4 << 20;
+/// The most connects in progress at once.
+const MAX_CONNECTING: usize = 64;
 
-pub(crate) type HttpClient = Client<CountingConnector, Empty<Bytes>>;
+type Sender = SendRequest<Empty<Bytes>>;
 
-/// Builds the client; `opened` counts the connections it opens.
-pub(crate) fn build(max_idle: usize, opened: Arc<AtomicU64>, connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(max_idle)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(CountingConnector {
-            inner: http,
-            opened,
+/// Keep-alive connections to one address.
+pub(crate) struct Pool {
+    addr: SocketAddr,
+    host: HeaderValue,
+    connect_timeout: Duration,
+    /// Idle connections, the most recently used last.
+    idle: Mutex<Vec<Sender>>,
+    connecting: AtomicUsize,
+    /// Signalled when a connection goes back to idle or a connect ends.
+    freed: Notify,
+    opened: AtomicU64,
+}
+
+impl Pool {
+    pub fn new(addr: SocketAddr, host: &str, connect_timeout: Duration) -> Option<Pool> {
+        Some(Pool {
+            addr,
+            host: HeaderValue::from_str(host).ok()?,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            connecting: AtomicUsize::new(0),
+            freed: Notify::new(),
+            opened: AtomicU64::new(0),
         })
-}
-
-/// Wraps the HTTP connector to count successful connects.
-#[derive(Clone)]
-pub(crate) struct CountingConnector {
-    inner: HttpConnector,
-    opened: Arc<AtomicU64>,
-}
-
-type ConnectResult = Result<
-    <HttpConnector as tower_service::Service<Uri>>::Response,
-    <HttpConnector as tower_service::Service<Uri>>::Error,
->;
-
-impl tower_service::Service<Uri> for CountingConnector {
-    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
-    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
-    type Future = Pin<Box<dyn Future<Output = ConnectResult> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let opened = self.opened.clone();
-        Box::pin(async move {
-            let result = connecting.await;
-            if result.is_ok() {
-                opened.fetch_add(1, Ordering::Relaxed);
+    /// Connections opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Sends a GET for `path_and_query` and reads the whole body, within `timeout`.
+    pub async fn send(&self, path_and_query: &str, timeout: Duration) -> Outcome {
+        tokio::time::timeout(timeout, self.exchange(path_and_query))
+            .await
+            .unwrap_or(Outcome::Timeout)
+    }
+
+    async fn exchange(&self, path_and_query: &str) -> Outcome {
+        // A reused connection may have been closed by the server while idle;
+        // then the request goes once more, on a new connection.
+        let mut reused_failed = false;
+        loop {
+            let (mut sender, reused) = match self.checkout(reused_failed).await {
+                Ok(c) => c,
+                Err(outcome) => return outcome,
+            };
+            let request = match Request::get(path_and_query)
+                .header(HOST, self.host.clone())
+                .body(Empty::<Bytes>::new())
+            {
+                Ok(r) => r,
+                Err(_) => return Outcome::Transport,
+            };
+            if sender.ready().await.is_err() {
+                if reused && !reused_failed {
+                    reused_failed = true;
+                    continue;
+                }
+                return Outcome::Transport;
             }
-            result
-        })
+            let response = match sender.send_request(request).await {
+                Ok(r) => r,
+                Err(e) if reused && !reused_failed && (e.is_canceled() || e.is_closed()) => {
+                    reused_failed = true;
+                    continue;
+                }
+                Err(_) => return Outcome::Transport,
+            };
+            let status = response.status().as_u16();
+            return match Limited::new(response.into_body(), MAX_BODY).collect().await {
+                Ok(body) => {
+                    self.checkin(sender);
+                    Outcome::Response {
+                        status,
+                        answer: Answer::parse(&body.to_bytes()),
+                    }
+                }
+                Err(_) => Outcome::Transport,
+            };
+        }
+    }
+
+    /// An idle connection (reused: true) or a new one; `fresh` skips the idle ones.
+    async fn checkout(&self, fresh: bool) -> Result<(Sender, bool), Outcome> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if !fresh {
+                if let Some(sender) = self.pop_idle() {
+                    return Ok((sender, true));
+                }
+            }
+            if self.connecting.fetch_add(1, Ordering::AcqRel) < MAX_CONNECTING {
+                let connected = self.connect().await;
+                self.connecting.fetch_sub(1, Ordering::AcqRel);
+                self.freed.notify_one();
+                return connected.map(|s| (s, false));
+            }
+            self.connecting.fetch_sub(1, Ordering::AcqRel);
+            freed.await;
+        }
+    }
+
+    fn pop_idle(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sender);
+        self.freed.notify_one();
+    }
+
+    async fn connect(&self) -> Result<Sender, Outcome> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(_)) | Err(_) => return Err(Outcome::Connect),
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Outcome::Connect)?;
+        tokio::spawn(async move {
+            // The connection ends when its sender is dropped or the peer
+            // closes it; either is normal here.
+            let _ = connection.await;
+        });
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(sender)
     }
 }
 
@@ -75,10 +183,7 @@ impl tower_service::Service<Uri> for CountingConnector {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
     /// An HTTP response, whatever its status.
-    Response {
-        status: u16,
-        answer: Answer,
-    },
+    Response { status: u16, answer: Answer },
     /// No full response within the request timeout.
     Timeout,
     /// The connection could not be made.
@@ -105,32 +210,6 @@ pub(crate) enum CacheState {
     Hit,
     Miss,
     Bypass,
-}
-
-/// Sends a GET and reads the whole body, within `timeout`.
-pub(crate) async fn send(client: &HttpClient, uri: Uri, timeout: Duration) -> Outcome {
-    let request = match Request::get(uri).body(Empty::<Bytes>::new()) {
-        Ok(r) => r,
-        Err(_) => return Outcome::Transport,
-    };
-    let exchange = async {
-        let response = match client.request(request).await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => return Outcome::Connect,
-            Err(_) => return Outcome::Transport,
-        };
-        let status = response.status().as_u16();
-        match Limited::new(response.into_body(), MAX_BODY).collect().await {
-            Ok(body) => Outcome::Response {
-                status,
-                answer: Answer::parse(&body.to_bytes()),
-            },
-            Err(_) => Outcome::Transport,
-        }
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .unwrap_or(Outcome::Timeout)
 }
 
 /// The answer fields read, each kept as a raw value so that one field of an
@@ -165,12 +244,16 @@ impl Answer {
             partial: wire.partial.as_ref().and_then(Value::as_bool),
             coverage_percent,
             recall: wire.estimated_recall.as_ref().and_then(Value::as_f64),
-            cache: wire.cache.as_ref().and_then(Value::as_str).and_then(|c| match c {
-                "hit" => Some(CacheState::Hit),
-                "miss" => Some(CacheState::Miss),
-                "bypass" => Some(CacheState::Bypass),
-                _ => None,
-            }),
+            cache: wire
+                .cache
+                .as_ref()
+                .and_then(Value::as_str)
+                .and_then(|c| match c {
+                    "hit" => Some(CacheState::Hit),
+                    "miss" => Some(CacheState::Miss),
+                    "bypass" => Some(CacheState::Bypass),
+                    _ => None,
+                }),
             took_ms: wire.took_ms.as_ref().and_then(Value::as_f64),
             error_code: wire
                 .error
@@ -202,7 +285,9 @@ mod tests {
 
     #[test]
     fn is_lenient_about_missing_and_odd_fields() {
-        let answer = Answer::parse(br#"{"partial":"maybe","coverage":{"docs_total":200,"docs_searched":50}}"#);
+        let answer = Answer::parse(
+            br#"{"partial":"maybe","coverage":{"docs_total":200,"docs_searched":50}}"#,
+        );
         assert_eq!(answer.partial, None);
         assert_eq!(answer.coverage_percent, Some(25.0));
         assert_eq!(Answer::parse(b"ok"), Answer::default());

@@ -502,13 +502,49 @@ mod tests {
         };
         assert!(usage(&[]));
         assert!(usage(&["--rate", "10"]));
-        assert!(usage(&["--rate", "10", "--duration", "1s", "--stage", "1s@1"]));
+        assert!(usage(&[
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+            "--stage",
+            "1s@1"
+        ]));
         assert!(usage(&["--rate", "10", "--duration", "2h"]));
-        assert!(usage(&["--rate", "10", "--duration", "1s", "--zipf", "1", "--replay"]));
-        assert!(usage(&["--rate", "10", "--duration", "1s", "--slo", "p99=1ms"]));
-        assert!(usage(&["--rate", "10", "--duration", "1s", "--max-requests", "0"]));
+        assert!(usage(&[
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+            "--zipf",
+            "1",
+            "--replay"
+        ]));
+        assert!(usage(&[
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+            "--slo",
+            "p99=1ms"
+        ]));
+        assert!(usage(&[
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+            "--max-requests",
+            "0"
+        ]));
         assert!(usage(&["--rate", "nan", "--duration", "1s"]));
-        assert!(usage(&["--rate", "10", "--duration", "1s", "--request-timeout", "5m"]));
+        assert!(usage(&[
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+            "--request-timeout",
+            "5m"
+        ]));
     }
 
     #[test]

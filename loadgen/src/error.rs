@@ -44,9 +44,13 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::ReadFile { .. } => EXIT_USAGE,
-            Error::Unreachable { .. } | Error::WriteFile { .. } | Error::Runtime(_) => {
-                EXIT_RUNTIME
-            }
+            Error::Unreachable { .. } | Error::WriteFile { .. } | Error::Runtime(_) => EXIT_RUNTIME,
         }
+    }
+}
+
+impl From<crate::slo::ParseSloError> for Error {
+    fn from(e: crate::slo::ParseSloError) -> Self {
+        Error::Usage(e.to_string())
     }
 }

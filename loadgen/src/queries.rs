@@ -121,7 +121,10 @@ mod tests {
         for _ in 0..40_000 {
             counts[zipf.sample(&mut rng)] += 1;
         }
-        assert!(counts.iter().all(|&c| (9_000..11_000).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{counts:?}"
+        );
         let single = Zipf::new(1, 1.5);
         assert!((0..100).all(|_| single.sample(&mut rng) == 0));
     }

@@ -177,7 +177,11 @@ impl Report {
             },
             self.seed,
             self.connections_opened,
-            if self.interrupted { "  INTERRUPTED" } else { "" }
+            if self.interrupted {
+                "  INTERRUPTED"
+            } else {
+                ""
+            }
         );
         let measured = self.stages.iter().filter(|s| !s.warmup).count();
         for stage in &self.stages {
@@ -239,7 +243,11 @@ fn stage_summary(out: &mut String, s: &StageReport) {
         s.sent,
         s.dropped,
         s.achieved_rate,
-        if s.truncated { "  (cut by --max-requests)" } else { "" }
+        if s.truncated {
+            "  (cut by --max-requests)"
+        } else {
+            ""
+        }
     );
     let l = &s.latency_ms;
     if l.count > 0 {
@@ -263,7 +271,9 @@ fn stage_summary(out: &mut String, s: &StageReport) {
     }
     let _ = writeln!(out, "{errors}");
     let a = &s.answers;
-    if a.with_partial + a.cache_hit + a.cache_miss + a.cache_bypass > 0 || a.coverage_mean_percent.is_some() {
+    if a.with_partial + a.cache_hit + a.cache_miss + a.cache_bypass > 0
+        || a.coverage_mean_percent.is_some()
+    {
         let _ = writeln!(
             out,
             "  answers  partial {}  coverage {}  cache hit {} (hit {} miss {} bypass {})  recall {}",
@@ -553,7 +563,11 @@ mod tests {
         let d = distribution(&h);
         assert_eq!(d.first().unwrap().percentile, 0.0);
         let last_tick = &d[d.len() - 2];
-        assert!((last_tick.percentile - 99.99).abs() < 1e-6, "{}", last_tick.percentile);
+        assert!(
+            (last_tick.percentile - 99.99).abs() < 1e-6,
+            "{}",
+            last_tick.percentile
+        );
         assert_eq!(d.last().unwrap().percentile, 100.0);
         assert!(d.windows(2).all(|w| w[0].latency_ms <= w[1].latency_ms));
     }

@@ -156,7 +156,9 @@ fn latency_us(metric: Metric, hist: &Histogram<u64>) -> Option<u64> {
         return None;
     }
     match metric {
-        Metric::Percentile(p) => Some(hist.value_at_quantile(p / 100.0)),
+        // Rounded so that p99.9 asks for exactly the quantile 0.999, as the
+        // report does, not 0.9990000000000001.
+        Metric::Percentile(p) => Some(hist.value_at_quantile((p * 1e9).round() / 1e11)),
         Metric::Max => Some(hist.max()),
         Metric::Mean => Some(hist.mean().round() as u64),
         _ => None,
@@ -361,10 +363,7 @@ mod tests {
         let slo: Slo = "p99<=50ms".parse().unwrap();
         assert_eq!(slo.metric, Metric::Percentile(99.0));
         assert_eq!(slo.op, Op::Le);
-        assert_eq!(
-            slo.threshold,
-            Threshold::Latency(Duration::from_millis(50))
-        );
+        assert_eq!(slo.threshold, Threshold::Latency(Duration::from_millis(50)));
 
         let slo: Slo = " p99.9 < 100ms ".parse().unwrap();
         assert_eq!(slo.metric, Metric::Percentile(99.9));
@@ -394,7 +393,7 @@ mod tests {
     #[test]
     fn rejects_bad_expressions_with_a_reason() {
         for (text, needle) in [
-            ("p99=50ms", "operator"),
+            ("p99=50ms", "OP one of"),
             ("p99<=50", "duration"),
             ("p99<=", "missing a value"),
             ("<=50ms", "missing a metric"),
@@ -414,7 +413,13 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for text in ["p99<=50ms", "p99.9<100ms", "max<=1s", "errors<=0.1%", "cache_hit>=50%"] {
+        for text in [
+            "p99<=50ms",
+            "p99.9<100ms",
+            "max<=1s",
+            "errors<=0.1%",
+            "cache_hit>=50%",
+        ] {
             let slo: Slo = text.parse().unwrap();
             assert_eq!(slo.to_string(), text);
             assert_eq!(slo.to_string().parse::<Slo>().unwrap(), slo);
@@ -460,7 +465,10 @@ mod tests {
     #[test]
     fn no_latency_data_fails() {
         let h = hist(&[]);
-        let result = "p99<=1s".parse::<Slo>().unwrap().evaluate("s", &figures(&h));
+        let result = "p99<=1s"
+            .parse::<Slo>()
+            .unwrap()
+            .evaluate("s", &figures(&h));
         assert!(!result.pass);
     }
 }

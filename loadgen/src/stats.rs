@@ -277,7 +277,6 @@ pub(crate) struct Recorder {
 /// What the progress line shows.
 pub(crate) struct Snapshot {
     pub sent: u64,
-    pub completed: u64,
     pub errors: u64,
     pub dropped: u64,
     /// p99 of the given stage so far, in microseconds.
@@ -325,7 +324,6 @@ impl Recorder {
         let current = &inner.stages[stage].latency;
         Snapshot {
             sent,
-            completed: sum(|s| s.completed),
             errors: sum(|s| s.errors),
             dropped: sum(|s| s.dropped),
             p99_us: (!current.is_empty()).then(|| current.value_at_quantile(0.99)),
@@ -335,7 +333,11 @@ impl Recorder {
     /// The final figures: per-stage stats, sent counts and the series.
     pub fn finish(&self) -> (Vec<StageStats>, Vec<u64>, Series) {
         let inner = self.lock();
-        let sent = self.sent.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+        let sent = self
+            .sent
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect();
         (inner.stages.clone(), sent, inner.series.clone())
     }
 }
@@ -415,13 +417,25 @@ mod tests {
         let mut total = stages[0].clone();
         total.merge(&stages[1]);
         assert_eq!((total.completed, total.errors, total.dropped), (4, 2, 1));
-        assert_eq!(total.latency.max(), total.latency.highest_equivalent(40_000));
+        assert_eq!(
+            total.latency.max(),
+            total.latency.highest_equivalent(40_000)
+        );
     }
 
     #[test]
     fn series_width_keeps_points_bounded() {
-        assert_eq!(Series::new(Duration::from_secs(10)).width, Duration::from_millis(100));
-        assert_eq!(Series::new(Duration::from_secs(120)).width, Duration::from_millis(500));
-        assert_eq!(Series::new(Duration::from_secs(3600)).width, Duration::from_secs(15));
+        assert_eq!(
+            Series::new(Duration::from_secs(10)).width,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            Series::new(Duration::from_secs(120)).width,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            Series::new(Duration::from_secs(3600)).width,
+            Duration::from_secs(15)
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use http::uri::PathAndQuery;
 use http::Uri;
 
 use crate::error::{Error, Result};
@@ -13,7 +14,11 @@ pub(crate) struct Target {
     /// Host as written, without IPv6 brackets, lowercase.
     pub host: String,
     pub port: u16,
-    /// `scheme://authority/path` with `/search` added when the URL had no path.
+    /// `host:port` as written, for the Host header.
+    pub authority: String,
+    /// The path, `/search` when the URL had none.
+    pub path: String,
+    /// `http://authority/path`, for messages and the report.
     pub endpoint: String,
     /// The query string given with the target, to keep in every request.
     pub extra_query: Option<String>,
@@ -64,6 +69,8 @@ impl Target {
         Ok(Target {
             host,
             port,
+            authority: authority.as_str().to_string(),
+            path: path.to_string(),
             endpoint: format!("http://{}{}", authority.as_str(), path),
             extra_query: uri.query().filter(|q| !q.is_empty()).map(str::to_string),
         })
@@ -72,24 +79,27 @@ impl Target {
     /// Checks the target is loopback or explicitly allowed, and returns the
     /// addresses it resolves to.
     pub async fn check_allowed(&self, allow_hosts: &[String]) -> Result<Vec<SocketAddr>> {
-        let allowed = allow_hosts
-            .iter()
-            .any(|h| h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(&self.host));
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
-            Ok(addrs) => addrs.collect(),
-            Err(e) if allowed => {
-                return Err(Error::Unreachable {
-                    target: self.endpoint.clone(),
-                    reason: format!("cannot resolve {}: {e}", self.host),
-                })
-            }
-            Err(e) => {
-                return Err(Error::usage(format!(
-                    "cannot resolve target host {}: {e}",
-                    self.host
-                )))
-            }
-        };
+        let allowed = allow_hosts.iter().any(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(&self.host)
+        });
+        let addrs: Vec<SocketAddr> =
+            match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
+                Ok(addrs) => addrs.collect(),
+                Err(e) if allowed => {
+                    return Err(Error::Unreachable {
+                        target: self.endpoint.clone(),
+                        reason: format!("cannot resolve {}: {e}", self.host),
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::usage(format!(
+                        "cannot resolve target host {}: {e}",
+                        self.host
+                    )))
+                }
+            };
         if allowed {
             return Ok(addrs);
         }
@@ -111,10 +121,10 @@ impl Target {
         Ok(addrs)
     }
 
-    /// The request URI for one query.
-    pub fn uri_for(&self, query: &str, params: SearchParams) -> Result<Uri> {
-        let mut uri = String::with_capacity(self.endpoint.len() + query.len() * 3 + 48);
-        uri.push_str(&self.endpoint);
+    /// The request's path and query string for one query.
+    pub fn path_for(&self, query: &str, params: SearchParams) -> Result<String> {
+        let mut uri = String::with_capacity(self.path.len() + query.len() * 3 + 48);
+        uri.push_str(&self.path);
         uri.push('?');
         if let Some(extra) = &self.extra_query {
             uri.push_str(extra);
@@ -126,8 +136,12 @@ impl Target {
         if params.nocache {
             uri.push_str("&nocache=true");
         }
-        uri.parse()
-            .map_err(|e| Error::usage(format!("query `{query}` makes a bad URI: {e}")))
+        match uri.parse::<PathAndQuery>() {
+            Ok(_) => Ok(uri),
+            Err(e) => Err(Error::usage(format!(
+                "query `{query}` makes a bad URI: {e}"
+            ))),
+        }
     }
 }
 
@@ -163,10 +177,11 @@ mod tests {
     fn adds_the_search_path_and_parameters() {
         let t = Target::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!(t.port, 8080);
-        let uri = t.uri_for("rust async/await é", PARAMS).unwrap();
+        assert_eq!(t.authority, "127.0.0.1:8080");
+        assert_eq!(t.endpoint, "http://127.0.0.1:8080/search");
         assert_eq!(
-            uri.to_string(),
-            "http://127.0.0.1:8080/search?q=rust%20async%2Fawait%20%C3%A9&k=10&timeout_ms=100"
+            t.path_for("rust async/await é", PARAMS).unwrap(),
+            "/search?q=rust%20async%2Fawait%20%C3%A9&k=10&timeout_ms=100"
         );
         let t = Target::parse("http://[::1]:9/fast?x=1").unwrap();
         assert_eq!(t.host, "::1");
@@ -174,22 +189,33 @@ mod tests {
             nocache: true,
             ..PARAMS
         };
+        assert_eq!(t.authority, "[::1]:9");
         assert_eq!(
-            t.uri_for("a&b", params).unwrap().to_string(),
-            "http://[::1]:9/fast?x=1&q=a%26b&k=10&timeout_ms=100&nocache=true"
+            t.path_for("a&b", params).unwrap(),
+            "/fast?x=1&q=a%26b&k=10&timeout_ms=100&nocache=true"
         );
     }
 
     #[test]
     fn rejects_what_is_not_plain_http() {
-        for url in ["https://127.0.0.1", "127.0.0.1:80", "ftp://localhost", "http://u:p@127.0.0.1"] {
+        for url in [
+            "https://127.0.0.1",
+            "127.0.0.1:80",
+            "ftp://localhost",
+            "http://u:p@127.0.0.1",
+        ] {
             assert_eq!(Target::parse(url).unwrap_err().exit_code(), 2, "{url}");
         }
     }
 
     #[tokio::test]
     async fn allows_loopback_and_refuses_the_rest() {
-        for url in ["http://127.0.0.1:1", "http://127.3.2.1:1", "http://[::1]:1", "http://localhost:1"] {
+        for url in [
+            "http://127.0.0.1:1",
+            "http://127.3.2.1:1",
+            "http://[::1]:1",
+            "http://localhost:1",
+        ] {
             let t = Target::parse(url).unwrap();
             assert!(t.check_allowed(&[]).await.is_ok(), "{url}");
         }

@@ -1,1 +1,422 @@
-//! placeholder
+//! A test cluster on loopback: a real frontend, real leaves (tantivy over
+//! gRPC) and cache servers, each on its own `127.0.0.1:0` listener, with
+//! per-leaf fault knobs and crash/stop/restart controls.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let cluster = tests::TestCluster::builder().shards(4).replicas(2).build().await;
+//! cluster.leaf(1, 0).faults().set_hang(true);
+//! let (status, body) = cluster.search("q=json&timeout_ms=100").await;
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use frontend::{Frontend, FrontendConfig};
+use leaf::{CorpusSource, Document, LeafConfig, LeafHandle, LeaseConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The cluster token every test cluster uses.
+pub const TOKEN: &str = "test-cluster-token";
+
+/// A small generated corpus shared by the tests (same seed, same docs).
+pub fn small_corpus(count: usize) -> Arc<Vec<Document>> {
+    Arc::new(leaf::generate_corpus(count, 42))
+}
+
+pub struct TestClusterBuilder {
+    shards: u32,
+    replicas: u32,
+    caches: u32,
+    leases: bool,
+    lease_ttl: Duration,
+    documents: Option<Arc<Vec<Document>>>,
+    frontend: FrontendConfig,
+    leaf: Option<Box<dyn Fn(&mut LeafConfig)>>,
+}
+
+impl TestClusterBuilder {
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.shards = shards;
+        self.frontend.shards = shards;
+        self
+    }
+
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    pub fn caches(mut self, caches: u32) -> Self {
+        self.caches = caches;
+        self
+    }
+
+    /// False: a static leaf list instead of leases.
+    pub fn leases(mut self, leases: bool) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    pub fn documents(mut self, documents: Arc<Vec<Document>>) -> Self {
+        self.documents = Some(documents);
+        self
+    }
+
+    /// Adjusts the frontend's configuration.
+    pub fn frontend(mut self, change: impl FnOnce(&mut FrontendConfig)) -> Self {
+        change(&mut self.frontend);
+        self
+    }
+
+    /// Adjusts every leaf's configuration.
+    pub fn leaf(mut self, change: impl Fn(&mut LeafConfig) + 'static) -> Self {
+        self.leaf = Some(Box::new(change));
+        self
+    }
+
+    pub async fn build(self) -> TestCluster {
+        init_logs();
+        let documents = self.documents.clone().unwrap_or_else(|| small_corpus(3000));
+        let shutdown = CancellationToken::new();
+        let mut frontend_config = self.frontend.clone();
+        frontend_config.shards = self.shards;
+        frontend_config.registry.token = Some(TOKEN.to_string());
+        frontend_config.registry.min_ttl = Duration::from_millis(100);
+        frontend_config.cache = self.caches > 0;
+        let mut cluster = TestCluster {
+            frontend: None,
+            grpc_addr: None,
+            leaves: Vec::new(),
+            caches: Vec::new(),
+            documents,
+            shards: self.shards,
+            lease_ttl: self.lease_ttl,
+            leases: self.leases,
+            leaf_config: self.leaf,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            shutdown,
+        };
+        if self.leases {
+            let http = bind().await;
+            let grpc = bind().await;
+            let frontend = Frontend::start(
+                frontend_config,
+                http,
+                Some(grpc),
+                cluster.shutdown.child_token(),
+            )
+            .await
+            .expect("frontend starts");
+            cluster.grpc_addr = frontend.grpc_addr;
+            cluster.frontend = Some(frontend);
+            for shard in 0..self.shards {
+                let mut replicas = Vec::new();
+                for _ in 0..self.replicas {
+                    replicas.push(Some(cluster.start_leaf(shard).await));
+                }
+                cluster.leaves.push(replicas);
+            }
+            for _ in 0..self.caches {
+                let cache = cluster.start_cache().await;
+                cluster.caches.push(Some(cache));
+            }
+            cluster
+                .wait_for_routing(self.replicas as usize, self.caches as usize)
+                .await;
+        } else {
+            for shard in 0..self.shards {
+                let mut replicas = Vec::new();
+                for _ in 0..self.replicas {
+                    replicas.push(Some(cluster.start_leaf(shard).await));
+                }
+                cluster.leaves.push(replicas);
+            }
+            frontend_config.static_leaves = cluster
+                .leaves
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|leaf| leaf.advertised().to_string())
+                .collect();
+            let http = bind().await;
+            let frontend =
+                Frontend::start(frontend_config, http, None, cluster.shutdown.child_token())
+                    .await
+                    .expect("frontend starts");
+            cluster.frontend = Some(frontend);
+            cluster.wait_for_routing(self.replicas as usize, 0).await;
+        }
+        cluster
+    }
+}
+
+/// A running cluster; everything stops when it is dropped.
+pub struct TestCluster {
+    frontend: Option<Frontend>,
+    grpc_addr: Option<SocketAddr>,
+    leaves: Vec<Vec<Option<LeafHandle>>>,
+    caches: Vec<Option<cache::CacheHandle>>,
+    documents: Arc<Vec<Document>>,
+    shards: u32,
+    lease_ttl: Duration,
+    leases: bool,
+    leaf_config: Option<Box<dyn Fn(&mut LeafConfig)>>,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl TestCluster {
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder {
+            shards: 4,
+            replicas: 1,
+            caches: 0,
+            leases: true,
+            lease_ttl: Duration::from_secs(2),
+            documents: None,
+            frontend: FrontendConfig::new(4),
+            leaf: None,
+        }
+    }
+
+    pub fn frontend(&self) -> &Frontend {
+        self.frontend.as_ref().expect("frontend running")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.frontend().http_addr
+    }
+
+    /// The frontend's lease registry address.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http_addr(), path)
+    }
+
+    pub fn documents(&self) -> &Arc<Vec<Document>> {
+        &self.documents
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// `GET /search?{query}`: the status and the JSON body.
+    pub async fn search(&self, query: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .get(self.url(&format!("/search?{query}")))
+            .send()
+            .await
+            .expect("request sent");
+        decode(response).await
+    }
+
+    /// `POST /search` with a raw body.
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(self.url("/search"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        decode(response).await
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        decode(response).await
+    }
+
+    /// `GET path` as text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    pub fn leaf(&self, shard: u32, replica: u32) -> &LeafHandle {
+        self.leaves[shard as usize][replica as usize]
+            .as_ref()
+            .expect("leaf running")
+    }
+
+    /// Every running leaf.
+    pub fn leaves(&self) -> impl Iterator<Item = &LeafHandle> {
+        self.leaves.iter().flatten().flatten()
+    }
+
+    /// Crashes a leaf: connections reset, its lease left to expire.
+    pub fn kill_leaf(&mut self, shard: u32, replica: u32) {
+        if let Some(leaf) = self.leaves[shard as usize][replica as usize].take() {
+            leaf.kill();
+        }
+    }
+
+    /// Stops a leaf gracefully: it revokes its lease first.
+    pub async fn stop_leaf(&mut self, shard: u32, replica: u32) {
+        if let Some(leaf) = self.leaves[shard as usize][replica as usize].take() {
+            leaf.stop().await;
+        }
+    }
+
+    /// Starts a new leaf in place of a stopped or killed one.
+    pub async fn restart_leaf(&mut self, shard: u32, replica: u32) {
+        let leaf = self.start_leaf(shard).await;
+        self.leaves[shard as usize][replica as usize] = Some(leaf);
+    }
+
+    pub fn cache(&self, index: usize) -> &cache::CacheHandle {
+        self.caches[index].as_ref().expect("cache running")
+    }
+
+    pub fn kill_cache(&mut self, index: usize) {
+        if let Some(cache) = self.caches[index].take() {
+            cache.kill();
+        }
+    }
+
+    /// Adds a cache server and returns its index.
+    pub async fn add_cache(&mut self) -> usize {
+        let cache = self.start_cache().await;
+        self.caches.push(Some(cache));
+        self.caches.len() - 1
+    }
+
+    /// Live replicas per shard as the frontend routes now.
+    pub fn routed(&self) -> Vec<usize> {
+        self.frontend()
+            .root
+            .fanout
+            .routing()
+            .snapshot()
+            .shards
+            .iter()
+            .map(Vec::len)
+            .collect()
+    }
+
+    /// Live cache servers as the frontend routes now.
+    pub fn routed_caches(&self) -> usize {
+        self.frontend()
+            .root
+            .fanout
+            .routing()
+            .snapshot()
+            .caches
+            .len()
+    }
+
+    /// Polls `condition` every 20 ms until it holds, or panics after `limit`.
+    pub async fn wait_until(&self, limit: Duration, what: &str, condition: impl Fn(&Self) -> bool) {
+        let started = tokio::time::Instant::now();
+        while !condition(self) {
+            assert!(
+                started.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_routing(&self, replicas: usize, caches: usize) {
+        self.wait_until(Duration::from_secs(60), "every replica routed", |c| {
+            c.routed().iter().all(|&n| n >= replicas) && c.routed_caches() >= caches
+        })
+        .await;
+    }
+
+    async fn start_leaf(&self, shard: u32) -> LeafHandle {
+        let mut config = LeafConfig::new(shard, self.shards);
+        if self.leases {
+            config.lease = Some(LeaseConfig {
+                frontends: vec![self.grpc_addr.expect("grpc address").to_string()],
+                token: Some(TOKEN.to_string()),
+                ttl: self.lease_ttl,
+            });
+        }
+        if let Some(change) = &self.leaf_config {
+            change(&mut config);
+        }
+        leaf::start(
+            config,
+            CorpusSource::Documents(Arc::clone(&self.documents)),
+            bind().await,
+            None,
+            self.shutdown.child_token(),
+        )
+        .await
+        .expect("leaf starts")
+    }
+
+    async fn start_cache(&self) -> cache::CacheHandle {
+        let mut config = cache::CacheConfig::default();
+        config.lease = Some(cache::LeaseConfig {
+            endpoints: vec![self.grpc_addr.expect("grpc address").to_string()],
+            token: Some(TOKEN.to_string()),
+            ttl: self.lease_ttl,
+        });
+        cache::start(config, bind().await, None, self.shutdown.child_token())
+            .await
+            .expect("cache starts")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A listener on a free loopback port.
+pub async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
+}
+
+async fn decode(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("response is not json (status {status}): {text}"));
+    (status, body)
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,267 @@
+//! Fault knobs: added latency, injected errors and hangs, set from flags
+//! and changed at runtime through a cloneable [`Faults`] handle.
+//!
+//! Faults act on the `Search` RPC only, before admission: `Info`,
+//! `TermStats` and health keep answering, so a faulty leaf keeps its lease
+//! and stays routable, which is what hedging and deadline tests need. They
+//! are applied in this order: hang, delay, error.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{LeafError, Result};
+use crate::metrics::Metrics;
+
+/// The fault knobs as plain data (flags, or a snapshot of [`Faults`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultConfig {
+    /// Latency added to a fraction of calls.
+    pub delay: Duration,
+    /// Fraction (0..=1) of calls that get `delay`.
+    pub delay_fraction: f64,
+    /// Fraction (0..=1) of calls answered UNAVAILABLE "injected fault".
+    pub error_fraction: f64,
+    /// Calls wait, without answering, until the caller gives up, the knob is
+    /// turned off or the server shuts down.
+    pub hang: bool,
+}
+
+/// Runtime handle on the fault knobs; clones share the same state.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    delay_nanos: AtomicU64,
+    /// f64 bits.
+    delay_fraction: AtomicU64,
+    /// f64 bits.
+    error_fraction: AtomicU64,
+    /// A watch rather than a flag, so that hung calls resume when the knob
+    /// is turned off.
+    hang: watch::Sender<bool>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults::new(&FaultConfig::default())
+    }
+}
+
+impl Faults {
+    pub fn new(config: &FaultConfig) -> Faults {
+        let faults = Faults {
+            inner: Arc::new(Inner {
+                delay_nanos: AtomicU64::new(0),
+                delay_fraction: AtomicU64::new(0f64.to_bits()),
+                error_fraction: AtomicU64::new(0f64.to_bits()),
+                hang: watch::Sender::new(false),
+            }),
+        };
+        faults.set(config);
+        faults
+    }
+
+    /// Replaces every knob at once.
+    pub fn set(&self, config: &FaultConfig) {
+        self.set_delay(config.delay, config.delay_fraction);
+        self.set_error_fraction(config.error_fraction);
+        self.set_hang(config.hang);
+    }
+
+    /// Turns every fault off.
+    pub fn clear(&self) {
+        self.set(&FaultConfig::default());
+    }
+
+    /// Adds `delay` to a `fraction` (clamped to 0..=1) of calls.
+    pub fn set_delay(&self, delay: Duration, fraction: f64) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.delay_nanos.store(nanos, Ordering::Relaxed);
+        store_fraction(&self.inner.delay_fraction, fraction);
+    }
+
+    /// Fails a `fraction` (clamped to 0..=1) of calls with UNAVAILABLE.
+    pub fn set_error_fraction(&self, fraction: f64) {
+        store_fraction(&self.inner.error_fraction, fraction);
+    }
+
+    /// Makes calls hang (true) or releases them (false).
+    pub fn set_hang(&self, hang: bool) {
+        self.inner.hang.send_replace(hang);
+    }
+
+    /// The current knobs.
+    pub fn config(&self) -> FaultConfig {
+        FaultConfig {
+            delay: Duration::from_nanos(self.inner.delay_nanos.load(Ordering::Relaxed)),
+            delay_fraction: load_fraction(&self.inner.delay_fraction),
+            error_fraction: load_fraction(&self.inner.error_fraction),
+            hang: *self.inner.hang.borrow(),
+        }
+    }
+
+    /// Applies the knobs to one call: hang, then delay (never past the
+    /// deadline), then error.
+    pub(crate) async fn apply(
+        &self,
+        deadline: Option<Instant>,
+        shutdown: &CancellationToken,
+        metrics: &Metrics,
+    ) -> Result<()> {
+        let mut hang = self.inner.hang.subscribe();
+        if *hang.borrow_and_update() {
+            metrics.fault("hang");
+            tracing::debug!("injected fault: hanging");
+            tokio::select! {
+                // The sender lives as long as `self`, so this only returns
+                // when the knob is turned off.
+                _ = hang.wait_for(|hang| !*hang) => {}
+                () = shutdown.cancelled() => return Err(LeafError::ShuttingDown),
+            }
+        }
+
+        let config = self.config();
+        if !config.delay.is_zero() && roll(config.delay_fraction) {
+            metrics.fault("delay");
+            let delay = match deadline {
+                Some(deadline) => config
+                    .delay
+                    .min(deadline.saturating_duration_since(Instant::now())),
+                None => config.delay,
+            };
+            tracing::debug!(?delay, "injected fault: delay");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return Err(LeafError::ShuttingDown),
+            }
+        }
+
+        if roll(config.error_fraction) {
+            metrics.fault("error");
+            tracing::debug!("injected fault: error");
+            return Err(LeafError::InjectedFault);
+        }
+        Ok(())
+    }
+}
+
+fn store_fraction(cell: &AtomicU64, fraction: f64) {
+    let fraction = if fraction.is_nan() {
+        0.0
+    } else {
+        fraction.clamp(0.0, 1.0)
+    };
+    cell.store(fraction.to_bits(), Ordering::Relaxed);
+}
+
+fn load_fraction(cell: &AtomicU64) -> f64 {
+    f64::from_bits(cell.load(Ordering::Relaxed))
+}
+
+/// True with probability `fraction`; exactly never at 0 and always at 1.
+fn roll(fraction: f64) -> bool {
+    fraction > 0.0 && rand::random::<f64>() < fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new(&prometheus::Registry::new(), 0).unwrap()
+    }
+
+    #[test]
+    fn knobs_round_trip_and_clamp() {
+        let faults = Faults::default();
+        assert_eq!(faults.config(), FaultConfig::default());
+        let shared = faults.clone();
+        shared.set_delay(Duration::from_millis(50), 2.0);
+        shared.set_error_fraction(-1.0);
+        shared.set_hang(true);
+        let config = faults.config();
+        assert_eq!(config.delay, Duration::from_millis(50));
+        assert_eq!(config.delay_fraction, 1.0);
+        assert_eq!(config.error_fraction, 0.0);
+        assert!(config.hang);
+        faults.clear();
+        assert_eq!(faults.config(), FaultConfig::default());
+    }
+
+    #[tokio::test]
+    async fn error_fraction_one_always_fails_and_zero_never() {
+        let metrics = metrics();
+        let token = CancellationToken::new();
+        let faults = Faults::default();
+        for _ in 0..20 {
+            assert!(faults.apply(None, &token, &metrics).await.is_ok());
+        }
+        faults.set_error_fraction(1.0);
+        for _ in 0..20 {
+            let error = faults.apply(None, &token, &metrics).await.unwrap_err();
+            assert!(matches!(error, LeafError::InjectedFault));
+        }
+        assert_eq!(
+            metrics.faults_injected.with_label_values(&["error"]).get(),
+            20
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_is_capped_by_the_deadline() {
+        let metrics = metrics();
+        let token = CancellationToken::new();
+        let faults = Faults::new(&FaultConfig {
+            delay: Duration::from_secs(3600),
+            delay_fraction: 1.0,
+            ..FaultConfig::default()
+        });
+        let start = tokio::time::Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        faults
+            .apply(Some(deadline), &token, &metrics)
+            .await
+            .unwrap();
+        // Logical time: the sleep ended at the deadline, not after an hour.
+        assert!(start.elapsed() < Duration::from_secs(60));
+        assert_eq!(
+            metrics.faults_injected.with_label_values(&["delay"]).get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn hang_waits_until_released_or_shutdown() {
+        let metrics = metrics();
+        let token = CancellationToken::new();
+        let faults = Faults::new(&FaultConfig {
+            hang: true,
+            ..FaultConfig::default()
+        });
+        let call = {
+            let (faults, token, metrics) = (faults.clone(), token.clone(), metrics.clone());
+            tokio::spawn(async move { faults.apply(None, &token, &metrics).await })
+        };
+        // The call stays pending while the knob is on.
+        tokio::task::yield_now().await;
+        assert!(!call.is_finished());
+        faults.set_hang(false);
+        assert!(call.await.unwrap().is_ok());
+
+        faults.set_hang(true);
+        let call = {
+            let (faults, token, metrics) = (faults.clone(), token.clone(), metrics.clone());
+            tokio::spawn(async move { faults.apply(None, &token, &metrics).await })
+        };
+        token.cancel();
+        let error = call.await.unwrap().unwrap_err();
+        assert!(matches!(error, LeafError::ShuttingDown));
+    }
+}

@@ -1,0 +1,556 @@
+//! The shard's tantivy index: schema, building from a corpus (on the
+//! caller's thread, which must be a blocking one), and reopening from
+//! `--index-dir`.
+//!
+//! Reopen policy: a directory that holds a complete index of the same shard,
+//! shard count and format is reopened as is, keeping its generation, without
+//! reading the corpus. A directory of another shard or format is refused
+//! with an error (pass `--rebuild` or remove it), because silently deleting
+//! an operator's index is worse than failing at start. A directory whose
+//! build never committed (a crash mid-build) is rebuilt.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tantivy::indexer::NoMergePolicy;
+use tantivy::query::QueryParser;
+use tantivy::schema::{Field, Schema, FAST, STORED, STRING, TEXT};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
+use tokio_util::sync::CancellationToken;
+
+use crate::builtin::builtin_corpus;
+use crate::corpus::{for_each_document, shard_of, CorpusSource, Document};
+use crate::error::{LeafError, Result};
+
+/// Version of the schema and payload; an index of another format is not
+/// reopened.
+const INDEX_FORMAT: u32 = 1;
+/// How much more a title match weighs than a body match.
+const TITLE_BOOST: f32 = 2.0;
+/// tantivy's minimum memory budget per indexing thread.
+const MIN_HEAP_PER_THREAD: usize = 15_000_000;
+/// How often (in documents read) the build checks the clock and the
+/// shutdown token.
+const BUILD_CHECK_EVERY: u64 = 1024;
+
+/// How the index is built and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexConfig {
+    /// Keep the index on disk here and reopen it on restart; None: in RAM.
+    pub dir: Option<PathBuf>,
+    /// Rebuild even when `dir` holds a reusable index.
+    pub rebuild: bool,
+    pub writer_threads: usize,
+    /// The writer's memory budget across all its threads.
+    pub writer_heap_bytes: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            dir: None,
+            rebuild: false,
+            writer_threads: 2,
+            writer_heap_bytes: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// What building (or reopening) did, for logs, metrics and benchmarks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuildReport {
+    /// True when an existing index was reopened instead of built.
+    pub reopened: bool,
+    /// Documents of this shard in the index.
+    pub documents: u64,
+    /// Documents read from the corpus, all shards included (0 on reopen).
+    pub documents_read: u64,
+    pub bad_lines: u64,
+    pub duration: Duration,
+}
+
+impl BuildReport {
+    /// Shard documents indexed per second of build time.
+    pub fn docs_per_second(&self) -> f64 {
+        self.documents as f64 / self.duration.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The fields of the schema.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fields {
+    /// Indexed raw, stored, and a fast column whose per-segment ordinals
+    /// follow id order, which the top-k uses to break score ties.
+    pub id: Field,
+    pub title: Field,
+    pub body: Field,
+    pub popularity: Field,
+}
+
+/// What is written in tantivy's commit payload, so that a reopened index
+/// knows what it is.
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    format: u32,
+    shard: u32,
+    shards: u32,
+    generation: u64,
+    documents: u64,
+    bad_lines: u64,
+}
+
+/// One shard's index, ready to search. Cheap to share behind an `Arc`; all
+/// methods are blocking and belong on a blocking thread.
+pub struct ShardIndex {
+    pub(crate) shard: u32,
+    pub(crate) shards: u32,
+    pub(crate) generation: u64,
+    pub(crate) fields: Fields,
+    pub(crate) searcher: Searcher,
+    pub(crate) parser: QueryParser,
+    /// Keeps the searcher's segments open.
+    _reader: IndexReader,
+    report: BuildReport,
+}
+
+impl std::fmt::Debug for ShardIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardIndex")
+            .field("shard", &self.shard)
+            .field("shards", &self.shards)
+            .field("generation", &self.generation)
+            .field("num_docs", &self.num_docs())
+            .finish()
+    }
+}
+
+impl ShardIndex {
+    /// Reopens the index in `config.dir` when it is reusable, or builds it
+    /// from `corpus`. Blocking; stops with [`LeafError::ShuttingDown`] when
+    /// `cancel` is cancelled.
+    pub fn open_or_build(
+        shard: u32,
+        shards: u32,
+        config: &IndexConfig,
+        corpus: &CorpusSource,
+        cancel: &CancellationToken,
+    ) -> Result<ShardIndex> {
+        if shards == 0 || shard >= shards {
+            return Err(LeafError::Config(format!(
+                "shard {shard} is not below shard count {shards}"
+            )));
+        }
+        let started = Instant::now();
+        if let Some(dir) = &config.dir {
+            if dir.join("meta.json").exists() {
+                if !config.rebuild {
+                    if let Some(index) = reopen(dir, shard, shards, started)? {
+                        return Ok(index);
+                    }
+                }
+                tracing::info!(dir = %dir.display(), "removing old index before rebuilding");
+                std::fs::remove_dir_all(dir)?;
+            }
+            std::fs::create_dir_all(dir)?;
+        }
+        build(shard, shards, config, corpus, cancel, started)
+    }
+
+    /// Builds an in-RAM index of the documents of `shard` (tests, demos).
+    pub fn build_in_ram(shard: u32, shards: u32, documents: &[Document]) -> Result<ShardIndex> {
+        let config = IndexConfig {
+            writer_threads: 1,
+            writer_heap_bytes: MIN_HEAP_PER_THREAD,
+            ..IndexConfig::default()
+        };
+        let corpus = CorpusSource::Documents(std::sync::Arc::new(documents.to_vec()));
+        Self::open_or_build(shard, shards, &config, &corpus, &CancellationToken::new())
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// Identifies this build of the index: stable across reopen, new on
+    /// every rebuild.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.searcher.num_docs()
+    }
+
+    pub fn build_report(&self) -> &BuildReport {
+        &self.report
+    }
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let fields = Fields {
+        id: builder.add_text_field("id", STRING | STORED | FAST),
+        title: builder.add_text_field("title", TEXT | STORED),
+        body: builder.add_text_field("body", TEXT | STORED),
+        popularity: builder.add_f64_field("popularity", FAST | STORED),
+    };
+    (builder.build(), fields)
+}
+
+fn fields_of(schema: &Schema) -> Option<Fields> {
+    Some(Fields {
+        id: schema.get_field("id").ok()?,
+        title: schema.get_field("title").ok()?,
+        body: schema.get_field("body").ok()?,
+        popularity: schema.get_field("popularity").ok()?,
+    })
+}
+
+/// A new generation: the build time in ms since the epoch, strictly
+/// increasing within a process.
+fn next_generation() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(0);
+    now.max(previous + 1)
+}
+
+/// Reopens `dir`; None when the index there never committed.
+fn reopen(dir: &Path, shard: u32, shards: u32, started: Instant) -> Result<Option<ShardIndex>> {
+    let mismatch = |reason: String| LeafError::IndexMismatch {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let index = Index::open_in_dir(dir)?;
+    let metas = index.load_metas()?;
+    let Some(payload) = metas.payload.as_deref() else {
+        tracing::warn!(dir = %dir.display(), "index never finished building, rebuilding");
+        return Ok(None);
+    };
+    let payload: Payload = serde_json::from_str(payload)
+        .map_err(|error| mismatch(format!("unreadable payload ({error}); use --rebuild")))?;
+    if payload.format != INDEX_FORMAT {
+        return Err(mismatch(format!(
+            "format {} instead of {INDEX_FORMAT}; use --rebuild",
+            payload.format
+        )));
+    }
+    if (payload.shard, payload.shards) != (shard, shards) {
+        return Err(mismatch(format!(
+            "it is shard {} of {}, not shard {shard} of {shards}; use another --index-dir or --rebuild",
+            payload.shard, payload.shards
+        )));
+    }
+    let fields = fields_of(&index.schema())
+        .ok_or_else(|| mismatch("schema lacks leaf fields; use --rebuild".to_string()))?;
+    let report = BuildReport {
+        reopened: true,
+        documents: payload.documents,
+        documents_read: 0,
+        bad_lines: payload.bad_lines,
+        duration: started.elapsed(),
+    };
+    let index = finish(index, fields, shard, shards, payload.generation, report)?;
+    tracing::info!(
+        dir = %dir.display(),
+        shard,
+        shards,
+        generation = index.generation,
+        documents = index.num_docs(),
+        "reopened index"
+    );
+    Ok(Some(index))
+}
+
+fn build(
+    shard: u32,
+    shards: u32,
+    config: &IndexConfig,
+    corpus: &CorpusSource,
+    cancel: &CancellationToken,
+    started: Instant,
+) -> Result<ShardIndex> {
+    let (schema, fields) = schema();
+    let index = match &config.dir {
+        Some(dir) => Index::create_in_dir(dir, schema)?,
+        None => Index::create_in_ram(schema),
+    };
+    let threads = config.writer_threads.clamp(1, 8);
+    let heap = config.writer_heap_bytes.max(threads * MIN_HEAP_PER_THREAD);
+    let mut writer: IndexWriter = index.writer_with_num_threads(threads, heap)?;
+    // Segments are kept as the threads write them (a handful per shard):
+    // merging would slow the build down for little search gain here.
+    writer.set_merge_policy(Box::new(NoMergePolicy));
+    tracing::info!(shard, shards, corpus = %corpus.describe(), threads, heap, "building index");
+
+    let mut progress = Progress::new(shard, started);
+    let mut failure: Option<LeafError> = None;
+    let mut add = |doc: Document| -> bool {
+        progress.read += 1;
+        if progress.read % BUILD_CHECK_EVERY == 0 {
+            if cancel.is_cancelled() {
+                failure = Some(LeafError::ShuttingDown);
+                return false;
+            }
+            progress.maybe_log();
+        }
+        if shard_of(&doc.id, shards) != shard {
+            return true;
+        }
+        if let Err(error) = writer.add_document(to_tantivy(&fields, &doc)) {
+            failure = Some(error.into());
+            return false;
+        }
+        progress.indexed += 1;
+        true
+    };
+    let bad_lines = match corpus {
+        CorpusSource::File(path) => for_each_document(path, &mut add)?,
+        CorpusSource::Documents(docs) => {
+            let _ = docs.iter().cloned().all(&mut add);
+            0
+        }
+        CorpusSource::Builtin => {
+            let _ = builtin_corpus().into_iter().all(&mut add);
+            0
+        }
+    };
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let (documents_read, documents) = (progress.read, progress.indexed);
+
+    let generation = next_generation();
+    let payload = Payload {
+        format: INDEX_FORMAT,
+        shard,
+        shards,
+        generation,
+        documents,
+        bad_lines,
+    };
+    let payload = serde_json::to_string(&payload)
+        .map_err(|error| LeafError::Internal(format!("cannot encode payload: {error}")))?;
+    let mut commit = writer.prepare_commit()?;
+    commit.set_payload(&payload);
+    commit.commit()?;
+    writer.wait_merging_threads()?;
+
+    let report = BuildReport {
+        reopened: false,
+        documents,
+        documents_read,
+        bad_lines,
+        duration: started.elapsed(),
+    };
+    tracing::info!(
+        shard,
+        shards,
+        generation,
+        documents,
+        documents_read,
+        bad_lines,
+        seconds = report.duration.as_secs_f64(),
+        docs_per_second = report.docs_per_second().round(),
+        "index built"
+    );
+    finish(index, fields, shard, shards, generation, report)
+}
+
+fn finish(
+    index: Index,
+    fields: Fields,
+    shard: u32,
+    shards: u32,
+    generation: u64,
+    report: BuildReport,
+) -> Result<ShardIndex> {
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    let searcher = reader.searcher();
+    let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
+    parser.set_field_boost(fields.title, TITLE_BOOST);
+    Ok(ShardIndex {
+        shard,
+        shards,
+        generation,
+        fields,
+        searcher,
+        parser,
+        _reader: reader,
+        report,
+    })
+}
+
+fn to_tantivy(fields: &Fields, doc: &Document) -> TantivyDocument {
+    let mut out = TantivyDocument::new();
+    out.add_text(fields.id, &doc.id);
+    out.add_text(fields.title, &doc.title);
+    out.add_text(fields.body, &doc.body);
+    if let Some(popularity) = doc.popularity.filter(|p| p.is_finite()) {
+        out.add_f64(fields.popularity, popularity);
+    }
+    out
+}
+
+/// Build progress, logged about once a second.
+struct Progress {
+    shard: u32,
+    started: Instant,
+    last_log: Instant,
+    read: u64,
+    indexed: u64,
+}
+
+impl Progress {
+    fn new(shard: u32, started: Instant) -> Progress {
+        Progress {
+            shard,
+            started,
+            last_log: started,
+            read: 0,
+            indexed: 0,
+        }
+    }
+
+    fn maybe_log(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_log) < Duration::from_secs(1) {
+            return;
+        }
+        self.last_log = now;
+        let seconds = now.duration_since(self.started).as_secs_f64().max(1e-9);
+        tracing::info!(
+            shard = self.shard,
+            documents_read = self.read,
+            documents_indexed = self.indexed,
+            docs_per_second = (self.indexed as f64 / seconds).round(),
+            "building index"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::builtin::generate_corpus;
+
+    fn on_disk(dir: &Path) -> IndexConfig {
+        IndexConfig {
+            dir: Some(dir.to_path_buf()),
+            writer_threads: 1,
+            writer_heap_bytes: MIN_HEAP_PER_THREAD,
+            ..IndexConfig::default()
+        }
+    }
+
+    #[test]
+    fn builds_only_the_documents_of_its_shard() {
+        let docs = generate_corpus(600, 1);
+        let mut total = 0;
+        for shard in 0..3 {
+            let index = ShardIndex::build_in_ram(shard, 3, &docs).unwrap();
+            let expected = docs.iter().filter(|d| shard_of(&d.id, 3) == shard).count();
+            assert_eq!(index.num_docs(), expected as u64);
+            assert_eq!(index.build_report().documents_read, 600);
+            total += index.num_docs();
+        }
+        assert_eq!(total, 600);
+    }
+
+    #[test]
+    fn reopens_from_index_dir_keeping_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard0");
+        let docs = Arc::new(generate_corpus(300, 2));
+        let corpus = CorpusSource::Documents(docs);
+        let token = CancellationToken::new();
+        let first = ShardIndex::open_or_build(0, 2, &on_disk(&path), &corpus, &token).unwrap();
+        assert!(!first.build_report().reopened);
+
+        // Reopening does not need the corpus at all.
+        let missing = CorpusSource::File(dir.path().join("missing.jsonl"));
+        let again = ShardIndex::open_or_build(0, 2, &on_disk(&path), &missing, &token).unwrap();
+        assert!(again.build_report().reopened);
+        assert_eq!(again.generation(), first.generation());
+        assert_eq!(again.num_docs(), first.num_docs());
+        drop(again);
+
+        // Another shard is refused with a clear error.
+        let error = ShardIndex::open_or_build(1, 2, &on_disk(&path), &corpus, &token).unwrap_err();
+        assert!(matches!(error, LeafError::IndexMismatch { .. }), "{error}");
+        assert!(error.to_string().contains("shard 0 of 2"), "{error}");
+
+        // --rebuild builds anew, with a new generation.
+        let rebuild = IndexConfig {
+            rebuild: true,
+            ..on_disk(&path)
+        };
+        let rebuilt = ShardIndex::open_or_build(0, 2, &rebuild, &corpus, &token).unwrap();
+        assert!(!rebuilt.build_report().reopened);
+        assert!(rebuilt.generation() > first.generation());
+        assert_eq!(rebuilt.num_docs(), first.num_docs());
+    }
+
+    #[test]
+    fn an_unfinished_build_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, _) = schema();
+        // What a crash right after creating the index leaves behind.
+        drop(Index::create_in_dir(dir.path(), schema).unwrap());
+        let corpus = CorpusSource::Documents(Arc::new(generate_corpus(50, 3)));
+        let index = ShardIndex::open_or_build(
+            0,
+            1,
+            &on_disk(dir.path()),
+            &corpus,
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert!(!index.build_report().reopened);
+        assert_eq!(index.num_docs(), 50);
+    }
+
+    #[test]
+    fn cancelled_build_stops() {
+        let corpus = CorpusSource::Documents(Arc::new(generate_corpus(3000, 4)));
+        let token = CancellationToken::new();
+        token.cancel();
+        let config = IndexConfig {
+            writer_threads: 1,
+            writer_heap_bytes: MIN_HEAP_PER_THREAD,
+            ..IndexConfig::default()
+        };
+        let error = ShardIndex::open_or_build(0, 1, &config, &corpus, &token).unwrap_err();
+        assert!(matches!(error, LeafError::ShuttingDown));
+    }
+
+    #[test]
+    fn bad_shard_is_a_config_error() {
+        let error = ShardIndex::build_in_ram(2, 2, &[]).unwrap_err();
+        assert!(matches!(error, LeafError::Config(_)));
+    }
+
+    #[test]
+    fn generations_increase() {
+        let a = next_generation();
+        let b = next_generation();
+        assert!(b > a);
+    }
+}

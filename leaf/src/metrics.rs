@@ -1,0 +1,196 @@
+//! Every Prometheus metric of a leaf, registered on the registry of one
+//! server (several leaves may run in one process, so never the global
+//! default registry). Each metric carries a constant `shard` label.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Buckets of `leaf_search_duration_seconds`, from 0.5 ms to 2.5 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Outcomes of a search call, the label values of `leaf_search_requests_total`.
+pub const SEARCH_OUTCOMES: &[&str] = &[
+    "ok",
+    "early_stop",
+    "deadline_exceeded",
+    "invalid",
+    "error",
+    "rejected",
+    "cancelled",
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// `leaf_search_requests_total{outcome}`.
+    pub search_requests: IntCounterVec,
+    /// Time from receiving a search to answering it, for answered calls.
+    pub search_duration: Histogram,
+    /// Documents covered by searches (all of them unless stopped early).
+    pub docs_searched: IntCounter,
+    /// Searches cut short by their deadline.
+    pub early_stops: IntCounter,
+    pub searches_in_flight: IntGauge,
+    pub queue_depth: IntGauge,
+    /// Searches refused because every slot and queue place was taken.
+    pub rejections: IntCounter,
+    /// `leaf_term_stats_requests_total{outcome}`.
+    pub term_stats_requests: IntCounterVec,
+    /// `leaf_faults_injected_total{kind="delay|error|hang"}`.
+    pub faults_injected: IntCounterVec,
+    pub index_documents: IntGauge,
+    pub index_generation: IntGauge,
+    pub index_build_duration: Gauge,
+    /// Corpus lines skipped while building, 0 for a reopened index.
+    pub corpus_bad_lines: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics of shard `shard` on `registry`.
+    pub fn new(registry: &Registry, shard: u32) -> Result<Metrics, prometheus::Error> {
+        let shard = shard.to_string();
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("shard", &shard);
+        let metrics = Metrics {
+            search_requests: IntCounterVec::new(
+                opts("leaf_search_requests_total", "search calls by outcome"),
+                &["outcome"],
+            )?,
+            search_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "leaf_search_duration_seconds",
+                    "time to answer a search call, answered calls only",
+                )
+                .const_label("shard", &shard)
+                .buckets(DURATION_BUCKETS.to_vec()),
+            )?,
+            docs_searched: IntCounter::with_opts(opts(
+                "leaf_docs_searched_total",
+                "documents covered by searches",
+            ))?,
+            early_stops: IntCounter::with_opts(opts(
+                "leaf_early_stops_total",
+                "searches cut short by their deadline",
+            ))?,
+            searches_in_flight: IntGauge::with_opts(opts(
+                "leaf_searches_in_flight",
+                "searches running on the blocking pool",
+            ))?,
+            queue_depth: IntGauge::with_opts(opts(
+                "leaf_queue_depth",
+                "searches waiting for a search slot",
+            ))?,
+            rejections: IntCounter::with_opts(opts(
+                "leaf_rejections_total",
+                "searches refused with resource exhausted",
+            ))?,
+            term_stats_requests: IntCounterVec::new(
+                opts(
+                    "leaf_term_stats_requests_total",
+                    "term stats calls by outcome",
+                ),
+                &["outcome"],
+            )?,
+            faults_injected: IntCounterVec::new(
+                opts("leaf_faults_injected_total", "faults injected by kind"),
+                &["kind"],
+            )?,
+            index_documents: IntGauge::with_opts(opts(
+                "leaf_index_documents",
+                "documents in the shard index",
+            ))?,
+            index_generation: IntGauge::with_opts(opts(
+                "leaf_index_generation",
+                "generation of the served index",
+            ))?,
+            index_build_duration: Gauge::with_opts(opts(
+                "leaf_index_build_duration_seconds",
+                "time to build or reopen the index",
+            ))?,
+            corpus_bad_lines: IntGauge::with_opts(opts(
+                "leaf_corpus_bad_lines",
+                "corpus lines skipped while building the index",
+            ))?,
+        };
+        registry.register(Box::new(metrics.search_requests.clone()))?;
+        registry.register(Box::new(metrics.search_duration.clone()))?;
+        registry.register(Box::new(metrics.docs_searched.clone()))?;
+        registry.register(Box::new(metrics.early_stops.clone()))?;
+        registry.register(Box::new(metrics.searches_in_flight.clone()))?;
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.rejections.clone()))?;
+        registry.register(Box::new(metrics.term_stats_requests.clone()))?;
+        registry.register(Box::new(metrics.faults_injected.clone()))?;
+        registry.register(Box::new(metrics.index_documents.clone()))?;
+        registry.register(Box::new(metrics.index_generation.clone()))?;
+        registry.register(Box::new(metrics.index_build_duration.clone()))?;
+        registry.register(Box::new(metrics.corpus_bad_lines.clone()))?;
+        // Every outcome shows up as 0 from the start, so rates work at once.
+        for outcome in SEARCH_OUTCOMES {
+            metrics.search_requests.with_label_values(&[*outcome]);
+        }
+        for outcome in ["ok", "invalid", "error", "deadline_exceeded", "cancelled"] {
+            metrics.term_stats_requests.with_label_values(&[outcome]);
+        }
+        for kind in ["delay", "error", "hang"] {
+            metrics.faults_injected.with_label_values(&[kind]);
+        }
+        Ok(metrics)
+    }
+
+    /// Counts one search call with `outcome` (one of [`SEARCH_OUTCOMES`]).
+    pub fn search_outcome(&self, outcome: &str) {
+        self.search_requests.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn fault(&self, kind: &str) {
+        self.faults_injected.with_label_values(&[kind]).inc();
+    }
+}
+
+/// Increments a gauge for as long as it lives.
+pub(crate) struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub(crate) fn new(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let registry = Registry::new();
+        let _metrics = Metrics::new(&registry, 3).unwrap();
+        let text = svc::metrics::encode(&registry);
+        for family in registry.gather() {
+            let name = family.name();
+            assert!(name.starts_with("leaf_"), "{name}");
+            match family.get_field_type() {
+                prometheus::proto::MetricType::COUNTER => {
+                    assert!(name.ends_with("_total"), "{name}")
+                }
+                prometheus::proto::MetricType::HISTOGRAM => {
+                    assert!(name.ends_with("_seconds"), "{name}")
+                }
+                _ => assert!(!name.ends_with("_total"), "{name}"),
+            }
+        }
+        assert!(text.contains("leaf_search_requests_total{outcome=\"cancelled\",shard=\"3\"} 0"));
+        assert!(text.contains("le=\"0.05\"") && text.contains("le=\"0.1\""));
+        // Two leaves in one process use two registries without clashing.
+        assert!(Metrics::new(&Registry::new(), 4).is_ok());
+        assert!(Metrics::new(&registry, 3).is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! Searching one shard: query parsing, a scoring loop that honours a
+//! [`Budget`] (deadline, cancellation), an exact top-k ordered by score then
+//! id, and snippets.
+//!
+//! The scoring loop walks each segment with the query's scorer and checks
+//! the budget every [`CHECK_EVERY`] matching documents. When the budget runs
+//! out it returns the best hits found so far and the number of documents
+//! covered: all documents of finished segments plus the doc ids below the
+//! scorer's position in the current one.
+//!
+//! Ties: every segment keeps its own top-k ordered by (score desc, id asc),
+//! comparing ids through the per-segment sorted ordinals of the `id` fast
+//! column; the segments' winners are then merged by (score desc, id asc)
+//! on the id strings. This is exact for any number of ties, so merging
+//! shards gives the same order as one unsharded index.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::leaf::{CorpusStats, Hit, SearchResponse};
+use tantivy::query::{EnableScoring, Query};
+use tantivy::schema::Value;
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{DocAddress, DocId, Score, TantivyDocument, TERMINATED};
+
+use crate::error::{LeafError, Result};
+use crate::index::ShardIndex;
+use crate::stats::GlobalStatistics;
+
+/// Largest `k` a search accepts.
+pub const MAX_K: u32 = 1000;
+/// Longest query text accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Deepest parenthesis nesting accepted; the parser recurses on it.
+const MAX_NESTING: usize = 32;
+/// Matching documents scored between two budget checks.
+pub const CHECK_EVERY: u64 = 256;
+/// Longest snippet, in characters.
+const SNIPPET_CHARS: usize = 160;
+
+/// A parsed query, ready to run on the shard it was parsed for.
+#[derive(Debug)]
+pub struct ParsedQuery(pub(crate) Box<dyn Query>);
+
+/// When a search must stop: a point in time, a cancellation flag, and for
+/// tests a number of documents.
+#[derive(Clone, Debug, Default)]
+pub struct Budget {
+    stop_at: Option<Instant>,
+    cancelled: Option<Arc<AtomicBool>>,
+    doc_limit: Option<u64>,
+}
+
+/// Why a search stopped before covering the shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Out of time (or out of documents for a doc-limited budget).
+    Exhausted,
+    Cancelled,
+}
+
+impl Budget {
+    /// A budget that never runs out.
+    pub fn unlimited() -> Budget {
+        Budget::default()
+    }
+
+    /// Stops scoring at `stop_at` (the caller's deadline minus a margin to
+    /// reply).
+    pub fn until(stop_at: Instant) -> Budget {
+        Budget {
+            stop_at: Some(stop_at),
+            ..Budget::default()
+        }
+    }
+
+    /// Stops, with [`LeafError::Cancelled`], once `flag` is set.
+    pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> Budget {
+        self.cancelled = Some(flag);
+        self
+    }
+
+    /// Runs out, like a deadline, at the first check after `docs` documents
+    /// are covered: a deterministic early stop for tests.
+    pub fn with_doc_limit(mut self, docs: u64) -> Budget {
+        self.doc_limit = Some(docs);
+        self
+    }
+
+    fn check(&self, covered: u64) -> Option<Stop> {
+        if self
+            .cancelled
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+        {
+            return Some(Stop::Cancelled);
+        }
+        if self.doc_limit.is_some_and(|limit| covered >= limit)
+            || self
+                .stop_at
+                .is_some_and(|stop_at| Instant::now() >= stop_at)
+        {
+            return Some(Stop::Exhausted);
+        }
+        None
+    }
+}
+
+/// What one shard found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SearchOutput {
+    /// Ordered by score desc, then id asc.
+    pub hits: Vec<Hit>,
+    pub docs_searched: u64,
+    pub docs_total: u64,
+    pub early_terminated: bool,
+    pub global_stats: bool,
+}
+
+impl SearchOutput {
+    pub fn into_response(self, shard: u32, generation: u64) -> SearchResponse {
+        SearchResponse {
+            hits: self.hits,
+            docs_searched: self.docs_searched,
+            docs_total: self.docs_total,
+            shard,
+            generation,
+            early_terminated: self.early_terminated,
+            global_stats: self.global_stats,
+        }
+    }
+}
+
+/// Checks `k` (1..=[`MAX_K`]).
+pub fn validate_k(k: u32) -> Result<usize> {
+    if (1..=MAX_K).contains(&k) {
+        Ok(k as usize)
+    } else {
+        Err(LeafError::InvalidArgument(format!(
+            "k must be between 1 and {MAX_K}, got {k}"
+        )))
+    }
+}
+
+impl ShardIndex {
+    /// Parses `text`: free terms are OR-ed, `"quoted phrases"`, `+required`,
+    /// `-excluded`, `field:term` over `title` (boosted) and `body`.
+    pub fn parse_query(&self, text: &str) -> Result<ParsedQuery> {
+        if text.trim().is_empty() {
+            return Err(LeafError::InvalidQuery("empty query".to_string()));
+        }
+        if text.len() > MAX_QUERY_BYTES {
+            return Err(LeafError::InvalidQuery(format!(
+                "query longer than {MAX_QUERY_BYTES} bytes"
+            )));
+        }
+        if nesting(text) > MAX_NESTING {
+            return Err(LeafError::InvalidQuery(format!(
+                "parentheses nested deeper than {MAX_NESTING}"
+            )));
+        }
+        self.parser
+            .parse_query(text)
+            .map(ParsedQuery)
+            .map_err(|error| LeafError::InvalidQuery(lowercase_first(&error.to_string())))
+    }
+
+    /// Parses and runs `text` (tests and in-process callers).
+    pub fn search_text(
+        &self,
+        text: &str,
+        k: u32,
+        stats: Option<&CorpusStats>,
+        budget: &Budget,
+    ) -> Result<SearchOutput> {
+        let k = validate_k(k)?;
+        let query = self.parse_query(text)?;
+        self.search(&query, k, stats, budget)
+    }
+
+    /// Runs `query` for the best `k` documents. With `stats`, scores with
+    /// those corpus-wide statistics (terms missing from them fall back to
+    /// the shard's own). Blocking: call it on a blocking thread.
+    pub fn search(
+        &self,
+        query: &ParsedQuery,
+        k: usize,
+        stats: Option<&CorpusStats>,
+        budget: &Budget,
+    ) -> Result<SearchOutput> {
+        let searcher = &self.searcher;
+        let weight = match stats {
+            Some(stats) => {
+                let provider = GlobalStatistics::new(self, stats)?;
+                query
+                    .0
+                    .weight(EnableScoring::enabled_from_statistics_provider(
+                        &provider, searcher,
+                    ))?
+            }
+            None => query
+                .0
+                .weight(EnableScoring::enabled_from_searcher(searcher))?,
+        };
+
+        let mut covered = 0u64;
+        let mut stopped = None;
+        let mut winners: Vec<(Score, String, DocAddress)> = Vec::new();
+        for (segment_ord, reader) in searcher.segment_readers().iter().enumerate() {
+            if let Some(stop) = budget.check(covered) {
+                stopped = Some(stop);
+                break;
+            }
+            let ids = reader
+                .fast_fields()
+                .str("id")?
+                .ok_or_else(|| LeafError::Internal("id fast column missing".to_string()))?;
+            let alive = reader.alive_bitset();
+            let mut top = SegmentTopK::new(k);
+            let mut scorer = weight.scorer(reader, 1.0)?;
+            let mut doc = scorer.doc();
+            let mut scored = 0u64;
+            while doc != TERMINATED {
+                if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                    let score = scorer.score();
+                    if top.competitive(score) {
+                        let ord = ids.term_ords(doc).next().unwrap_or(u64::MAX);
+                        top.offer(score, ord, doc);
+                    }
+                }
+                doc = scorer.advance();
+                scored += 1;
+                if scored % CHECK_EVERY == 0 && doc != TERMINATED {
+                    if let Some(stop) = budget.check(covered + u64::from(doc)) {
+                        stopped = Some(stop);
+                        break;
+                    }
+                }
+            }
+            covered += match stopped {
+                Some(_) => u64::from(doc),
+                None => u64::from(reader.max_doc()),
+            };
+            let mut id = String::new();
+            for entry in top.heap {
+                id.clear();
+                ids.ord_to_str(entry.ord, &mut id)?;
+                let address = DocAddress::new(segment_ord as u32, entry.doc);
+                winners.push((entry.score, id.clone(), address));
+            }
+            if stopped.is_some() {
+                break;
+            }
+        }
+        if stopped == Some(Stop::Cancelled) {
+            return Err(LeafError::Cancelled);
+        }
+
+        winners.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        winners.truncate(k);
+        let hits = self.hits(query, winners, budget)?;
+        Ok(SearchOutput {
+            hits,
+            docs_searched: covered,
+            docs_total: searcher.num_docs(),
+            early_terminated: stopped.is_some(),
+            global_stats: stats.is_some(),
+        })
+    }
+
+    /// Loads titles and builds snippets for the winners.
+    fn hits(
+        &self,
+        query: &ParsedQuery,
+        winners: Vec<(Score, String, DocAddress)>,
+        budget: &Budget,
+    ) -> Result<Vec<Hit>> {
+        if winners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut body_snippets =
+            SnippetGenerator::create(&self.searcher, query.0.as_ref(), self.fields.body)?;
+        body_snippets.set_max_num_chars(SNIPPET_CHARS);
+        let mut title_snippets =
+            SnippetGenerator::create(&self.searcher, query.0.as_ref(), self.fields.title)?;
+        title_snippets.set_max_num_chars(SNIPPET_CHARS);
+
+        let mut hits = Vec::with_capacity(winners.len());
+        for (score, id, address) in winners {
+            if budget.check(0) == Some(Stop::Cancelled) {
+                return Err(LeafError::Cancelled);
+            }
+            let doc: TantivyDocument = self.searcher.doc(address)?;
+            let text = |field| {
+                doc.get_first(field)
+                    .and_then(|value| value.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            let title = text(self.fields.title);
+            let body = text(self.fields.body);
+            let snippet = {
+                let in_body = body_snippets.snippet(&body);
+                if !in_body.highlighted().is_empty() {
+                    in_body.to_html()
+                } else {
+                    let in_title = title_snippets.snippet(&title);
+                    if in_title.highlighted().is_empty() {
+                        escape_html(&prefix(&body, SNIPPET_CHARS))
+                    } else {
+                        in_title.to_html()
+                    }
+                }
+            };
+            hits.push(Hit {
+                id,
+                score,
+                title,
+                snippet,
+                shard: self.shard,
+            });
+        }
+        Ok(hits)
+    }
+}
+
+/// One segment's best `k`, ordered by (score desc, id ordinal asc).
+struct SegmentTopK {
+    k: usize,
+    /// A max-heap on "worse": its top is the entry to evict first.
+    heap: BinaryHeap<Entry>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    score: Score,
+    ord: u64,
+    doc: DocId,
+}
+
+impl Entry {
+    /// Greater means worse: lower score, then higher id ordinal.
+    fn worse(&self, other: &Entry) -> CmpOrdering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.ord.cmp(&other.ord))
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.worse(other) == CmpOrdering::Equal
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.worse(other)
+    }
+}
+
+impl SegmentTopK {
+    fn new(k: usize) -> SegmentTopK {
+        SegmentTopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// Whether a document with `score` may enter (ties may, depending on
+    /// their id).
+    fn competitive(&self, score: Score) -> bool {
+        self.heap.len() < self.k
+            || self
+                .heap
+                .peek()
+                .is_some_and(|worst| score.total_cmp(&worst.score) != CmpOrdering::Less)
+    }
+
+    fn offer(&mut self, score: Score, ord: u64, doc: DocId) {
+        let entry = Entry { score, ord, doc };
+        if self.heap.len() < self.k {
+            self.heap.push(entry);
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            if entry < *worst {
+                *worst = entry;
+            }
+        }
+    }
+}
+
+/// Deepest parenthesis nesting outside quotes.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut quoted) = (0usize, 0usize, false);
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' if !quoted => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// At most `chars` characters of `text`, with an ellipsis when cut.
+fn prefix(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "search_tests.rs"]
+mod tests;

@@ -1,0 +1,298 @@
+//! Unit tests of [`crate::search`]: parsing, exact merging across shards,
+//! ties, budgets and snippets.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use proto::leaf::{CorpusStats, Hit};
+
+use super::*;
+use crate::builtin::{generate_corpus, sample_queries};
+use crate::corpus::Document;
+use crate::stats::sum_corpus_stats;
+
+/// One index of a generated corpus, shared by the tests that only read it.
+fn small_index() -> &'static ShardIndex {
+    static INDEX: OnceLock<ShardIndex> = OnceLock::new();
+    INDEX.get_or_init(|| ShardIndex::build_in_ram(0, 1, &generate_corpus(3000, 11)).unwrap())
+}
+
+fn ids(hits: &[Hit]) -> Vec<&str> {
+    hits.iter().map(|hit| hit.id.as_str()).collect()
+}
+
+fn assert_ordered(hits: &[Hit]) {
+    for pair in hits.windows(2) {
+        let ordered = pair[0].score > pair[1].score
+            || (pair[0].score == pair[1].score && pair[0].id < pair[1].id);
+        assert!(ordered, "{:?} before {:?}", pair[0], pair[1]);
+    }
+}
+
+#[test]
+fn bad_queries_are_invalid_not_internal() {
+    let index = small_index();
+    let deep = format!("{}json{}", "(".repeat(40), ")".repeat(40));
+    let long = "json ".repeat(1000);
+    for query in [
+        "",
+        "   ",
+        "nosuchfield:json",
+        "title:",
+        deep.as_str(),
+        long.as_str(),
+    ] {
+        let error = index.parse_query(query).unwrap_err();
+        assert!(
+            matches!(error, LeafError::InvalidQuery(_)),
+            "{query:?}: {error}"
+        );
+        assert_eq!(
+            tonic::Status::from(error).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+    for k in [0, MAX_K + 1] {
+        let error = index
+            .search_text("json", k, None, &Budget::unlimited())
+            .unwrap_err();
+        assert!(matches!(error, LeafError::InvalidArgument(_)), "{error}");
+    }
+    // Operators, phrases and modest nesting parse.
+    for query in [
+        "json parser",
+        "\"command line\" tool",
+        "+logger -color",
+        "(json OR yaml) AND parser",
+        "title:react",
+    ] {
+        index.parse_query(query).unwrap();
+    }
+}
+
+#[test]
+fn sample_queries_find_sensible_hits() {
+    let index = small_index();
+    let search = |query: &str| {
+        let output = index
+            .search_text(query, 10, None, &Budget::unlimited())
+            .unwrap();
+        assert!(!output.hits.is_empty(), "no hits for {query}");
+        assert!(!output.early_terminated);
+        assert_eq!(output.docs_searched, output.docs_total);
+        assert_ordered(&output.hits);
+        output.hits
+    };
+    // The words of a hit, as the default tokenizer splits them.
+    let words = |hit: &Hit| {
+        let text = format!(
+            "{} {}",
+            hit.title,
+            hit.snippet.replace("<b>", "").replace("</b>", "")
+        );
+        text.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .map(str::to_string)
+            .collect::<Vec<String>>()
+    };
+    let hits = search("json parser");
+    assert!(hits[0].title.contains("json-parser"), "{hits:?}");
+    assert!(hits[0].snippet.contains("<b>"), "{hits:?}");
+    let hits = search("\"command line\" tool");
+    assert!(hits.iter().all(|hit| hit
+        .snippet
+        .to_lowercase()
+        .contains("<b>command</b> <b>line</b>")));
+    let hits = search("+logger -color");
+    for hit in &hits {
+        assert!(words(hit).iter().any(|w| w == "logger"), "{hit:?}");
+        assert!(!words(hit).iter().any(|w| w == "color"), "{hit:?}");
+    }
+    let hits = search("http server");
+    assert!(hits[0].title.contains("http-server"), "{hits:?}");
+    let hits = search("react component");
+    assert!(hits[0].title.contains("react"), "{hits:?}");
+}
+
+/// The contract with the frontend: the merge of the shards' top-k, scored
+/// with summed statistics, is the top-k of one unsharded index.
+#[test]
+fn merged_shards_equal_one_unsharded_index() {
+    let docs = generate_corpus(3000, 21);
+    let whole = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+    let layouts: Vec<Vec<ShardIndex>> = [1u32, 2, 3, 7]
+        .iter()
+        .map(|&shards| {
+            (0..shards)
+                .map(|shard| ShardIndex::build_in_ram(shard, shards, &docs).unwrap())
+                .collect()
+        })
+        .collect();
+    let mut queries = sample_queries(300, 22);
+    queries.extend(["with", "json", "\"http server\"", "+react -hooks"].map(String::from));
+    let mut compared = 0;
+    for (i, query) in queries.iter().enumerate() {
+        let k = if i % 5 == 0 { 50 } else { 10 };
+        let expected = whole
+            .search_text(query, k, None, &Budget::unlimited())
+            .unwrap()
+            .hits;
+        for shards in &layouts {
+            let parts: Vec<CorpusStats> = shards
+                .iter()
+                .map(|shard| shard.term_stats(query).unwrap())
+                .collect();
+            let global = sum_corpus_stats(&parts);
+            let mut merged: Vec<Hit> = Vec::new();
+            for shard in shards {
+                let output = shard
+                    .search_text(query, k, Some(&global), &Budget::unlimited())
+                    .unwrap();
+                assert!(output.global_stats);
+                assert_ordered(&output.hits);
+                merged.extend(output.hits);
+            }
+            merged.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+            merged.truncate(k as usize);
+            assert_eq!(
+                ids(&merged),
+                ids(&expected),
+                "query {query:?} over {} shards",
+                shards.len()
+            );
+            for (got, want) in merged.iter().zip(&expected) {
+                let tolerance = 1e-4 * want.score.abs().max(1e-6);
+                assert!(
+                    (got.score - want.score).abs() <= tolerance,
+                    "query {query:?}: {got:?} vs {want:?}"
+                );
+            }
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, queries.len() * 4);
+}
+
+#[test]
+fn ties_are_broken_by_id_across_shards() {
+    // Identical documents score the same; the smallest ids must win, in
+    // whatever order the index holds them.
+    let docs: Vec<Document> = (0..200)
+        .map(|i| Document {
+            id: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&[i as u8, 7])),
+            title: "same-title".to_string(),
+            body: "identical body text".to_string(),
+            popularity: None,
+        })
+        .collect();
+    let mut expected: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+    expected.sort_unstable();
+    expected.truncate(7);
+    let whole = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+    let output = whole
+        .search_text("identical", 7, None, &Budget::unlimited())
+        .unwrap();
+    assert_eq!(ids(&output.hits), expected);
+
+    let shards: Vec<ShardIndex> = (0..3)
+        .map(|shard| ShardIndex::build_in_ram(shard, 3, &docs).unwrap())
+        .collect();
+    let global = sum_corpus_stats(
+        &shards
+            .iter()
+            .map(|s| s.term_stats("identical").unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let mut merged: Vec<Hit> = shards
+        .iter()
+        .flat_map(|s| {
+            s.search_text("identical", 7, Some(&global), &Budget::unlimited())
+                .unwrap()
+                .hits
+        })
+        .collect();
+    merged.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    merged.truncate(7);
+    assert_eq!(ids(&merged), expected);
+}
+
+#[test]
+fn exhausted_budget_stops_early_with_partial_coverage() {
+    let index = small_index();
+    // "with" is in most bodies, so the scorer passes many check points.
+    let full = index
+        .search_text("with", 10, None, &Budget::unlimited())
+        .unwrap();
+    assert!(!full.early_terminated);
+    assert_eq!(full.docs_searched, full.docs_total);
+
+    let partial = index
+        .search_text("with", 10, None, &Budget::unlimited().with_doc_limit(500))
+        .unwrap();
+    assert!(partial.early_terminated);
+    assert!(partial.docs_searched >= 500, "{}", partial.docs_searched);
+    assert!(partial.docs_searched < partial.docs_total);
+    assert_eq!(partial.hits.len(), 10);
+    assert_ordered(&partial.hits);
+
+    // A deadline already passed: nothing covered, nothing found, no error.
+    let none = index
+        .search_text("with", 10, None, &Budget::until(Instant::now()))
+        .unwrap();
+    assert!(none.early_terminated);
+    assert_eq!(none.docs_searched, 0);
+    assert!(none.hits.is_empty());
+}
+
+#[test]
+fn cancelled_search_stops_with_an_error() {
+    let index = small_index();
+    let flag = Arc::new(AtomicBool::new(true));
+    let error = index
+        .search_text("with", 10, None, &Budget::unlimited().with_cancel(flag))
+        .unwrap_err();
+    assert!(matches!(error, LeafError::Cancelled));
+}
+
+#[test]
+fn snippets_escape_html() {
+    let docs = vec![Document {
+        id: "xss-thing".to_string(),
+        title: "xss-thing".to_string(),
+        body: "<script>alert('x')</script> & more".to_string(),
+        popularity: Some(1.0),
+    }];
+    let index = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+    let title_match = index
+        .search_text("xss", 1, None, &Budget::unlimited())
+        .unwrap();
+    assert_eq!(title_match.hits[0].snippet, "<b>xss</b>-thing");
+    let body_match = index
+        .search_text("alert", 1, None, &Budget::unlimited())
+        .unwrap();
+    assert!(!body_match.hits[0].snippet.contains("<script>"));
+    assert!(body_match.hits[0].snippet.contains("<b>alert</b>"));
+    // A query on the id alone matches neither text: the body is shown, escaped.
+    let id_match = index
+        .search_text("id:xss-thing", 1, None, &Budget::unlimited())
+        .unwrap();
+    assert!(id_match.hits[0].snippet.starts_with("&lt;script&gt;"));
+}
+
+#[test]
+fn helpers() {
+    assert_eq!(nesting("((a) \"(((\" (b))"), 2);
+    assert_eq!(prefix("héllo", 2), "hé…");
+    assert_eq!(prefix("hé", 2), "hé");
+    assert_eq!(lowercase_first("Syntax Error"), "syntax Error");
+    let mut top = SegmentTopK::new(2);
+    for (score, ord) in [(1.0, 5), (2.0, 9), (1.0, 3), (1.0, 4), (0.5, 0)] {
+        if top.competitive(score) {
+            top.offer(score, ord, ord as DocId);
+        }
+    }
+    let mut kept: Vec<(Score, u64)> = top.heap.into_iter().map(|e| (e.score, e.ord)).collect();
+    kept.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    assert_eq!(kept, [(2.0, 9), (1.0, 3)]);
+}

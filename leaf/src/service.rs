@@ -1,0 +1,399 @@
+//! The `Leaf` gRPC service: deadlines, faults, admission, then a search on
+//! the blocking pool.
+//!
+//! A search call goes through these steps, each of which may end it:
+//! 1. the caller's deadline (`grpc-timeout`): less than [`MIN_BUDGET`] left
+//!    is DEADLINE_EXCEEDED before any work;
+//! 2. validation of `k`, the query and the statistics: INVALID_ARGUMENT;
+//! 3. fault knobs (hang, delay, error);
+//! 4. admission ([`crate::limits`]): RESOURCE_EXHAUSTED when full;
+//! 5. the search on the blocking pool, stopping a little before the
+//!    deadline with what it has (`early_terminated`).
+//!
+//! If the deadline passes during steps 3–4 the answer is DEADLINE_EXCEEDED;
+//! once scoring has started the leaf always answers with what it found.
+//! When the caller goes away (the handler future is dropped), a drop guard
+//! sets the search's cancellation flag so the blocking search stops, and
+//! counts the call as `cancelled` (or `deadline_exceeded` when the deadline
+//! had passed, since tonic drops calls at their deadline too).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::leaf::leaf_server::Leaf;
+use proto::leaf::{
+    InfoRequest, InfoResponse, SearchRequest, SearchResponse, TermStatsRequest, TermStatsResponse,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::error::{LeafError, Result};
+use crate::faults::Faults;
+use crate::index::ShardIndex;
+use crate::limits::Admission;
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::search::{validate_k, Budget};
+use crate::stats::validate_stats;
+
+/// Less time left than this and a call is refused without starting work.
+pub const MIN_BUDGET: Duration = Duration::from_millis(1);
+/// Time reserved per requested hit for loading it and making its snippet.
+const PER_HIT_MARGIN: Duration = Duration::from_micros(10);
+
+/// Counters readable from the library handle, for tests and demos.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    searches: AtomicU64,
+    early_stops: AtomicU64,
+    cancelled: AtomicU64,
+    deadline_exceeded: AtomicU64,
+    rejected: AtomicU64,
+    invalid: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A snapshot of a leaf's search counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeafStats {
+    /// Searches answered with hits (complete or early-stopped).
+    pub searches: u64,
+    pub early_stops: u64,
+    /// Calls the caller abandoned before the answer (e.g. a lost hedge).
+    pub cancelled: u64,
+    pub deadline_exceeded: u64,
+    pub rejected: u64,
+    pub invalid: u64,
+    /// Internal errors and injected faults.
+    pub errors: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> LeafStats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        LeafStats {
+            searches: get(&self.searches),
+            early_stops: get(&self.early_stops),
+            cancelled: get(&self.cancelled),
+            deadline_exceeded: get(&self.deadline_exceeded),
+            rejected: get(&self.rejected),
+            invalid: get(&self.invalid),
+            errors: get(&self.errors),
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        let counter = match outcome {
+            "ok" => &self.searches,
+            "early_stop" => {
+                self.early_stops.fetch_add(1, Ordering::Relaxed);
+                &self.searches
+            }
+            "cancelled" => &self.cancelled,
+            "deadline_exceeded" => &self.deadline_exceeded,
+            "rejected" => &self.rejected,
+            "invalid" => &self.invalid,
+            _ => &self.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State shared by every call of one server.
+pub(crate) struct Shared {
+    pub(crate) index: Arc<ShardIndex>,
+    pub(crate) faults: Faults,
+    pub(crate) admission: Admission,
+    pub(crate) metrics: Metrics,
+    pub(crate) counters: Arc<Counters>,
+    /// Cancelled when the server starts stopping: hung calls answer.
+    pub(crate) stopping: CancellationToken,
+    pub(crate) reply_margin: Duration,
+}
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct LeafService {
+    shared: Arc<Shared>,
+}
+
+impl LeafService {
+    pub(crate) fn new(shared: Arc<Shared>) -> LeafService {
+        LeafService { shared }
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header, counted from
+/// `received`; None without a (valid) header.
+pub fn deadline_from(metadata: &MetadataMap, received: Instant) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    received.checked_add(parse_grpc_timeout(value)?)
+}
+
+/// Parses a gRPC `TimeoutValue TimeoutUnit` (at most 8 digits; units H, M,
+/// S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+fn ensure_time_left(deadline: Option<Instant>) -> Result<()> {
+    match deadline {
+        Some(deadline) if deadline.saturating_duration_since(Instant::now()) < MIN_BUDGET => {
+            Err(LeafError::DeadlineExceeded)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Records the outcome of one search call exactly once, and flags the
+/// search as cancelled when the call is dropped before it answers.
+struct CallGuard {
+    shared: Arc<Shared>,
+    deadline: Option<Instant>,
+    received: Instant,
+    cancel: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl CallGuard {
+    fn new(shared: Arc<Shared>, deadline: Option<Instant>, received: Instant) -> CallGuard {
+        CallGuard {
+            shared,
+            deadline,
+            received,
+            cancel: Arc::new(AtomicBool::new(false)),
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        self.finished = true;
+        let metrics = &self.shared.metrics;
+        metrics.search_outcome(outcome);
+        metrics
+            .search_duration
+            .observe(self.received.elapsed().as_secs_f64());
+        self.shared.counters.count(outcome);
+        tracing::Span::current().record("outcome", outcome);
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.cancel.store(true, Ordering::Relaxed);
+        let outcome = match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => "deadline_exceeded",
+            _ => "cancelled",
+        };
+        self.shared.metrics.search_outcome(outcome);
+        self.shared.counters.count(outcome);
+        tracing::debug!(outcome, "search call dropped before answering");
+    }
+}
+
+impl Shared {
+    async fn search(
+        &self,
+        request: SearchRequest,
+        deadline: Option<Instant>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<SearchResponse> {
+        ensure_time_left(deadline)?;
+        let k = validate_k(request.k)?;
+        let query = self.index.parse_query(&request.query)?;
+        if let Some(stats) = &request.stats {
+            validate_stats(stats)?;
+        }
+        self.faults
+            .apply(deadline, &self.stopping, &self.metrics)
+            .await?;
+        ensure_time_left(deadline)?;
+        let permit = self.admission.admit(deadline).await?;
+        ensure_time_left(deadline)?;
+
+        // Scoring stops early enough to load the hits and reply in time.
+        let margin = self.reply_margin + PER_HIT_MARGIN * request.k;
+        let budget = match deadline {
+            Some(deadline) => Budget::until(deadline.checked_sub(margin).unwrap_or(deadline)),
+            None => Budget::unlimited(),
+        }
+        .with_cancel(cancel);
+        let index = Arc::clone(&self.index);
+        let in_flight = self.metrics.searches_in_flight.clone();
+        let stats = request.stats;
+        let task = tokio::task::spawn_blocking(move || {
+            // The slot is held until the search really ends, even when the
+            // call was dropped meanwhile.
+            let _permit = permit;
+            let _in_flight = GaugeGuard::new(&in_flight);
+            index.search(&query, k, stats.as_ref(), &budget)
+        });
+        let output = task
+            .await
+            .map_err(|error| LeafError::Internal(format!("search task failed: {error}")))??;
+        self.metrics.docs_searched.inc_by(output.docs_searched);
+        if output.early_terminated {
+            self.metrics.early_stops.inc();
+        }
+        Ok(output.into_response(self.index.shard(), self.index.generation()))
+    }
+
+    async fn term_stats(
+        &self,
+        request: TermStatsRequest,
+        deadline: Option<Instant>,
+    ) -> Result<TermStatsResponse> {
+        ensure_time_left(deadline)?;
+        let index = Arc::clone(&self.index);
+        let stats = tokio::task::spawn_blocking(move || index.term_stats(&request.query))
+            .await
+            .map_err(|error| LeafError::Internal(format!("term stats task failed: {error}")))??;
+        Ok(TermStatsResponse {
+            shard: self.index.shard(),
+            generation: self.index.generation(),
+            stats: Some(stats),
+        })
+    }
+}
+
+fn log_error(error: &LeafError, what: &str) {
+    match error {
+        LeafError::Index(_) | LeafError::Io(_) | LeafError::Internal(_) => {
+            tracing::error!(%error, what, "call failed")
+        }
+        _ => tracing::debug!(%error, what, "call refused"),
+    }
+}
+
+#[tonic::async_trait]
+impl Leaf for LeafService {
+    #[instrument(
+        name = "leaf.search",
+        skip_all,
+        fields(shard = self.shared.index.shard(), k = request.get_ref().k, outcome)
+    )]
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> std::result::Result<Response<SearchResponse>, Status> {
+        let received = Instant::now();
+        let deadline = deadline_from(request.metadata(), received);
+        let mut call = CallGuard::new(Arc::clone(&self.shared), deadline, received);
+        let cancel = Arc::clone(&call.cancel);
+        match self
+            .shared
+            .search(request.into_inner(), deadline, cancel)
+            .await
+        {
+            Ok(response) => {
+                call.finish(if response.early_terminated {
+                    "early_stop"
+                } else {
+                    "ok"
+                });
+                Ok(Response::new(response))
+            }
+            Err(error) => {
+                call.finish(error.outcome());
+                log_error(&error, "search");
+                Err(error.into())
+            }
+        }
+    }
+
+    #[instrument(name = "leaf.info", skip_all, fields(shard = self.shared.index.shard()))]
+    async fn info(
+        &self,
+        _request: Request<InfoRequest>,
+    ) -> std::result::Result<Response<InfoResponse>, Status> {
+        let index = &self.shared.index;
+        Ok(Response::new(InfoResponse {
+            shard: index.shard(),
+            shards: index.shards(),
+            num_docs: index.num_docs(),
+            generation: index.generation(),
+        }))
+    }
+
+    #[instrument(name = "leaf.term_stats", skip_all, fields(shard = self.shared.index.shard()))]
+    async fn term_stats(
+        &self,
+        request: Request<TermStatsRequest>,
+    ) -> std::result::Result<Response<TermStatsResponse>, Status> {
+        let deadline = deadline_from(request.metadata(), Instant::now());
+        let result = self.shared.term_stats(request.into_inner(), deadline).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.outcome(),
+        };
+        self.shared
+            .metrics
+            .term_stats_requests
+            .with_label_values(&[outcome])
+            .inc();
+        result.map(Response::new).map_err(|error| {
+            log_error(&error, "term_stats");
+            error.into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("3H"), Some(Duration::from_secs(10_800)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "m", "10", "10x", "-5m", "123456789m", "1.5S", "é5m"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deadline_comes_from_the_header() {
+        let now = Instant::now();
+        let mut metadata = MetadataMap::new();
+        assert_eq!(deadline_from(&metadata, now), None);
+        metadata.insert("grpc-timeout", "100m".parse().unwrap());
+        assert_eq!(
+            deadline_from(&metadata, now),
+            Some(now + Duration::from_millis(100))
+        );
+        assert!(ensure_time_left(Some(now + Duration::from_secs(10))).is_ok());
+        assert!(matches!(
+            ensure_time_left(Some(now)),
+            Err(LeafError::DeadlineExceeded)
+        ));
+        assert!(ensure_time_left(None).is_ok());
+    }
+}

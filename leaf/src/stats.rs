@@ -1,0 +1,255 @@
+//! Corpus statistics for exact scores across shards.
+//!
+//! BM25 depends on three corpus-wide numbers: the document count, the token
+//! count of each field, and each term's document frequency. A frontend asks
+//! every shard for its numbers ([`ShardIndex::term_stats`], the `TermStats`
+//! RPC), sums them ([`sum_corpus_stats`]) and sends the sum back with the
+//! search; each shard then scores with [`GlobalStatistics`], so that merging
+//! the shards' top-k gives exactly the top-k of one unsharded index.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use proto::leaf::{CorpusStats, FieldStats, TermStat};
+use tantivy::query::Bm25StatisticsProvider;
+use tantivy::schema::Field;
+use tantivy::{Searcher, Term};
+
+use crate::error::{LeafError, Result};
+use crate::index::ShardIndex;
+
+impl ShardIndex {
+    /// This shard's statistics for the terms `query` would use: document
+    /// count, tokens of `title` and `body` (and of any other field the query
+    /// names), and the document frequency of each (field, term).
+    pub fn term_stats(&self, query: &str) -> Result<CorpusStats> {
+        let parsed = self.parse_query(query)?;
+        let schema = self.searcher.schema();
+        let mut terms: BTreeSet<&Term> = BTreeSet::new();
+        parsed.0.query_terms(&mut |term, _| {
+            terms.insert(term);
+        });
+        let mut fields: BTreeSet<Field> = [self.fields.title, self.fields.body].into();
+        let mut term_stats: Vec<TermStat> = Vec::with_capacity(terms.len());
+        for term in terms {
+            let value = term.value();
+            let Some(text) = value.as_str() else {
+                // Only text terms have BM25 statistics.
+                continue;
+            };
+            fields.insert(term.field());
+            term_stats.push(TermStat {
+                field: schema.get_field_name(term.field()).to_string(),
+                term: text.to_string(),
+                doc_freq: self.searcher.doc_freq(term)?,
+            });
+        }
+        let mut field_stats = Vec::with_capacity(fields.len());
+        for field in fields {
+            field_stats.push(FieldStats {
+                field: schema.get_field_name(field).to_string(),
+                total_tokens: Bm25StatisticsProvider::total_num_tokens(&self.searcher, field)?,
+            });
+        }
+        // The same canonical order as [`sum_corpus_stats`].
+        field_stats.sort_by(|a, b| a.field.cmp(&b.field));
+        term_stats.sort_by(|a, b| (&a.field, &a.term).cmp(&(&b.field, &b.term)));
+        Ok(CorpusStats {
+            num_docs: Bm25StatisticsProvider::total_num_docs(&self.searcher)?,
+            fields: field_stats,
+            terms: term_stats,
+        })
+    }
+}
+
+/// Sums the statistics of several shards into corpus-wide statistics.
+/// Fields and terms come out sorted, so the result is deterministic.
+pub fn sum_corpus_stats<'a>(parts: impl IntoIterator<Item = &'a CorpusStats>) -> CorpusStats {
+    let mut num_docs = 0u64;
+    let mut fields: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut terms: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for part in parts {
+        num_docs += part.num_docs;
+        for field in &part.fields {
+            *fields.entry(&field.field).or_default() += field.total_tokens;
+        }
+        for term in &part.terms {
+            *terms.entry((&term.field, &term.term)).or_default() += term.doc_freq;
+        }
+    }
+    CorpusStats {
+        num_docs,
+        fields: fields
+            .into_iter()
+            .map(|(field, total_tokens)| FieldStats {
+                field: field.to_string(),
+                total_tokens,
+            })
+            .collect(),
+        terms: terms
+            .into_iter()
+            .map(|((field, term), doc_freq)| TermStat {
+                field: field.to_string(),
+                term: term.to_string(),
+                doc_freq,
+            })
+            .collect(),
+    }
+}
+
+/// BM25 statistics taken from a request, with the shard's own as fallback
+/// for anything the request lacks. Values are clamped so that no request
+/// can make tantivy's BM25 assertions fail (a document frequency above the
+/// document count).
+pub(crate) struct GlobalStatistics<'a> {
+    searcher: &'a Searcher,
+    num_docs: u64,
+    tokens: HashMap<Field, u64>,
+    doc_freqs: HashMap<(Field, &'a str), u64>,
+}
+
+impl<'a> GlobalStatistics<'a> {
+    pub(crate) fn new(index: &'a ShardIndex, stats: &'a CorpusStats) -> Result<Self> {
+        validate_stats(stats)?;
+        let schema = index.searcher.schema();
+        let tokens = stats
+            .fields
+            .iter()
+            .filter(|field| field.total_tokens > 0)
+            .filter_map(|field| Some((schema.get_field(&field.field).ok()?, field.total_tokens)))
+            .collect();
+        let doc_freqs = stats
+            .terms
+            .iter()
+            .filter_map(|term| {
+                let field = schema.get_field(&term.field).ok()?;
+                Some(((field, term.term.as_str()), term.doc_freq))
+            })
+            .collect();
+        Ok(GlobalStatistics {
+            searcher: &index.searcher,
+            num_docs: stats.num_docs,
+            tokens,
+            doc_freqs,
+        })
+    }
+}
+
+/// Rejects statistics that cannot describe any corpus.
+pub(crate) fn validate_stats(stats: &CorpusStats) -> Result<()> {
+    if stats.num_docs == 0 {
+        return Err(LeafError::InvalidArgument(
+            "corpus stats must count at least one document".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+impl Bm25StatisticsProvider for GlobalStatistics<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        match self.tokens.get(&field) {
+            Some(&tokens) => Ok(tokens),
+            None => Bm25StatisticsProvider::total_num_tokens(self.searcher, field),
+        }
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.num_docs)
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        let given = term
+            .value()
+            .as_str()
+            .and_then(|text| self.doc_freqs.get(&(term.field(), text)).copied());
+        let doc_freq = match given {
+            Some(doc_freq) => doc_freq,
+            None => self.searcher.doc_freq(term)?,
+        };
+        Ok(doc_freq.min(self.num_docs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::generate_corpus;
+    use crate::search::Budget;
+
+    #[test]
+    fn term_stats_lists_query_terms() {
+        let docs = generate_corpus(400, 5);
+        let index = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        let stats = index.term_stats("json \"http server\" -color").unwrap();
+        assert_eq!(stats.num_docs, 400);
+        let fields: Vec<&str> = stats.fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["body", "title"]);
+        assert!(stats.fields.iter().all(|f| f.total_tokens > 0));
+        for term in ["json", "http", "server", "color"] {
+            for field in ["title", "body"] {
+                assert!(
+                    stats
+                        .terms
+                        .iter()
+                        .any(|t| t.term == term && t.field == field),
+                    "{field}:{term} missing from {stats:?}"
+                );
+            }
+        }
+        let json_body = stats
+            .terms
+            .iter()
+            .find(|t| t.term == "json" && t.field == "body")
+            .unwrap();
+        let expected = docs
+            .iter()
+            .filter(|d| {
+                d.body
+                    .to_lowercase()
+                    .split(|c: char| !c.is_alphanumeric())
+                    .any(|w| w == "json")
+            })
+            .count();
+        assert_eq!(json_body.doc_freq, expected as u64);
+    }
+
+    #[test]
+    fn sums_are_per_field_and_term() {
+        let docs = generate_corpus(300, 6);
+        let shards: Vec<ShardIndex> = (0..3)
+            .map(|shard| ShardIndex::build_in_ram(shard, 3, &docs).unwrap())
+            .collect();
+        let whole = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        let parts: Vec<CorpusStats> = shards
+            .iter()
+            .map(|shard| shard.term_stats("react component").unwrap())
+            .collect();
+        assert_eq!(
+            sum_corpus_stats(&parts),
+            whole.term_stats("react component").unwrap()
+        );
+    }
+
+    #[test]
+    fn hostile_stats_do_not_panic() {
+        let docs = generate_corpus(200, 7);
+        let index = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        let mut stats = index.term_stats("json parser").unwrap();
+        for term in &mut stats.terms {
+            term.doc_freq = u64::MAX;
+        }
+        stats.fields.push(FieldStats {
+            field: "no such field".to_string(),
+            total_tokens: 1,
+        });
+        stats.num_docs = 1;
+        let output = index
+            .search_text("json parser", 10, Some(&stats), &Budget::unlimited())
+            .unwrap();
+        assert!(output.global_stats);
+        stats.num_docs = 0;
+        let error = index
+            .search_text("json parser", 10, Some(&stats), &Budget::unlimited())
+            .unwrap_err();
+        assert!(matches!(error, LeafError::InvalidArgument(_)));
+    }
+}
