@@ -28,6 +28,7 @@ start_server() {
     taskset -c 1 "$BIN/examples/bench_server" --addr "127.0.0.1:$PORT" "$@" 2>/dev/null &
     SERVER=$!
     for _ in $(seq 50); do
+        kill -0 "$SERVER" 2>/dev/null || { echo "bench_server exited (port $PORT in use?)" >&2; return 1; }
         (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
         sleep 0.1
     done
