@@ -34,8 +34,9 @@ pub struct Args {
     pub ttl: Duration,
 
     /// gRPC addresses of the frontends to hold a lease with (repeat the flag,
-    /// or separate with commas). Without one, the server holds no lease.
-    #[arg(long = "frontend", env = "CACHE_FRONTEND", value_delimiter = ',', num_args = 1..)]
+    /// or separate with commas), or etcd://HOST:PORT[,HOST:PORT…] to hold it
+    /// on etcd. Without one, the server holds no lease.
+    #[arg(long = "frontend", alias = "membership", env = "CACHE_FRONTEND", value_delimiter = ',', num_args = 1..)]
     pub frontends: Vec<String>,
 
     /// The cluster token for the lease registry.

@@ -315,10 +315,12 @@
       hits,
       lookups,
       cacheHit: lookups > 0 ? (100 * hits) / lookups : null,
+      inFlight: now.gauges.frontend_admission_in_flight === undefined ? null : now.gauges.frontend_admission_in_flight,
+      limit: now.gauges.frontend_admission_limit > 0 ? now.gauges.frontend_admission_limit : null,
     };
   }
 
-  const points = []; // {t, traffic, p50, p99, partial, rejected, hits, lookups, cacheHit}
+  const points = []; // {t, traffic, p50, p99, partial, rejected, hits, lookups, cacheHit, inFlight, limit}
   let previous = null;
 
   async function pollMetrics() {
@@ -419,6 +421,16 @@
       unit: "req/s",
       describe: (last) => rate(last.rejected, "req/s"),
     },
+    "chart-admission": {
+      lines: [
+        { key: "inFlight", name: "in flight", className: "line-a" },
+        { key: "limit", name: "limit", className: "line-b" },
+      ],
+      unit: "",
+      floor: () => 1,
+      describe: (last) => (last.inFlight === null ? "–" : last.inFlight + " in flight") +
+        (last.limit === null ? "" : " · limit " + last.limit),
+    },
     "chart-cache": {
       lines: [{ key: "cacheHit", name: "hit %", className: "line-a" }],
       unit: "%",
@@ -486,7 +498,7 @@
         chart.objectiveLine.setAttribute("y1", y.toFixed(1));
         chart.objectiveLine.setAttribute("y2", y.toFixed(1));
       }
-      chart.scale.textContent = chart.unit === "ms" ? duration(max) : max + " " + chart.unit;
+      chart.scale.textContent = chart.unit === "ms" ? duration(max) : (max + " " + chart.unit).trim();
       const figure = $(id);
       const value = points.length ? chart.describe(last) : "collecting…";
       figure.querySelector(".chart-value").textContent = value;

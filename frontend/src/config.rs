@@ -19,6 +19,11 @@ pub struct FrontendConfig {
     pub shards: u32,
     /// A fixed leaf list instead of leases (the shard is asked of each).
     pub static_leaves: Vec<String>,
+    /// Where the leases are kept: `None` for the embedded registry (one
+    /// frontend), or `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` for etcd (any
+    /// number of frontends on one membership).
+    pub membership: Option<String>,
+    /// The embedded registry's terms and token (unused on etcd).
     pub registry: RegistryConfig,
     pub fanout: FanoutConfig,
     pub root: RootConfig,
@@ -32,6 +37,7 @@ impl FrontendConfig {
         FrontendConfig {
             shards,
             static_leaves: Vec::new(),
+            membership: None,
             registry: RegistryConfig::default(),
             fanout: FanoutConfig::default(),
             root: RootConfig::default(),
@@ -45,7 +51,12 @@ impl FrontendConfig {
 /// request path; each mechanism can be switched off to measure its effect.
 #[derive(Args, Clone, Debug)]
 pub struct SearchFlags {
-    /// The cluster token that lease holders must present.
+    /// Keep the leases on etcd instead of the embedded registry, so that
+    /// several frontends share one membership: etcd://HOST:PORT[,HOST:PORT…][/PREFIX].
+    /// Leaves and cache servers then take the same address as --frontend.
+    #[arg(long, env = "FRONTEND_MEMBERSHIP", value_name = "etcd://HOST:PORT")]
+    pub membership: Option<String>,
+    /// The cluster token that lease holders must present (embedded registry only).
     #[arg(long, env = "SEARCH_CLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Shortest lease term granted.
@@ -99,6 +110,7 @@ impl SearchFlags {
     /// Applies the flags to a configuration for `shards` shards.
     pub fn to_config(&self, shards: u32) -> FrontendConfig {
         let mut config = FrontendConfig::new(shards);
+        config.membership = self.membership.clone();
         config.registry = RegistryConfig {
             min_ttl: self.lease_ttl_min,
             max_ttl: self.lease_ttl_max,

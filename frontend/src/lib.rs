@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use lease::etcd::{EtcdConfig, EtcdMembership};
 use lease::registry::Registry;
 use lease::Membership;
 use tokio::net::TcpListener;
@@ -88,7 +89,17 @@ impl Frontend {
         anyhow::ensure!(config.shards > 0, "--shards must be at least 1");
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).context("metrics")?);
         let (membership, registry): (Arc<dyn Membership>, Option<Arc<Registry>>) =
-            if config.static_leaves.is_empty() {
+            if let Some(url) = &config.membership {
+                anyhow::ensure!(
+                    config.static_leaves.is_empty(),
+                    "a static leaf list and --membership exclude each other"
+                );
+                let etcd = EtcdConfig::parse(url).context("--membership")?;
+                let membership = EtcdMembership::connect(etcd, &metrics.registry, shutdown.clone())
+                    .await
+                    .context("membership on etcd")?;
+                (membership, None)
+            } else if config.static_leaves.is_empty() {
                 let registry = Registry::with_shutdown(
                     config.registry.clone(),
                     &metrics.registry,

@@ -38,7 +38,8 @@ struct ServeFlags {
     /// HTTP address of the search API, /metrics and the pages.
     #[arg(long, env = "FRONTEND_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// gRPC address of the lease registry that leaves and caches join.
+    /// gRPC address of the lease registry that leaves and caches join
+    /// (not bound with --membership etcd://…: they join etcd instead).
     #[arg(long, env = "FRONTEND_GRPC", default_value = "127.0.0.1:7070")]
     grpc: SocketAddr,
     /// Number of shards of the index.
@@ -80,10 +81,15 @@ async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     let http = TcpListener::bind(flags.http)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind http {}: {e}", flags.http))?;
-    let grpc = TcpListener::bind(flags.grpc)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind grpc {}: {e}", flags.grpc))?;
+    let grpc = match config.membership {
+        Some(_) => None,
+        None => Some(
+            TcpListener::bind(flags.grpc)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind grpc {}: {e}", flags.grpc))?,
+        ),
+    };
     let shutdown = svc::shutdown::on_signal();
-    let frontend = Frontend::start(config, http, Some(grpc), shutdown).await?;
+    let frontend = Frontend::start(config, http, grpc, shutdown).await?;
     frontend.wait(flags.drain).await
 }

@@ -51,6 +51,18 @@ impl QueryStats {
         }
     }
 
+    /// What the frontend makes of every shard's own statistics for a query
+    /// (each shard's `TermStats` answer, in shard order): their sum to score
+    /// with, and each shard's share of the answer. The server's code path,
+    /// public so that offline tools (the calibration benchmark) compute the
+    /// same figures.
+    pub fn from_shards(parts: &[CorpusStats]) -> QueryStats {
+        let (totals, per_term, _) = gather(parts.iter().map(Some));
+        let mut result = assemble(&totals, &per_term);
+        result.source = "fetched";
+        result
+    }
+
     /// True when the statistics cover every shard.
     pub fn complete(&self) -> bool {
         matches!(self.source, "warm" | "fetched")
@@ -125,36 +137,18 @@ impl TermStatsCache {
             }
         });
         let answers = futures::future::join_all(calls).await;
-        let shards = answers.len();
         let complete = answers.iter().all(|a| {
             a.as_ref()
                 .is_some_and(|a| generations.get(a.shard as usize) == Some(&a.generation))
         });
-        let mut docs = vec![0u64; shards];
-        let mut tokens: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        let mut per_term: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-        let mut answered = 0;
-        for (shard, answer) in answers.iter().enumerate() {
-            let Some(stats) = answer.as_ref().and_then(|a| a.stats.as_ref()) else {
-                continue;
-            };
-            answered += 1;
-            docs[shard] = stats.num_docs;
-            for field in &stats.fields {
-                tokens
-                    .entry(field.field.clone())
-                    .or_insert_with(|| vec![0; shards])[shard] = field.total_tokens;
-            }
-            for term in &stats.terms {
-                per_term
-                    .entry((term.field.clone(), term.term.clone()))
-                    .or_insert_with(|| vec![0; shards])[shard] = term.doc_freq;
-            }
-        }
+        let (totals, per_term, answered) = gather(
+            answers
+                .iter()
+                .map(|answer| answer.as_ref().and_then(|a| a.stats.as_ref())),
+        );
         if answered == 0 {
             return QueryStats::local();
         }
-        let totals = Totals { docs, tokens };
         if complete {
             self.totals.insert(set, Arc::new(totals.clone()));
             for ((field, term), freqs) in &per_term {
@@ -190,6 +184,36 @@ impl TermStatsCache {
         result.source = "warm";
         Some(result)
     }
+}
+
+/// Per-shard totals and document frequencies from the shards' answers (in
+/// shard order; `None` for a shard that did not answer), and how many did.
+fn gather<'a>(
+    answers: impl ExactSizeIterator<Item = Option<&'a CorpusStats>>,
+) -> (Totals, BTreeMap<(String, String), Vec<u64>>, usize) {
+    let shards = answers.len();
+    let mut docs = vec![0u64; shards];
+    let mut tokens: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut per_term: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    let mut answered = 0;
+    for (shard, stats) in answers.enumerate() {
+        let Some(stats) = stats else {
+            continue;
+        };
+        answered += 1;
+        docs[shard] = stats.num_docs;
+        for field in &stats.fields {
+            tokens
+                .entry(field.field.clone())
+                .or_insert_with(|| vec![0; shards])[shard] = field.total_tokens;
+        }
+        for term in &stats.terms {
+            per_term
+                .entry((term.field.clone(), term.term.clone()))
+                .or_insert_with(|| vec![0; shards])[shard] = term.doc_freq;
+        }
+    }
+    (Totals { docs, tokens }, per_term, answered)
 }
 
 fn assemble(totals: &Totals, per_term: &BTreeMap<(String, String), Vec<u64>>) -> QueryStats {

@@ -141,9 +141,11 @@ pub struct Cli {
     /// Indexing memory budget in MiB, across all indexing threads.
     #[arg(long, env = "LEAF_INDEX_HEAP_MB", default_value_t = 128)]
     pub index_heap_mb: usize,
-    /// Frontend (lease registry) gRPC address; repeat for several.
+    /// Frontend (lease registry) gRPC address; repeat for several. Or
+    /// etcd://HOST:PORT[,HOST:PORT…] to hold the lease on etcd.
     #[arg(
         long = "frontend",
+        alias = "membership",
         env = "LEAF_FRONTENDS",
         value_name = "ADDR",
         value_delimiter = ','

@@ -10,8 +10,7 @@
 //! build never committed (a crash mid-build) is rebuilt.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tantivy::indexer::NoMergePolicy;
@@ -212,19 +211,34 @@ fn fields_of(schema: &Schema) -> Option<Fields> {
     })
 }
 
-/// A new generation: the build time in ms since the epoch, strictly
-/// increasing within a process.
-fn next_generation() -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let previous = LAST
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-            Some(now.max(last + 1))
-        })
-        .unwrap_or(0);
-    now.max(previous + 1)
+/// The generation of an index: a digest of what it holds (the format, the
+/// shard, and every indexed document in order), so that replicas built from
+/// the same corpus agree on it and a changed corpus changes it. The cache
+/// keys answers by generation; equal content keeps entries valid.
+struct GenerationDigest(xxhash_rust::xxh3::Xxh3);
+
+impl GenerationDigest {
+    fn new(shard: u32, shards: u32) -> Self {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&INDEX_FORMAT.to_le_bytes());
+        hasher.update(&shard.to_le_bytes());
+        hasher.update(&shards.to_le_bytes());
+        GenerationDigest(hasher)
+    }
+
+    fn add(&mut self, doc: &Document) {
+        for part in [&doc.id, &doc.title, &doc.body] {
+            self.0.update(&(part.len() as u64).to_le_bytes());
+            self.0.update(part.as_bytes());
+        }
+        self.0
+            .update(&doc.popularity.map_or(u64::MAX, f64::to_bits).to_le_bytes());
+    }
+
+    /// Never 0, which stands for "unknown" in the frontend.
+    fn finish(&self) -> u64 {
+        self.0.digest().max(1)
+    }
 }
 
 /// Reopens `dir`; None when the index there never committed.
@@ -269,6 +283,7 @@ fn reopen(dir: &Path, shard: u32, shards: u32, started: Instant) -> Result<Optio
         shards,
         generation = index.generation,
         documents = index.num_docs(),
+        seconds = index.report.duration.as_secs_f64(),
         "reopened index"
     );
     Ok(Some(index))
@@ -297,6 +312,7 @@ fn build(
 
     let mut progress = Progress::new(shard, started);
     let mut failure: Option<LeafError> = None;
+    let mut digest = GenerationDigest::new(shard, shards);
     let mut add = |doc: Document| -> bool {
         progress.read += 1;
         if progress.read % BUILD_CHECK_EVERY == 0 {
@@ -309,6 +325,7 @@ fn build(
         if shard_of(&doc.id, shards) != shard {
             return true;
         }
+        digest.add(&doc);
         if let Err(error) = writer.add_document(to_tantivy(&fields, &doc)) {
             failure = Some(error.into());
             return false;
@@ -332,7 +349,7 @@ fn build(
     }
     let (documents_read, documents) = (progress.read, progress.indexed);
 
-    let generation = next_generation();
+    let generation = digest.finish();
     let payload = Payload {
         format: INDEX_FORMAT,
         shard,
@@ -497,15 +514,25 @@ mod tests {
         assert!(matches!(error, LeafError::IndexMismatch { .. }), "{error}");
         assert!(error.to_string().contains("shard 0 of 2"), "{error}");
 
-        // --rebuild builds anew, with a new generation.
+        // --rebuild builds anew; the same documents give the same generation.
         let rebuild = IndexConfig {
             rebuild: true,
             ..on_disk(&path)
         };
         let rebuilt = ShardIndex::open_or_build(0, 2, &rebuild, &corpus, &token).unwrap();
         assert!(!rebuilt.build_report().reopened);
-        assert!(rebuilt.generation() > first.generation());
+        assert_eq!(rebuilt.generation(), first.generation());
         assert_eq!(rebuilt.num_docs(), first.num_docs());
+        drop(rebuilt);
+
+        // Changed documents give a new generation.
+        let mut changed = generate_corpus(300, 2);
+        for doc in &mut changed {
+            doc.body.push_str(" revised");
+        }
+        let changed = CorpusSource::Documents(Arc::new(changed));
+        let revised = ShardIndex::open_or_build(0, 2, &rebuild, &changed, &token).unwrap();
+        assert_ne!(revised.generation(), first.generation());
     }
 
     #[test]
@@ -548,9 +575,12 @@ mod tests {
     }
 
     #[test]
-    fn generations_increase() {
-        let a = next_generation();
-        let b = next_generation();
-        assert!(b > a);
+    fn replicas_of_one_shard_agree_on_the_generation() {
+        let docs = generate_corpus(200, 9);
+        let a = ShardIndex::build_in_ram(1, 2, &docs).unwrap();
+        let b = ShardIndex::build_in_ram(1, 2, &docs).unwrap();
+        let other = ShardIndex::build_in_ram(0, 2, &docs).unwrap();
+        assert_eq!(a.generation(), b.generation());
+        assert_ne!(a.generation(), other.generation());
     }
 }

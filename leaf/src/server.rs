@@ -33,7 +33,7 @@ use crate::faults::Faults;
 use crate::index::ShardIndex;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
-use crate::service::{Counters, LeafService, LeafStats, Shared};
+use crate::service::{ArrivalLayer, Counters, LeafService, LeafStats, Shared};
 
 /// The lease holder, shared by the handle (whose `kill` drops it without
 /// revoking) and the supervisor (which revokes it on a graceful stop).
@@ -260,6 +260,7 @@ pub async fn start(
     };
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(ArrivalLayer)
             .add_service(health_service)
             .add_service(LeafServer::new(LeafService::new(shared)))
             .serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned()),

@@ -125,6 +125,63 @@ impl LeafService {
     }
 }
 
+/// When a request reached the server, stamped by [`ArrivalLayer`].
+#[derive(Clone, Copy, Debug)]
+struct Arrival(Instant);
+
+/// A tower layer that stamps each request with its arrival time.
+///
+/// tonic's own `grpc-timeout` timer starts when the request enters the
+/// service stack, while a handler's body runs only when first polled,
+/// possibly much later on a busy machine. Counting the deadline from this
+/// stamp, taken just before tonic's timer starts, keeps the leaf's deadline
+/// no later than tonic's: when tonic drops a call at its deadline, the leaf
+/// sees the deadline as passed and counts `deadline_exceeded`, not
+/// `cancelled`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArrivalLayer;
+
+impl<S> tower::Layer<S> for ArrivalLayer {
+    type Service = StampArrival<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StampArrival(inner)
+    }
+}
+
+/// The service of [`ArrivalLayer`].
+#[derive(Clone, Debug)]
+pub struct StampArrival<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for StampArrival<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(Arrival(Instant::now()));
+        self.0.call(request)
+    }
+}
+
+/// When `request` arrived: its [`Arrival`] stamp, or now without one.
+fn arrival<T>(request: &Request<T>) -> Instant {
+    request
+        .extensions()
+        .get::<Arrival>()
+        .map_or_else(Instant::now, |arrival| arrival.0)
+}
+
 /// The caller's deadline from the `grpc-timeout` header, counted from
 /// `received`; None without a (valid) header.
 pub fn deadline_from(metadata: &MetadataMap, received: Instant) -> Option<Instant> {
@@ -297,7 +354,7 @@ impl Leaf for LeafService {
         &self,
         request: Request<SearchRequest>,
     ) -> std::result::Result<Response<SearchResponse>, Status> {
-        let received = Instant::now();
+        let received = arrival(&request);
         let deadline = deadline_from(request.metadata(), received);
         let mut call = CallGuard::new(Arc::clone(&self.shared), deadline, received);
         let cancel = Arc::clone(&call.cancel);
@@ -341,7 +398,7 @@ impl Leaf for LeafService {
         &self,
         request: Request<TermStatsRequest>,
     ) -> std::result::Result<Response<TermStatsResponse>, Status> {
-        let deadline = deadline_from(request.metadata(), Instant::now());
+        let deadline = deadline_from(request.metadata(), arrival(&request));
         let result = self.shared.term_stats(request.into_inner(), deadline).await;
         let outcome = match &result {
             Ok(_) => "ok",

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lease::registry::{Registry, RegistryConfig};
 use leaf::{generate_corpus, CorpusSource, LeafConfig, LeafHandle, LeaseConfig};
+use lease::registry::{Registry, RegistryConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -15,6 +15,9 @@ pub enum Error {
     /// The registry holds as many leases as it allows.
     #[error("too many leases (limit {0})")]
     TooManyLeases(usize),
+    /// etcd refused a request or could not be reached.
+    #[error("etcd: {0}")]
+    Etcd(String),
 }
 
 /// The lease crate's result.
@@ -28,6 +31,7 @@ impl Error {
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::Unauthenticated => tonic::Code::Unauthenticated,
             Error::TooManyLeases(_) => tonic::Code::ResourceExhausted,
+            Error::Etcd(_) => tonic::Code::Unavailable,
         }
     }
 
@@ -38,7 +42,14 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::Unauthenticated => 401,
             Error::TooManyLeases(_) => 503,
+            Error::Etcd(_) => 503,
         }
+    }
+}
+
+impl From<etcd_client::Error> for Error {
+    fn from(error: etcd_client::Error) -> Self {
+        Error::Etcd(error.to_string())
     }
 }
 

@@ -15,6 +15,10 @@
 //! [`HolderSet::revoke_all`], each task revokes its lease with a short
 //! deadline and stops. Dropping the [`HolderSet`] aborts the tasks without
 //! revoking, like a crash: the registry drops the leases within one term.
+//!
+//! An endpoint that starts with `etcd://` holds the lease on etcd instead
+//! (see [`crate::etcd`]), with the same steps; the scheme-less endpoints that
+//! follow it are more servers of the same etcd cluster (see [`targets`]).
 
 use std::time::Duration;
 
@@ -28,6 +32,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::etcd::{self, EtcdHolder};
 use crate::metrics::{role_label, HolderMetrics};
 use crate::Role;
 
@@ -36,8 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The deadline of a Revoke on shutdown.
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first pause between failed grants; it doubles up to [`MAX_BACKOFF`].
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What a holder says about itself when it grants a lease.
 #[derive(Clone, Debug)]
@@ -51,11 +56,14 @@ pub struct HolderInfo {
 
 #[derive(Clone, Debug)]
 pub struct HolderConfig {
-    /// gRPC addresses of the lease registries (frontends), one lease each.
+    /// gRPC addresses of the lease registries (frontends), one lease each,
+    /// or `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` for a lease on etcd.
     pub endpoints: Vec<String>,
-    /// The cluster token, sent as `authorization: Bearer …`.
+    /// The cluster token, sent as `authorization: Bearer …` to registries
+    /// (not to etcd, which has its own authentication).
     pub token: Option<String>,
-    /// The term asked for; the registry may clamp it.
+    /// The term asked for; the registry may clamp it, etcd rounds it up to
+    /// whole seconds and raises it to its minimum.
     pub ttl: Duration,
     pub info: HolderInfo,
 }
@@ -63,7 +71,7 @@ pub struct HolderConfig {
 /// The state of the lease held at one endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointStatus {
-    /// The endpoint as configured.
+    /// The endpoint as configured (for etcd, the whole `etcd://` address).
     pub endpoint: String,
     /// The lease currently held there, if any.
     pub lease_id: Option<u64>,
@@ -96,6 +104,7 @@ pub fn spawn(
 ) -> HolderSet {
     let metrics = HolderMetrics::new(metrics);
     let stop = shutdown.child_token();
+    let endpoints = targets(&config.endpoints);
     let auth = config.token.as_deref().and_then(|token| {
         match MetadataValue::try_from(format!("Bearer {token}")) {
             Ok(mut value) => {
@@ -108,8 +117,7 @@ pub fn spawn(
             }
         }
     });
-    let initial = config
-        .endpoints
+    let initial = endpoints
         .iter()
         .map(|endpoint| EndpointStatus {
             endpoint: endpoint.clone(),
@@ -117,19 +125,31 @@ pub fn spawn(
         })
         .collect();
     let (status_tx, status) = watch::channel(initial);
-    let tasks = config
-        .endpoints
+    let tasks = endpoints
         .iter()
         .enumerate()
         .map(|(index, endpoint)| {
-            let task = Task {
+            let report = Report {
                 index,
+                metrics: metrics.clone(),
+                status: status_tx.clone(),
+            };
+            if etcd::is_etcd_url(endpoint) {
+                let task = EtcdHolder {
+                    url: endpoint.clone(),
+                    info: config.info.clone(),
+                    requested_ttl: config.ttl,
+                    report,
+                    stop: stop.clone(),
+                };
+                return tokio::spawn(task.run());
+            }
+            let task = Task {
                 endpoint: endpoint.clone(),
                 auth: auth.clone(),
                 info: config.info.clone(),
                 requested_ttl: config.ttl,
-                metrics: metrics.clone(),
-                status: status_tx.clone(),
+                report,
                 stop: stop.clone(),
             };
             tokio::spawn(task.run())
@@ -140,6 +160,37 @@ pub fn spawn(
         stop,
         status,
     }
+}
+
+/// Groups configured endpoints into one entry per lease. An `etcd://`
+/// endpoint takes the scheme-less endpoints right after it as more servers
+/// of the same etcd cluster, because flags split their values on commas:
+/// `--frontend etcd://a:2379,b:2379` is one cluster of two servers, one
+/// lease. The grouping stops at an endpoint with a scheme, and after a key
+/// prefix (`etcd://a:2379,b:2379/prefix`); to hold leases at etcd and at a
+/// registry too, name the registry first or as `http://HOST:PORT`.
+pub fn targets(endpoints: &[String]) -> Vec<String> {
+    let mut targets: Vec<String> = Vec::new();
+    let mut extending = false;
+    for endpoint in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        if etcd::is_etcd_url(endpoint) {
+            extending = !endpoint[etcd::SCHEME.len()..].contains('/');
+            targets.push(endpoint.to_owned());
+            continue;
+        }
+        match targets.last_mut() {
+            Some(last) if extending && !endpoint.contains("://") => {
+                last.push(',');
+                last.push_str(endpoint);
+                extending = !endpoint.contains('/');
+            }
+            _ => {
+                extending = false;
+                targets.push(endpoint.to_owned());
+            }
+        }
+    }
+    targets
 }
 
 impl HolderSet {
@@ -196,29 +247,111 @@ impl Drop for HolderSet {
 }
 
 /// A lease held at one endpoint.
-struct Held {
-    lease_id: u64,
-    ttl: Duration,
+pub(crate) struct Held {
+    pub lease_id: u64,
+    pub ttl: Duration,
     /// When the last successful grant or renewal was sent: the registry
     /// renewed no earlier than that.
-    last_ok: Instant,
+    pub last_ok: Instant,
 }
 
 /// Why the keep-alive loop ended.
-enum Ended {
+pub(crate) enum Ended {
     Stopped,
     Lost,
     NotFound,
 }
 
-struct Task {
+/// Where a holder task reports: its slot in the status list, and the
+/// metrics. Shared by the registry and the etcd holders.
+pub(crate) struct Report {
     index: usize,
+    pub metrics: HolderMetrics,
+    status: watch::Sender<Vec<EndpointStatus>>,
+}
+
+impl Report {
+    pub fn update(&self, change: impl FnOnce(&mut EndpointStatus)) {
+        self.status.send_modify(|all| {
+            if let Some(status) = all.get_mut(self.index) {
+                change(status);
+            }
+        });
+    }
+
+    /// Counts and reports a lease granted at `sent`.
+    pub fn granted(&self, lease_id: u64, ttl: Duration, sent: Instant) -> Held {
+        self.metrics.grants.inc();
+        self.metrics.held.inc();
+        self.update(|s| {
+            s.lease_id = Some(lease_id);
+            s.ttl = Some(ttl);
+            s.last_renewal = Some(sent);
+            s.last_error = None;
+        });
+        Held {
+            lease_id,
+            ttl,
+            last_ok: sent,
+        }
+    }
+
+    /// Counts and reports a renewal sent at `sent` that succeeded.
+    pub fn renewed(&self, held: &mut Held, ttl: Option<Duration>, sent: Instant) {
+        self.metrics.renewals.with_label_values(&["ok"]).inc();
+        held.last_ok = sent;
+        if let Some(ttl) = ttl {
+            held.ttl = ttl;
+        }
+        let ttl = held.ttl;
+        self.update(|s| {
+            s.ttl = Some(ttl);
+            s.last_renewal = Some(sent);
+            s.last_error = None;
+        });
+    }
+
+    /// Logs a failed grant (the first and every tenth, the rest would flood
+    /// the log while the registry is down) and reports it.
+    pub fn grant_failed(&self, failures: &mut u32, error: String) {
+        *failures += 1;
+        if *failures % 10 == 1 {
+            tracing::warn!(%error, failures = *failures, "lease grant failed, retrying");
+        } else {
+            tracing::debug!(%error, failures = *failures, "lease grant failed, retrying");
+        }
+        self.update(|s| s.last_error = Some(error));
+    }
+
+    /// Counts a lease counted as lost when no renewal succeeded within its
+    /// term less the safety margin.
+    pub fn lost(&self, held: &Held, now: Instant) {
+        tracing::warn!(
+            lease_id = held.lease_id,
+            since_renewal = ?now.saturating_duration_since(held.last_ok),
+            ttl = ?held.ttl,
+            "lease lost: no renewal within its term less the safety margin, granting again"
+        );
+        self.metrics.lost.inc();
+        self.released();
+    }
+
+    /// Marks the endpoint as holding no lease.
+    pub fn released(&self) {
+        self.metrics.held.dec();
+        self.update(|s| {
+            s.lease_id = None;
+            s.ttl = None;
+        });
+    }
+}
+
+struct Task {
     endpoint: String,
     auth: Option<AsciiMetadataValue>,
     info: HolderInfo,
     requested_ttl: Duration,
-    metrics: HolderMetrics,
-    status: watch::Sender<Vec<EndpointStatus>>,
+    report: Report,
     stop: CancellationToken,
 }
 
@@ -229,7 +362,8 @@ impl Task {
             Ok(channel) => LeaseClient::new(channel),
             Err(error) => {
                 tracing::error!(%error, "invalid lease endpoint, not holding a lease there");
-                self.update(|s| s.last_error = Some(format!("invalid endpoint: {error}")));
+                self.report
+                    .update(|s| s.last_error = Some(format!("invalid endpoint: {error}")));
                 return;
             }
         };
@@ -271,19 +405,7 @@ impl Task {
                 Ok(response) if response.lease_id != 0 => {
                     let ttl = Duration::from_millis(response.ttl_ms.max(1));
                     tracing::info!(lease_id = response.lease_id, ?ttl, "lease granted");
-                    self.metrics.grants.inc();
-                    self.metrics.held.inc();
-                    self.update(|s| {
-                        s.lease_id = Some(response.lease_id);
-                        s.ttl = Some(ttl);
-                        s.last_renewal = Some(sent);
-                        s.last_error = None;
-                    });
-                    let held = Held {
-                        lease_id: response.lease_id,
-                        ttl,
-                        last_ok: sent,
-                    };
+                    let held = self.report.granted(response.lease_id, ttl, sent);
                     if self.stop.is_cancelled() {
                         // Stopped while granting: give the lease back at once.
                         self.revoke(client, held.lease_id).await;
@@ -291,8 +413,10 @@ impl Task {
                     }
                     return Some(held);
                 }
-                Ok(_) => self.failed(&mut failures, &Status::internal("registry granted lease 0")),
-                Err(status) => self.failed(&mut failures, &status),
+                Ok(_) => self
+                    .report
+                    .grant_failed(&mut failures, "registry granted lease 0".into()),
+                Err(status) => self.report.grant_failed(&mut failures, describe(&status)),
             }
             let delay = jitter(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -301,18 +425,6 @@ impl Task {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-    }
-
-    fn failed(&self, failures: &mut u32, status: &Status) {
-        *failures += 1;
-        // The first failure and every tenth after it are worth a warning; the
-        // rest would flood the log while a frontend is down.
-        if *failures % 10 == 1 {
-            tracing::warn!(code = ?status.code(), message = status.message(), failures = *failures, "lease grant failed, retrying");
-        } else {
-            tracing::debug!(code = ?status.code(), message = status.message(), failures = *failures, "lease grant failed, retrying");
-        }
-        self.update(|s| s.last_error = Some(describe(status)));
     }
 
     /// Renews `held` every TTL/3 until stopped, lost, or gone at the registry.
@@ -327,14 +439,7 @@ impl Task {
             }
             let now = Instant::now();
             if now >= lost_at {
-                tracing::warn!(
-                    lease_id = held.lease_id,
-                    since_renewal = ?now.saturating_duration_since(held.last_ok),
-                    ttl = ?held.ttl,
-                    "lease lost: no renewal within its term less the safety margin, granting again"
-                );
-                self.metrics.lost.inc();
-                self.released();
+                self.report.lost(held, now);
                 return Ended::Lost;
             }
             let interval = held.ttl / 3;
@@ -346,20 +451,12 @@ impl Task {
             let sent = Instant::now();
             match bounded(timeout, client.keep_alive(self.request(message, timeout))).await {
                 Ok(response) => {
-                    self.metrics.renewals.with_label_values(&["ok"]).inc();
-                    held.last_ok = sent;
-                    if response.ttl_ms > 0 {
-                        held.ttl = Duration::from_millis(response.ttl_ms);
-                    }
-                    let ttl = held.ttl;
-                    self.update(|s| {
-                        s.ttl = Some(ttl);
-                        s.last_renewal = Some(sent);
-                        s.last_error = None;
-                    });
+                    let ttl = (response.ttl_ms > 0).then(|| Duration::from_millis(response.ttl_ms));
+                    self.report.renewed(held, ttl, sent);
                 }
                 Err(status) if status.code() == Code::NotFound => {
-                    self.metrics
+                    self.report
+                        .metrics
                         .renewals
                         .with_label_values(&["not_found"])
                         .inc();
@@ -367,18 +464,23 @@ impl Task {
                         lease_id = held.lease_id,
                         "lease unknown to the registry, granting again"
                     );
-                    self.released();
+                    self.report.released();
                     return Ended::NotFound;
                 }
                 Err(status) => {
-                    self.metrics.renewals.with_label_values(&["error"]).inc();
+                    self.report
+                        .metrics
+                        .renewals
+                        .with_label_values(&["error"])
+                        .inc();
                     tracing::warn!(
                         lease_id = held.lease_id,
                         code = ?status.code(),
                         message = status.message(),
                         "lease keep-alive failed, retrying at the next tick"
                     );
-                    self.update(|s| s.last_error = Some(describe(&status)));
+                    self.report
+                        .update(|s| s.last_error = Some(describe(&status)));
                 }
             }
         }
@@ -401,24 +503,7 @@ impl Task {
                 "lease revoke failed, it will expire at the registry"
             ),
         }
-        self.released();
-    }
-
-    /// Marks the endpoint as holding no lease.
-    fn released(&self) {
-        self.metrics.held.dec();
-        self.update(|s| {
-            s.lease_id = None;
-            s.ttl = None;
-        });
-    }
-
-    fn update(&self, change: impl FnOnce(&mut EndpointStatus)) {
-        self.status.send_modify(|all| {
-            if let Some(status) = all.get_mut(self.index) {
-                change(status);
-            }
-        });
+        self.report.released();
     }
 
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
@@ -462,13 +547,13 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 }
 
 /// The deadline of a Grant: a third of the term, within [100 ms, 1 s].
-fn call_timeout(ttl: Duration) -> Duration {
+pub(crate) fn call_timeout(ttl: Duration) -> Duration {
     (ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 /// Somewhere in the upper half of `backoff`, so that holders restarted
 /// together do not retry in lockstep.
-fn jitter(backoff: Duration) -> Duration {
+pub(crate) fn jitter(backoff: Duration) -> Duration {
     let half = backoff / 2;
     half + half.mul_f64(rand::random::<f64>())
 }
@@ -507,6 +592,35 @@ mod tests {
             let delay = jitter(Duration::from_millis(800));
             assert!(delay >= Duration::from_millis(400) && delay <= Duration::from_millis(800));
         }
+    }
+
+    fn strings(endpoints: &[&str]) -> Vec<String> {
+        endpoints.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn etcd_servers_split_by_a_flag_are_grouped_again() {
+        assert_eq!(
+            targets(&strings(&["127.0.0.1:7070", "127.0.0.1:7071"])),
+            ["127.0.0.1:7070", "127.0.0.1:7071"]
+        );
+        assert_eq!(
+            targets(&strings(&["etcd://a:2379", "b:2379", "c:2379/prefix"])),
+            ["etcd://a:2379,b:2379,c:2379/prefix"]
+        );
+        assert_eq!(
+            targets(&strings(&[
+                "f:7070",
+                "etcd://a:2379",
+                "b:2379",
+                "http://g:7070"
+            ])),
+            ["f:7070", "etcd://a:2379,b:2379", "http://g:7070"]
+        );
+        assert_eq!(
+            targets(&strings(&["etcd://a:2379/p", "g:7070", " "])),
+            ["etcd://a:2379/p", "g:7070"]
+        );
     }
 
     #[tokio::test]

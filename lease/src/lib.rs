@@ -9,20 +9,31 @@
 //!   keep alive at about TTL/3, grant again when told the lease is gone,
 //!   count the lease as lost a safety margin before its term ends, revoke on
 //!   graceful shutdown.
+//! - [`etcd`]: the same leases kept by an etcd cluster, for several
+//!   frontends: holders given an `etcd://` endpoint grant etcd leases and put
+//!   their description under a key prefix, and [`etcd::EtcdMembership`]
+//!   follows that prefix.
 //! - [`Membership`]: what the frontend routes by, a watched list of live
-//!   [`Member`]s, whichever backend keeps the leases.
+//!   [`Member`]s, whichever backend keeps the leases: the embedded
+//!   [`registry::Registry`] (the default, for one frontend) or
+//!   [`etcd::EtcdMembership`].
+//! - `testing` (feature `test-util`): an etcd server on loopback and a TCP
+//!   proxy that cuts connections, for tests.
 //!
-//! Data flows one way: holders call Grant/KeepAlive/Revoke on the service,
-//! the registry updates its table and publishes every change of membership
-//! (join, leave, expiry; not renewals) on a `watch` channel, and the
-//! frontend routes by what it receives there. Errors are [`Error`], mapped
-//! to gRPC codes in one place (`error.rs`).
+//! Data flows one way: holders call Grant/KeepAlive/Revoke on the service
+//! (or on etcd), the backend publishes every change of membership (join,
+//! leave, expiry; not renewals) on a `watch` channel, and the frontend
+//! routes by what it receives there. Errors are [`Error`], mapped to gRPC
+//! codes in one place (`error.rs`).
 
 mod error;
+pub mod etcd;
 pub mod holder;
 mod metrics;
 pub mod registry;
 pub mod service;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use error::{Error, Result};
 

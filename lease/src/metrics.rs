@@ -142,3 +142,49 @@ impl HolderMetrics {
         metrics
     }
 }
+
+/// Metrics of a membership followed on etcd (the frontend side).
+#[derive(Clone)]
+pub(crate) struct MembershipMetrics {
+    pub connected: IntGauge,
+    pub resyncs: IntCounter,
+    pub errors: IntCounter,
+    /// The same series as the embedded registry's, so that dashboards work
+    /// with either backend.
+    pub live: IntGaugeVec,
+}
+
+impl MembershipMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let connected = IntGauge::new(
+            "lease_membership_connected",
+            "1 while the membership backend (etcd) answers; 0 while routing on the last membership seen.",
+        )
+        .expect("valid metric");
+        register(registry, &connected);
+        let live = IntGaugeVec::new(
+            Opts::new("lease_live", "Live leases by holder role."),
+            &["role"],
+        )
+        .expect("valid metric");
+        register(registry, &live);
+        let metrics = Self {
+            connected,
+            resyncs: counter(
+                registry,
+                "lease_membership_resyncs_total",
+                "Full reads of the member prefix after the watched revision was compacted.",
+            ),
+            errors: counter(
+                registry,
+                "lease_membership_errors_total",
+                "Failed reads or watches of the member prefix (etcd unreachable or refusing).",
+            ),
+            live,
+        };
+        for role in ["leaf", "cache"] {
+            metrics.live.with_label_values(&[role]).set(0);
+        }
+        metrics
+    }
+}

@@ -331,6 +331,7 @@ impl Registry {
             Error::NotFound(_) => "not_found",
             Error::Unauthenticated => "unauthenticated",
             Error::TooManyLeases(_) => "exhausted",
+            Error::Etcd(_) => "unavailable",
         };
         self.metrics.refused(reason);
         tracing::debug!(%error, "lease request refused");
@@ -355,7 +356,7 @@ impl Membership for Registry {
 
 /// Members ordered by role, shard, address and lease, so that watchers and
 /// listings see a stable order.
-fn member_order(a: &Member, b: &Member) -> std::cmp::Ordering {
+pub(crate) fn member_order(a: &Member, b: &Member) -> std::cmp::Ordering {
     (a.role as i32, a.shard, &a.address, a.lease_id).cmp(&(
         b.role as i32,
         b.shard,

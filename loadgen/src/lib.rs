@@ -109,6 +109,8 @@ use target::{SearchParams, Target};
 
 /// How long the schedule starts after setup, so its first requests are not late.
 const LEAD_IN: Duration = Duration::from_millis(20);
+/// Batches of requests waiting to be launched, at most.
+const BATCH_QUEUE: usize = 1024;
 /// How long the pre-flight connection may take.
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -181,17 +183,40 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     };
     let progress = (config.progress == Progress::Auto)
         .then(|| tokio::spawn(progress::run(shared.recorder.clone(), plans.clone(), start)));
-    let handle = tokio::runtime::Handle::current();
+    // The dispatcher thread hands batches to a launcher task on the runtime,
+    // which spawns each request locally: one cross-thread wakeup per batch
+    // instead of one per request. When the channel is full the dispatcher
+    // waits, falls behind, and the requests it then cannot send on time are
+    // counted as dropped.
+    let (batches, mut incoming) = tokio::sync::mpsc::channel::<Vec<Scheduled>>(BATCH_QUEUE);
+    let launcher = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            while let Some(batch) = incoming.recv().await {
+                for scheduled in batch {
+                    shared.outstanding.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(request(shared.clone(), scheduled));
+                }
+            }
+        }
+    });
+    // Tokio wakes its own driver (a syscall) whenever a timer is set earlier
+    // than the driver's next wakeup, which is every request's timeout when no
+    // other timer is pending. A short timer always pending avoids that.
+    let keeper = tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     let for_dispatch = shared.clone();
     let mut dispatch = tokio::task::spawn_blocking(move || {
-        let shared = for_dispatch;
         dispatcher.run(
-            |scheduled| {
-                shared.outstanding.fetch_add(1, Ordering::SeqCst);
-                handle.spawn(request(shared.clone(), scheduled));
+            |batch| {
+                // The launcher ends only after this sender is dropped.
+                let _ = batches.blocking_send(batch);
             },
             |stage, intended| {
-                shared
+                for_dispatch
                     .recorder
                     .dropped(stage, intended.saturating_duration_since(start));
             },
@@ -209,11 +234,14 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         tracing::warn!("interrupted: finishing the requests in flight");
         let _ = dispatch.await;
     }
+    // Every batch is launched once the dispatcher's sender is gone.
+    let _ = launcher.await;
     let drain_deadline =
         Instant::now() + config.max_lag + config.request_timeout + Duration::from_secs(1);
     while shared.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    keeper.abort();
     if let Some(progress) = progress {
         progress.abort();
         progress::finish();

@@ -128,7 +128,7 @@ fn percentile_chart(out: &mut String, report: &Report) {
             LEFT + 12.0,
             frame.top + 16.0 + 16.0 * i as f64,
             escape(&s.name),
-            s.rate,
+            crate::report::rate(s.rate),
             s.latency_ms.p99,
             s.latency_ms.max
         );
@@ -198,7 +198,7 @@ fn time_chart(out: &mut String, report: &Report) {
             } else {
                 format!("stage {}", escape(&s.name))
             },
-            s.rate
+            crate::report::rate(s.rate)
         );
         start += s.duration_s;
     }

@@ -41,7 +41,7 @@ pub(crate) async fn run(recorder: Arc<Recorder>, plans: Vec<StagePlan>, start: I
                     plans.iter().filter(|p| !p.warmup).count()
                 )
             },
-            plan.rate,
+            crate::report::rate(plan.rate),
             snap.sent,
             rate,
             snap.p99_us

@@ -222,6 +222,15 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// A rate as written on the command line: no decimals when whole.
+pub(crate) fn rate(r: f64) -> String {
+    if r.fract() == 0.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
 fn percent(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0))
 }
@@ -238,7 +247,7 @@ fn stage_summary(out: &mut String, s: &StageReport) {
         out,
         "{title}: {} @ {}/s  scheduled {}  sent {}  dropped {}  achieved {:.1}/s{}",
         humantime::format_duration(Duration::from_secs_f64(s.duration_s)),
-        s.rate,
+        rate(s.rate),
         s.scheduled,
         s.sent,
         s.dropped,

@@ -107,27 +107,39 @@ pub(crate) struct Dispatcher {
     pub stop: Arc<AtomicBool>,
 }
 
+/// The most requests handed over in one batch.
+const MAX_BATCH: usize = 512;
+
 impl Dispatcher {
-    /// Runs the whole schedule on the calling thread, handing each request to
-    /// `launch` or, when too late, its stage index and time to `dropped`.
-    /// Returns early when `stop` is set.
+    /// Runs the whole schedule on the calling thread. Requests due are handed
+    /// to `deliver` in batches, one batch per wakeup, so that the runtime is
+    /// woken at most once per batch; a request too late is reported to
+    /// `dropped` with its stage index and time instead. Returns early when
+    /// `stop` is set.
     pub fn run(
         mut self,
-        mut launch: impl FnMut(Scheduled),
+        mut deliver: impl FnMut(Vec<Scheduled>),
         mut dropped: impl FnMut(usize, Instant),
     ) {
         let mut seq = 0u64;
+        let mut batch = Vec::new();
         for (stage, plan) in self.plans.iter().enumerate() {
             for i in 0..plan.requests {
                 let intended = self.start + plan.offset(i);
-                if !wait_until(intended, &self.stop) {
-                    return;
+                let due_now = intended <= Instant::now() + EARLY;
+                if !due_now || batch.len() >= MAX_BATCH {
+                    if !batch.is_empty() {
+                        deliver(std::mem::take(&mut batch));
+                    }
+                    if !wait_until(intended, &self.stop) {
+                        return;
+                    }
                 }
                 if Instant::now().saturating_duration_since(intended) > self.max_lag {
                     dropped(stage, intended);
                 } else {
                     let query = self.picker.pick(seq, &mut self.rng);
-                    launch(Scheduled {
+                    batch.push(Scheduled {
                         stage,
                         intended,
                         query,
@@ -135,6 +147,9 @@ impl Dispatcher {
                 }
                 seq += 1;
             }
+        }
+        if !batch.is_empty() {
+            deliver(batch);
         }
     }
 }
@@ -233,7 +248,10 @@ mod tests {
         let mut launched = Vec::new();
         let mut drops = 0;
         dispatcher(plans, start).run(
-            |s| launched.push((s.stage, s.query, s.intended, Instant::now())),
+            |batch| {
+                let now = Instant::now();
+                launched.extend(batch.iter().map(|s| (s.stage, s.query, s.intended, now)));
+            },
             |_, _| drops += 1,
         );
         assert_eq!(drops, 0);
@@ -260,7 +278,7 @@ mod tests {
         let start = Instant::now() - Duration::from_secs(2);
         let mut launched = 0;
         let mut drops = 0;
-        dispatcher(plans, start).run(|_| launched += 1, |_, _| drops += 1);
+        dispatcher(plans, start).run(|b| launched += b.len(), |_, _| drops += 1);
         assert_eq!(launched + drops, 21);
         assert!((14..=16).contains(&drops), "{drops} dropped");
     }
@@ -272,7 +290,7 @@ mod tests {
         let stop = d.stop.clone();
         let mut launched = 0;
         let handle = std::thread::spawn(move || {
-            d.run(|_| launched += 1, |_, _| {});
+            d.run(|b| launched += b.len(), |_, _| {});
             launched
         });
         std::thread::sleep(Duration::from_millis(120));

@@ -10,6 +10,8 @@
 //! # }
 //! ```
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -294,6 +296,18 @@ impl TestCluster {
         self.leaves[shard as usize][replica as usize] = Some(leaf);
     }
 
+    /// Starts a new leaf in place of a stopped one, indexing `documents`
+    /// (a reindexed shard, with a new generation when they differ).
+    pub async fn restart_leaf_with(
+        &mut self,
+        shard: u32,
+        replica: u32,
+        documents: Arc<Vec<Document>>,
+    ) {
+        let leaf = self.start_leaf_with(shard, documents).await;
+        self.leaves[shard as usize][replica as usize] = Some(leaf);
+    }
+
     pub fn cache(&self, index: usize) -> &cache::CacheHandle {
         self.caches[index].as_ref().expect("cache running")
     }
@@ -355,6 +369,11 @@ impl TestCluster {
     }
 
     async fn start_leaf(&self, shard: u32) -> LeafHandle {
+        self.start_leaf_with(shard, Arc::clone(&self.documents))
+            .await
+    }
+
+    async fn start_leaf_with(&self, shard: u32, documents: Arc<Vec<Document>>) -> LeafHandle {
         let mut config = LeafConfig::new(shard, self.shards);
         if self.leases {
             config.lease = Some(LeaseConfig {
@@ -368,7 +387,7 @@ impl TestCluster {
         }
         leaf::start(
             config,
-            CorpusSource::Documents(Arc::clone(&self.documents)),
+            CorpusSource::Documents(documents),
             bind().await,
             None,
             self.shutdown.child_token(),

@@ -47,7 +47,7 @@ async fn a_partial_answer_is_never_stored() {
         .build()
         .await;
     cluster.leaf(1, 0).faults().set_hang(true);
-    let (status, body) = cluster.search("q=http+server&timeout_ms=150").await;
+    let (status, body) = cluster.search("q=http+server&timeout_ms=600").await;
     assert_eq!(status, 200);
     assert_eq!(body["partial"], true, "{body}");
     cluster.leaf(1, 0).faults().set_hang(false);
@@ -79,11 +79,20 @@ async fn a_new_index_generation_makes_the_old_entry_unreachable() {
     assert!(hit, "the entry was stored");
     let old = cluster.leaf(0, 0).generation();
     cluster.stop_leaf(0, 0).await;
-    cluster.restart_leaf(0, 0).await;
+    // Reindex shard 0 with one document revised.
+    let mut revised = cluster.documents().as_ref().clone();
+    let doc = revised
+        .iter_mut()
+        .find(|d| leaf::shard_of(&d.id, 2) == 0)
+        .expect("a document of shard 0");
+    doc.body.push_str(" revised");
+    cluster
+        .restart_leaf_with(0, 0, std::sync::Arc::new(revised))
+        .await;
     assert_ne!(
         cluster.leaf(0, 0).generation(),
         old,
-        "a rebuilt index has a new generation"
+        "a reindexed shard has a new generation"
     );
     cluster
         .wait_until(Duration::from_secs(5), "the new leaf to join", |c| {
@@ -109,12 +118,12 @@ async fn with_every_cache_server_dead_queries_still_succeed_as_misses() {
     for i in 0..10 {
         let started = std::time::Instant::now();
         let (status, body) = cluster
-            .search(&format!("q=logger+{i}&timeout_ms=300"))
+            .search(&format!("q=logger+{i}&timeout_ms=1500"))
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["cache"], "miss");
         assert_eq!(body["partial"], false, "{body}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(4));
     }
 }
 
