@@ -21,6 +21,11 @@ use crate::root::Root;
 /// Largest accepted `POST /search` body.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// Requests of any kind being served at once; past it the HTTP stage sheds
+/// with an immediate 503 instead of queueing (searches are further limited
+/// by admission control, which adapts to latency).
+const MAX_HTTP_IN_FLIGHT: usize = 4096;
+
 #[derive(Clone)]
 pub struct AppState {
     pub root: Arc<Root>,
@@ -44,6 +49,12 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(shed_response))
+                .load_shed()
+                .concurrency_limit(MAX_HTTP_IN_FLIGHT),
+        )
         .with_state(state)
 }
 
@@ -144,6 +155,10 @@ async fn not_found() -> Response {
         answer: None,
     }
     .into_response()
+}
+
+async fn shed_response(_: tower::BoxError) -> Response {
+    ApiError::unavailable("overloaded", "too many requests in flight", 1).into_response()
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {

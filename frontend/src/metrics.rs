@@ -9,10 +9,46 @@ use prometheus::{
 };
 
 /// Latency buckets, dense around the default 100 ms objective.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// Label values exported from startup, so that a dashboard or an alert sees
+/// a zero rather than no series before the first event of a kind.
+pub const REQUEST_OUTCOMES: &[&str] = &[
+    "complete",
+    "partial",
+    "bad_request",
+    "unavailable",
+    "overloaded",
+    "error",
+];
+/// The `cache` label of `frontend_search_duration_seconds`.
+pub const DURATION_CACHE_RESULTS: &[&str] = &["hit", "miss", "bypass", "none"];
+/// The `outcome` label of `frontend_leaf_calls_total`.
+pub const LEAF_CALL_OUTCOMES: &[&str] = &[
+    "ok",
+    "timeout",
+    "error",
+    "rejected",
+    "unavailable",
+    "invalid",
+    "cancelled",
+];
+/// The `state` label of `frontend_shard_results_total`.
+pub const SHARD_STATES: &[&str] = &["answered", "partial", "timed_out", "failed", "unavailable"];
+const CACHE_LOOKUP_RESULTS: &[&str] = &[
+    "hit",
+    "miss",
+    "error",
+    "timeout",
+    "undecodable",
+    "no_server",
+];
+const CACHE_STORE_RESULTS: &[&str] = &["stored", "skipped_partial", "error"];
+const TERM_STATS_SOURCES: &[&str] = &["warm", "fetched", "partial", "local"];
+const ADMISSION_REJECTIONS: &[&str] = &["queue_full", "queue_timeout"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -138,7 +174,7 @@ impl Metrics {
         let term_stats = IntCounterVec::new(
             opts!(
                 "frontend_term_stats_total",
-                "Global term statistics per query by source (warm, fetched, local)."
+                "Global term statistics per query by source (warm, fetched, partial, local)."
             ),
             &["source"],
         )?;
@@ -216,7 +252,44 @@ impl Metrics {
         r.register(Box::new(metrics.admission_queue.clone()))?;
         r.register(Box::new(metrics.admission_rejections.clone()))?;
         r.register(Box::new(metrics.shards_live.clone()))?;
+        for outcome in REQUEST_OUTCOMES {
+            metrics.requests.with_label_values(&[*outcome]);
+        }
+        for cache in DURATION_CACHE_RESULTS {
+            metrics.duration.with_label_values(&[*cache]);
+        }
+        for result in CACHE_LOOKUP_RESULTS {
+            metrics.cache_lookups.with_label_values(&[*result]);
+        }
+        for result in CACHE_STORE_RESULTS {
+            metrics.cache_stores.with_label_values(&[*result]);
+        }
+        for source in TERM_STATS_SOURCES {
+            metrics.term_stats.with_label_values(&[*source]);
+        }
+        for reason in ADMISSION_REJECTIONS {
+            metrics.admission_rejections.with_label_values(&[*reason]);
+        }
         Ok(metrics)
+    }
+
+    /// Exports every per-shard series of shards `0..shards` from the start
+    /// (zeros), so that per-shard panels and rates never see a missing
+    /// series merely because nothing happened to a shard yet.
+    pub fn init_shards(&self, shards: u32) {
+        for shard in 0..shards {
+            let shard = shard.to_string();
+            for outcome in LEAF_CALL_OUTCOMES {
+                self.leaf_calls.with_label_values(&[&shard, *outcome]);
+            }
+            self.leaf_duration.with_label_values(&[&shard]);
+            for state in SHARD_STATES {
+                self.shard_outcomes.with_label_values(&[&shard, *state]);
+            }
+            self.hedges.with_label_values(&[&shard]);
+            self.hedge_wins.with_label_values(&[&shard]);
+            self.shards_live.with_label_values(&[&shard]);
+        }
     }
 
     pub fn leaf_call(&self, shard: u32, outcome: &str, latency: Duration) {
@@ -249,5 +322,55 @@ impl Metrics {
 
     pub fn probation_started(&self) {
         self.probations.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::proto::MetricType;
+
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new(Registry::new()).unwrap();
+        metrics.init_shards(2);
+        for family in metrics.registry.gather() {
+            let name = family.name();
+            assert!(name.starts_with("frontend_"), "{name}");
+            match family.get_field_type() {
+                MetricType::COUNTER => assert!(name.ends_with("_total"), "{name}"),
+                MetricType::HISTOGRAM => assert!(
+                    name.ends_with("_seconds") || name.ends_with("_ratio"),
+                    "{name}"
+                ),
+                _ => assert!(!name.ends_with("_total"), "{name}"),
+            }
+        }
+        assert!(
+            LATENCY_BUCKETS.contains(&0.1),
+            "the objective is a bucket bound"
+        );
+    }
+
+    #[test]
+    fn every_series_a_dashboard_reads_exists_from_the_start() {
+        let metrics = Metrics::new(Registry::new()).unwrap();
+        metrics.init_shards(2);
+        let text = svc::metrics::encode(&metrics.registry);
+        for series in [
+            "frontend_search_requests_total{outcome=\"partial\"} 0",
+            "frontend_search_requests_total{outcome=\"overloaded\"} 0",
+            "frontend_admission_rejections_total{reason=\"queue_full\"} 0",
+            "frontend_leaf_calls_total{outcome=\"timeout\",shard=\"1\"} 0",
+            "frontend_hedge_wins_total{shard=\"1\"} 0",
+            "frontend_shard_results_total{shard=\"0\",state=\"timed_out\"} 0",
+            "frontend_shard_replicas_live{shard=\"1\"} 0",
+            "frontend_cache_lookups_total{result=\"hit\"} 0",
+            "frontend_search_duration_seconds_count{cache=\"miss\"} 0",
+            "frontend_leaf_call_duration_seconds_bucket{shard=\"0\",le=\"0.1\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
     }
 }

@@ -47,6 +47,9 @@ pub(crate) struct Admission {
 
 impl Admission {
     pub(crate) fn new(limits: Limits, metrics: Metrics) -> Admission {
+        metrics
+            .search_slots
+            .set(i64::try_from(limits.max_concurrent.max(1)).unwrap_or(i64::MAX));
         Admission {
             slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             queued: AtomicUsize::new(0),

@@ -33,6 +33,9 @@ pub struct Metrics {
     /// Searches cut short by their deadline.
     pub early_stops: IntCounter,
     pub searches_in_flight: IntGauge,
+    /// Searches that may run at once, so that saturation is in flight over
+    /// slots.
+    pub search_slots: IntGauge,
     pub queue_depth: IntGauge,
     /// Searches refused because every slot and queue place was taken.
     pub rejections: IntCounter,
@@ -77,6 +80,10 @@ impl Metrics {
                 "leaf_searches_in_flight",
                 "searches running on the blocking pool",
             ))?,
+            search_slots: IntGauge::with_opts(opts(
+                "leaf_search_slots",
+                "searches that may run at once on the blocking pool",
+            ))?,
             queue_depth: IntGauge::with_opts(opts(
                 "leaf_queue_depth",
                 "searches waiting for a search slot",
@@ -118,6 +125,7 @@ impl Metrics {
         registry.register(Box::new(metrics.docs_searched.clone()))?;
         registry.register(Box::new(metrics.early_stops.clone()))?;
         registry.register(Box::new(metrics.searches_in_flight.clone()))?;
+        registry.register(Box::new(metrics.search_slots.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.rejections.clone()))?;
         registry.register(Box::new(metrics.term_stats_requests.clone()))?;

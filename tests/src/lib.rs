@@ -10,6 +10,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod etcd;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ pub struct TestClusterBuilder {
     documents: Option<Arc<Vec<Document>>>,
     frontend: FrontendConfig,
     leaf: Option<Box<dyn Fn(&mut LeafConfig)>>,
+    metrics: bool,
 }
 
 impl TestClusterBuilder {
@@ -79,6 +81,13 @@ impl TestClusterBuilder {
         self
     }
 
+    /// True: every leaf and cache server serves `/metrics` on its own
+    /// loopback listener (see [`TestCluster::metrics_targets`]).
+    pub fn metrics(mut self, metrics: bool) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Adjusts every leaf's configuration.
     pub fn leaf(mut self, change: impl Fn(&mut LeafConfig) + 'static) -> Self {
         self.leaf = Some(Box::new(change));
@@ -104,6 +113,8 @@ impl TestClusterBuilder {
             lease_ttl: self.lease_ttl,
             leases: self.leases,
             leaf_config: self.leaf,
+            metrics: self.metrics,
+            leaf_metrics: std::sync::Mutex::new(Vec::new()),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -175,6 +186,11 @@ pub struct TestCluster {
     lease_ttl: Duration,
     leases: bool,
     leaf_config: Option<Box<dyn Fn(&mut LeafConfig)>>,
+    /// Whether leaves and caches serve `/metrics`.
+    metrics: bool,
+    /// The `/metrics` address of every leaf started, by its gRPC address
+    /// (a `LeafHandle` does not know it).
+    leaf_metrics: std::sync::Mutex<Vec<(SocketAddr, SocketAddr)>>,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -190,6 +206,7 @@ impl TestCluster {
             documents: None,
             frontend: FrontendConfig::new(4),
             leaf: None,
+            metrics: false,
         }
     }
 
@@ -308,6 +325,25 @@ impl TestCluster {
         self.leaves[shard as usize][replica as usize] = Some(leaf);
     }
 
+    /// `(job, address)` of every running server's `/metrics`: the frontend
+    /// (its HTTP address), then leaves and caches when built with
+    /// [`TestClusterBuilder::metrics`].
+    pub fn metrics_targets(&self) -> Vec<(String, SocketAddr)> {
+        let mut targets = vec![("frontend".to_string(), self.http_addr())];
+        let leaf_metrics = self.leaf_metrics.lock().expect("leaf metrics lock");
+        for leaf in self.leaves() {
+            if let Some((_, metrics)) = leaf_metrics.iter().find(|(grpc, _)| *grpc == leaf.addr()) {
+                targets.push(("leaf".to_string(), *metrics));
+            }
+        }
+        for cache in self.caches.iter().flatten() {
+            if let Some(addr) = cache.metrics_addr() {
+                targets.push(("cache".to_string(), addr));
+            }
+        }
+        targets
+    }
+
     pub fn cache(&self, index: usize) -> &cache::CacheHandle {
         self.caches[index].as_ref().expect("cache running")
     }
@@ -385,15 +421,31 @@ impl TestCluster {
         if let Some(change) = &self.leaf_config {
             change(&mut config);
         }
-        leaf::start(
+        let metrics = self.metrics_listener().await;
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().expect("metrics address"));
+        let leaf = leaf::start(
             config,
             CorpusSource::Documents(documents),
             bind().await,
-            None,
+            metrics,
             self.shutdown.child_token(),
         )
         .await
-        .expect("leaf starts")
+        .expect("leaf starts");
+        if let Some(addr) = metrics_addr {
+            self.leaf_metrics
+                .lock()
+                .expect("leaf metrics lock")
+                .push((leaf.addr(), addr));
+        }
+        leaf
+    }
+
+    async fn metrics_listener(&self) -> Option<TcpListener> {
+        match self.metrics {
+            true => Some(bind().await),
+            false => None,
+        }
     }
 
     async fn start_cache(&self) -> cache::CacheHandle {
@@ -403,7 +455,8 @@ impl TestCluster {
             token: Some(TOKEN.to_string()),
             ttl: self.lease_ttl,
         });
-        cache::start(config, bind().await, None, self.shutdown.child_token())
+        let metrics = self.metrics_listener().await;
+        cache::start(config, bind().await, metrics, self.shutdown.child_token())
             .await
             .expect("cache starts")
     }

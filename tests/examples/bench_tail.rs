@@ -1,0 +1,148 @@
+//! Tail tolerance (issue 5): 4 shards × 2 replicas of the npm corpus, one
+//! replica of each shard making 1% of its calls 50× slower than the median
+//! leaf call, the same open-loop rate offered to three frontends over the
+//! same leaves, one after the other: (a) wait for every shard, (b) deadline
+//! only, (c) deadline + replica choice + hedging + probation.
+//!
+//! ```text
+//! cargo run --release -p tests --example bench_tail -- \
+//!     [--corpus PATH] [--queries PATH] [--rate 150] [--seconds 40] \
+//!     [--timeout-ms 100] [--delay-ms <50 × median leaf call>]
+//! ```
+
+use std::time::Duration;
+
+use frontend::FrontendConfig;
+use tests::bench::{self, ExtraFrontend, Load, Pick};
+use tests::TestCluster;
+
+#[tokio::main]
+async fn main() {
+    let corpus = bench::arg("--corpus", bench::DEFAULT_CORPUS);
+    let queries = bench::load_queries(bench::arg("--queries", bench::DEFAULT_QUERIES));
+    let rate: f64 = bench::arg_num("--rate", 150.0);
+    let seconds: f64 = bench::arg_num("--seconds", 40.0);
+    let timeout_ms: u64 = bench::arg_num("--timeout-ms", 100);
+    let documents = bench::load_documents(&corpus);
+
+    let cluster = TestCluster::builder()
+        .shards(4)
+        .replicas(2)
+        .documents(documents)
+        .frontend(|c| c.cache = false)
+        .build()
+        .await;
+    let leaves: Vec<String> = cluster.leaves().map(|l| l.advertised().to_string()).collect();
+
+    let config = |wait_for_all: bool, tolerant: bool| {
+        let mut config = FrontendConfig::new(4);
+        config.cache = false;
+        config.admission.enabled = false;
+        config.root.wait_for_all = wait_for_all;
+        config.fanout.hedging = tolerant;
+        config.fanout.replica_choice = tolerant;
+        config.fanout.probation = tolerant;
+        config
+    };
+    let configs = [
+        ("(a) wait for every shard", config(true, false)),
+        ("(b) deadline only", config(false, false)),
+        (
+            "(c) deadline + replica choice + hedging + probation",
+            config(false, true),
+        ),
+    ];
+    let mut frontends = Vec::new();
+    for (name, config) in configs {
+        frontends.push((name, ExtraFrontend::start(config, leaves.clone(), 2).await));
+    }
+
+    let client = bench::client();
+    let load_for = |fe: &ExtraFrontend| {
+        Load::new(fe.search_url(), queries.clone(), Pick::zipf(queries.len(), 0.0, 7))
+            .param("nocache", true)
+            .param("timeout_ms", timeout_ms)
+    };
+
+    // The median leaf call without faults, through frontend (b).
+    let calm = bench::open_loop(
+        &client,
+        &load_for(&frontends[1].1),
+        rate,
+        Duration::from_secs(5),
+        0,
+    )
+    .await;
+    let shard_ms: Vec<f64> = calm.iter().flat_map(|s| s.shard_ms.clone()).collect();
+    let leaf_median = bench::median(&shard_ms);
+    let delay_ms: f64 = bench::arg_num("--delay-ms", (50.0 * leaf_median).max(1.0));
+    eprintln!("median leaf call {leaf_median:.2} ms; delay {delay_ms:.1} ms on 1% of replica 0's calls");
+    for shard in 0..4 {
+        cluster
+            .leaf(shard, 0)
+            .faults()
+            .set_delay(Duration::from_secs_f64(delay_ms / 1e3), 0.01);
+    }
+
+    println!(
+        "### Tail tolerance: {rate:.0} req/s open loop for {seconds:.0} s per config, \
+         timeout_ms={timeout_ms}, nocache=true\n"
+    );
+    println!(
+        "Median leaf call without faults: {leaf_median:.2} ms; replica 0 of every shard adds \
+         {delay_ms:.0} ms to 1% of its calls.\n"
+    );
+    println!(
+        "| config | answers | p50 ms | p99 ms | p99.9 ms | max ms | p99.9 ÷ p50 | partial | \
+         errors | later than deadline + 2 ms | hedges ÷ shard queries | \
+         extra leaf calls ÷ shard queries |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (i, (name, fe)) in frontends.iter().enumerate() {
+        let load = load_for(fe);
+        // Warm up: connections, latency windows for the hedge delay.
+        bench::open_loop(&client, &load, rate, Duration::from_secs(5), 1_000_000).await;
+        let before = bench::scrape(&client, &fe.base()).await;
+        let samples = bench::open_loop(
+            &client,
+            &load,
+            rate,
+            Duration::from_secs_f64(seconds),
+            10_000_000 * (i as u64 + 1),
+        )
+        .await;
+        let after = bench::scrape(&client, &fe.base()).await;
+        let diff = |name: &str, filters: &[&str]| {
+            bench::metric(&after, name, filters) - bench::metric(&before, name, filters)
+        };
+        let shard_queries = diff("frontend_shard_results_total", &[]);
+        let calls = diff("frontend_leaf_calls_total", &[])
+            - diff("frontend_leaf_calls_total", &["outcome=\"unavailable\""]);
+        let hedges = diff("frontend_hedges_total", &[]);
+        let all = bench::latencies(&samples, |s| s.status != 0);
+        let p50 = bench::percentile(&all, 50.0);
+        let p999 = bench::percentile(&all, 99.9);
+        let partial = samples.iter().filter(|s| s.partial).count() as f64;
+        let errors = samples.iter().filter(|s| s.status != 200).count() as f64;
+        let late = all.iter().filter(|&&l| l > timeout_ms as f64 + 2.0).count() as f64;
+        let n = samples.len() as f64;
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} |",
+            samples.len(),
+            bench::ms(p50),
+            bench::ms(bench::percentile(&all, 99.0)),
+            bench::ms(p999),
+            bench::ms(bench::percentile(&all, 100.0)),
+            p999 / p50,
+            bench::pct(partial, n),
+            bench::pct(errors, n),
+            bench::pct(late, n),
+            bench::pct(hedges, shard_queries),
+            bench::pct(calls - shard_queries, shard_queries),
+        );
+    }
+    println!(
+        "\nLatency is client-side from each request's scheduled send time · {}",
+        bench::machine_load()
+    );
+}

@@ -1,0 +1,455 @@
+//! Helpers shared by the scenario benchmarks (`tests/examples/bench_*.rs`):
+//! corpus and query loading, an open-loop HTTP driver that measures latency
+//! from each request's scheduled time, a closed-loop driver, percentiles,
+//! `/metrics` scraping and process CPU time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use frontend::{Frontend, FrontendConfig};
+use leaf::Document;
+use tokio_util::sync::CancellationToken;
+
+/// The npm corpus next to the workspace (`../shared/corpus`).
+pub const DEFAULT_CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/corpus/npm-packages.jsonl.gz"
+);
+/// Its queries, most popular first.
+pub const DEFAULT_QUERIES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/corpus/npm-packages.queries.txt"
+);
+
+/// `--name VALUE` from the command line, else `default`.
+pub fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// `--name N` parsed, else `default`.
+pub fn arg_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Reads the corpus once, for every leaf of a cluster to share.
+pub fn load_documents(path: impl AsRef<Path>) -> Arc<Vec<Document>> {
+    let path = PathBuf::from(path.as_ref());
+    let started = Instant::now();
+    let read = leaf::read_corpus(&path)
+        .unwrap_or_else(|e| panic!("cannot read corpus {}: {e}", path.display()));
+    eprintln!(
+        "read {} documents from {} in {:.1?}",
+        read.documents.len(),
+        path.display(),
+        started.elapsed()
+    );
+    Arc::new(read.documents)
+}
+
+/// The queries file, one a line, blank lines skipped.
+pub fn load_queries(path: impl AsRef<Path>) -> Arc<Vec<String>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read queries {}: {e}", path.display()));
+    Arc::new(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// `uptime`'s load averages, for the machine note under each table.
+pub fn machine_load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let fields: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cores} cores, load average {}", fields.join(" "))
+}
+
+/// CPU time this process has used (user + system).
+pub fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10) // CLK_TCK is 100 on Linux.
+}
+
+/// How the next query is picked.
+#[derive(Clone)]
+pub enum Pick {
+    /// In the file's order from this offset, wrapping around.
+    Replay(usize),
+    /// Rank r with probability ∝ 1/r^s (cumulative weights, then a seed).
+    Zipf(Arc<Vec<f64>>, u64),
+}
+
+impl Pick {
+    pub fn zipf(queries: usize, exponent: f64, seed: u64) -> Pick {
+        let mut cdf = Vec::with_capacity(queries);
+        let mut total = 0.0;
+        for rank in 1..=queries {
+            total += 1.0 / (rank as f64).powf(exponent);
+            cdf.push(total);
+        }
+        for c in &mut cdf {
+            *c /= total;
+        }
+        Pick::Zipf(Arc::new(cdf), seed)
+    }
+
+    /// The index of the `i`th query.
+    pub fn index(&self, i: u64, len: usize) -> usize {
+        match self {
+            Pick::Replay(offset) => (offset + i as usize) % len,
+            Pick::Zipf(cdf, seed) => {
+                let u = unit(splitmix(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+                cdf.partition_point(|&c| c < u).min(len - 1)
+            }
+        }
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One request's outcome.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// Scheduled send time from the start of the run.
+    pub at: Duration,
+    /// From the scheduled time (open loop) or send time (closed loop).
+    pub latency: Duration,
+    /// HTTP status, 0 when no response came (timeout, connection error).
+    pub status: u16,
+    pub partial: bool,
+    /// `hit`, `miss`, `bypass`, or empty.
+    pub cache: String,
+    pub took_ms: f64,
+    /// The slowest `shards[].took_ms` of the answer.
+    pub max_shard_ms: f64,
+    /// `shards[].took_ms` of the answer.
+    pub shard_ms: Vec<f64>,
+}
+
+impl Sample {
+    pub fn ms(&self) -> f64 {
+        self.latency.as_secs_f64() * 1e3
+    }
+}
+
+/// A load to offer.
+#[derive(Clone)]
+pub struct Load {
+    /// `http://host:port/search`.
+    pub url: String,
+    pub queries: Arc<Vec<String>>,
+    pub pick: Pick,
+    /// Extra parameters, e.g. `("nocache", "true")`.
+    pub params: Vec<(String, String)>,
+    pub request_timeout: Duration,
+}
+
+impl Load {
+    pub fn new(url: String, queries: Arc<Vec<String>>, pick: Pick) -> Load {
+        Load {
+            url,
+            queries,
+            pick,
+            params: Vec::new(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn param(mut self, key: &str, value: impl ToString) -> Load {
+        self.params.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .build()
+        .expect("http client")
+}
+
+async fn send(client: &reqwest::Client, load: &Load, i: u64) -> Sample {
+    let q = &load.queries[load.pick.index(i, load.queries.len())];
+    let mut query: Vec<(&str, &str)> = vec![("q", q.as_str())];
+    query.extend(load.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let response = client
+        .get(&load.url)
+        .query(&query)
+        .timeout(load.request_timeout)
+        .send()
+        .await;
+    let mut sample = Sample::default();
+    let Ok(response) = response else {
+        return sample;
+    };
+    sample.status = response.status().as_u16();
+    let Ok(bytes) = response.bytes().await else {
+        sample.status = 0;
+        return sample;
+    };
+    if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        sample.partial = body["partial"].as_bool().unwrap_or(false);
+        sample.cache = body["cache"].as_str().unwrap_or("").to_string();
+        sample.took_ms = body["took_ms"].as_f64().unwrap_or(0.0);
+        if let Some(shards) = body["shards"].as_array() {
+            sample.shard_ms = shards
+                .iter()
+                .filter_map(|s| s["took_ms"].as_f64())
+                .collect();
+            sample.max_shard_ms = sample.shard_ms.iter().copied().fold(0.0, f64::max);
+        }
+    }
+    sample
+}
+
+/// Sends `rate` requests a second for `duration` on a schedule fixed in
+/// advance, whatever the server does, and measures each latency from its
+/// scheduled time (no coordinated omission). `first` numbers the requests
+/// (it moves the query sequence along between runs).
+pub async fn open_loop(
+    client: &reqwest::Client,
+    load: &Load,
+    rate: f64,
+    duration: Duration,
+    first: u64,
+) -> Vec<Sample> {
+    let count = (rate * duration.as_secs_f64()).round() as u64;
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        let at = Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(start + at).await;
+        let client = client.clone();
+        let load = load.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sample = send(&client, &load, first + n).await;
+            sample.at = at;
+            sample.latency = (start + at).elapsed();
+            sample
+        }));
+    }
+    let mut samples = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        samples.push(task.await.expect("request task"));
+    }
+    samples
+}
+
+/// `clients` loops each sending the next request when the last answered,
+/// for `duration`: the closed-loop throughput.
+pub async fn closed_loop(
+    client: &reqwest::Client,
+    load: &Load,
+    clients: usize,
+    duration: Duration,
+    first: u64,
+) -> Vec<Sample> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client.clone();
+        let load = load.clone();
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut i = first + c as u64 * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let mut sample = send(&client, &load, i).await;
+                sample.at = sent - started;
+                sample.latency = sent.elapsed();
+                samples.push(sample);
+                i += 1;
+            }
+            samples
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.expect("client task"));
+    }
+    samples
+}
+
+/// The `p`th percentile (0–100, nearest rank) of `values`; NaN when empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+/// Latencies in milliseconds of the samples matching `keep`.
+pub fn latencies(samples: &[Sample], keep: impl Fn(&Sample) -> bool) -> Vec<f64> {
+    samples.iter().filter(|s| keep(s)).map(Sample::ms).collect()
+}
+
+/// Every series of a `/metrics` page: `name{labels}` → value.
+pub async fn scrape(client: &reqwest::Client, base: &str) -> HashMap<String, f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| v.parse::<f64>().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// The sum of series named `name` whose labels contain every `filter`.
+pub fn metric(series: &HashMap<String, f64>, name: &str, filters: &[&str]) -> f64 {
+    series
+        .iter()
+        .filter(|(k, _)| {
+            let bare = k.split('{').next().unwrap_or("");
+            bare == name && filters.iter().all(|f| k.contains(f))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A percentile estimated from a scraped histogram's cumulative buckets (the
+/// upper bound of the bucket holding it), in the histogram's unit.
+pub fn histogram_quantile(series: &HashMap<String, f64>, name: &str, q: f64) -> f64 {
+    let bucket = format!("{name}_bucket");
+    let mut buckets: Vec<(f64, f64)> = series
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{bucket}{{")))
+        .filter_map(|(k, v)| {
+            let le = k.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|b| b.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// An extra frontend over a fixed leaf list (e.g. the leaves of a
+/// [`crate::TestCluster`]), so that several configurations can be measured
+/// against the same leaves side by side.
+pub struct ExtraFrontend {
+    pub frontend: Frontend,
+    shutdown: CancellationToken,
+}
+
+impl ExtraFrontend {
+    pub async fn start(mut config: FrontendConfig, leaves: Vec<String>, replicas: usize) -> Self {
+        config.static_leaves = leaves;
+        config.cache = false;
+        let shutdown = CancellationToken::new();
+        let frontend = Frontend::start(config, crate::bind().await, None, shutdown.child_token())
+            .await
+            .expect("frontend starts");
+        let started = Instant::now();
+        while !frontend
+            .root
+            .fanout
+            .routing()
+            .snapshot()
+            .shards
+            .iter()
+            .all(|r| r.len() >= replicas)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "extra frontend never routed every replica"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ExtraFrontend { frontend, shutdown }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.frontend.http_addr)
+    }
+
+    pub fn search_url(&self) -> String {
+        format!("{}/search", self.base())
+    }
+}
+
+impl Drop for ExtraFrontend {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Formats milliseconds for a table cell.
+pub fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "–".to_string()
+    } else if v < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// Formats a fraction as a percentage for a table cell.
+pub fn pct(part: f64, whole: f64) -> String {
+    if whole == 0.0 {
+        "–".to_string()
+    } else {
+        format!("{:.2}%", 100.0 * part / whole)
+    }
+}
