@@ -88,7 +88,7 @@ impl Frontend {
     ) -> anyhow::Result<Frontend> {
         anyhow::ensure!(config.shards > 0, "--shards must be at least 1");
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).context("metrics")?);
-        metrics.init_shards(config.shards);
+        metrics.init(&config);
         let (membership, registry): (Arc<dyn Membership>, Option<Arc<Registry>>) =
             if let Some(url) = &config.membership {
                 anyhow::ensure!(

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use prometheus::{
-    histogram_opts, opts, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
+    histogram_opts, opts, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Registry,
 };
+
+use crate::config::FrontendConfig;
 
 /// Latency buckets, dense around the default 100 ms objective.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -70,6 +73,8 @@ pub struct Metrics {
     pub cache_coalesced: IntCounter,
     pub term_stats: IntCounterVec,
     pub admission_limit: IntGauge,
+    /// The latency objective as configured, for dashboards to draw.
+    pub latency_objective: Gauge,
     pub admission_in_flight: IntGauge,
     pub admission_queue: IntGauge,
     pub admission_rejections: IntCounterVec,
@@ -182,6 +187,10 @@ impl Metrics {
             "frontend_admission_limit",
             "Current adaptive concurrency limit.",
         )?;
+        let latency_objective = Gauge::new(
+            "frontend_latency_objective_seconds",
+            "The latency objective that admission control holds (--latency-target).",
+        )?;
         let admission_in_flight = IntGauge::new(
             "frontend_admission_in_flight",
             "Admitted search requests in flight.",
@@ -224,6 +233,7 @@ impl Metrics {
             cache_coalesced,
             term_stats,
             admission_limit,
+            latency_objective,
             admission_in_flight,
             admission_queue,
             admission_rejections,
@@ -248,6 +258,7 @@ impl Metrics {
         r.register(Box::new(metrics.cache_coalesced.clone()))?;
         r.register(Box::new(metrics.term_stats.clone()))?;
         r.register(Box::new(metrics.admission_limit.clone()))?;
+        r.register(Box::new(metrics.latency_objective.clone()))?;
         r.register(Box::new(metrics.admission_in_flight.clone()))?;
         r.register(Box::new(metrics.admission_queue.clone()))?;
         r.register(Box::new(metrics.admission_rejections.clone()))?;
@@ -273,11 +284,14 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Exports every per-shard series of shards `0..shards` from the start
-    /// (zeros), so that per-shard panels and rates never see a missing
-    /// series merely because nothing happened to a shard yet.
-    pub fn init_shards(&self, shards: u32) {
-        for shard in 0..shards {
+    /// Sets what the configuration fixes: the latency objective, and every
+    /// per-shard series of its shards, exported from the start as zeros so
+    /// that per-shard panels and rates never miss a series merely because
+    /// nothing happened to a shard yet.
+    pub fn init(&self, config: &FrontendConfig) {
+        self.latency_objective
+            .set(config.admission.latency_target.as_secs_f64());
+        for shard in 0..config.shards {
             let shard = shard.to_string();
             for outcome in LEAF_CALL_OUTCOMES {
                 self.leaf_calls.with_label_values(&[&shard, *outcome]);
@@ -334,7 +348,7 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions() {
         let metrics = Metrics::new(Registry::new()).unwrap();
-        metrics.init_shards(2);
+        metrics.init(&FrontendConfig::new(2));
         for family in metrics.registry.gather() {
             let name = family.name();
             assert!(name.starts_with("frontend_"), "{name}");
@@ -356,7 +370,7 @@ mod tests {
     #[test]
     fn every_series_a_dashboard_reads_exists_from_the_start() {
         let metrics = Metrics::new(Registry::new()).unwrap();
-        metrics.init_shards(2);
+        metrics.init(&FrontendConfig::new(2));
         let text = svc::metrics::encode(&metrics.registry);
         for series in [
             "frontend_search_requests_total{outcome=\"partial\"} 0",
@@ -366,6 +380,7 @@ mod tests {
             "frontend_hedge_wins_total{shard=\"1\"} 0",
             "frontend_shard_results_total{shard=\"0\",state=\"timed_out\"} 0",
             "frontend_shard_replicas_live{shard=\"1\"} 0",
+            "frontend_latency_objective_seconds 0.1",
             "frontend_cache_lookups_total{result=\"hit\"} 0",
             "frontend_search_duration_seconds_count{cache=\"miss\"} 0",
             "frontend_leaf_call_duration_seconds_bucket{shard=\"0\",le=\"0.1\"} 0",

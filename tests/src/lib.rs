@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod etcd;
+pub mod prom;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -422,7 +423,9 @@ impl TestCluster {
             change(&mut config);
         }
         let metrics = self.metrics_listener().await;
-        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().expect("metrics address"));
+        let metrics_addr = metrics
+            .as_ref()
+            .map(|l| l.local_addr().expect("metrics address"));
         let leaf = leaf::start(
             config,
             CorpusSource::Documents(documents),
