@@ -20,9 +20,7 @@ async fn cluster_with_traffic() -> TestCluster {
         .build()
         .await;
     for query in ["json+parser", "http+server", "json+parser", "logger"] {
-        let (status, body) = cluster
-            .search(&format!("q={query}&timeout_ms=2000"))
-            .await;
+        let (status, body) = cluster.search(&format!("q={query}&timeout_ms=2000")).await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, _) = cluster.search("q=logger&nocache=true").await;

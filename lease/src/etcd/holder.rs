@@ -95,11 +95,9 @@ impl EtcdHolder {
                 return None;
             }
             let sent = Instant::now();
-            let granted = tokio::select! {
-                () = self.stop.cancelled() => return None,
-                granted = self.grant_and_put(config, client) => granted,
-            };
-            match granted {
+            // Not abandoned when stopped: the put may have reached etcd, and
+            // the lease must then be revoked (below). Both calls are bounded.
+            match self.grant_and_put(config, client).await {
                 Ok((lease_id, ttl)) => {
                     tracing::info!(lease_id, ?ttl, "etcd lease granted");
                     let held = self.report.granted(lease_id, ttl, sent);
