@@ -55,12 +55,16 @@ async fn main() {
             cluster.restart_leaf(shard, 0).await;
             loop {
                 if cluster.routed()[shard as usize] > 0 {
-                    let (status, body) = cluster.search("q=react&nocache=true&timeout_ms=1000").await;
+                    let (status, body) =
+                        cluster.search("q=react&nocache=true&timeout_ms=1000").await;
                     if status == 200 && body["partial"] == false {
                         break;
                     }
                 }
-                assert!(started.elapsed() < Duration::from_secs(120), "restart never served");
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "restart never served"
+                );
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             restart.push(started.elapsed().as_secs_f64() * 1e3);

@@ -38,7 +38,10 @@ async fn main() {
         .frontend(|c| c.cache = false)
         .build()
         .await;
-    let leaves: Vec<String> = cluster.leaves().map(|l| l.advertised().to_string()).collect();
+    let leaves: Vec<String> = cluster
+        .leaves()
+        .map(|l| l.advertised().to_string())
+        .collect();
     let config = |admission: bool| {
         let mut config = FrontendConfig::new(4);
         config.admission.enabled = admission;
@@ -49,9 +52,13 @@ async fn main() {
     let off = ExtraFrontend::start(config(false), leaves, 1).await;
     let client = bench::client();
     let load_for = |fe: &ExtraFrontend| {
-        let mut load = Load::new(fe.search_url(), queries.clone(), Pick::zipf(queries.len(), 0.0, 3))
-            .param("nocache", true)
-            .param("timeout_ms", objective_ms as u64);
+        let mut load = Load::new(
+            fe.search_url(),
+            queries.clone(),
+            Pick::zipf(queries.len(), 0.0, 3),
+        )
+        .param("nocache", true)
+        .param("timeout_ms", objective_ms as u64);
         load.request_timeout = Duration::from_secs(2);
         load
     };
@@ -66,7 +73,8 @@ async fn main() {
         bench::open_loop(&client, &load_for(&off), rate, Duration::from_secs(3), n).await;
         loop {
             n += 1_000_000;
-            let samples = bench::open_loop(&client, &load_for(&off), rate, Duration::from_secs(5), n).await;
+            let samples =
+                bench::open_loop(&client, &load_for(&off), rate, Duration::from_secs(5), n).await;
             let all = bench::latencies(&samples, |s| s.status != 0);
             let bad = samples.iter().filter(|s| s.status != 200).count() as f64;
             let partial = samples.iter().filter(|s| s.partial).count() as f64;
@@ -87,7 +95,10 @@ async fn main() {
             rate *= 1.25;
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        println!("\ncapacity: {capacity:.0} req/s · {}\n", bench::machine_load());
+        println!(
+            "\ncapacity: {capacity:.0} req/s · {}\n",
+            bench::machine_load()
+        );
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 

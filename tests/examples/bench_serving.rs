@@ -67,7 +67,10 @@ async fn main() {
     let hist50 = bench::histogram_quantile(&delta, "frontend_overhead_seconds", 0.5) * 1e3;
     let hist99 = bench::histogram_quantile(&delta, "frontend_overhead_seconds", 0.99) * 1e3;
 
-    println!("### Index build (4 shards, {} documents)\n", documents.len());
+    println!(
+        "### Index build (4 shards, {} documents)\n",
+        documents.len()
+    );
     println!("| figure | value |\n|---|---|");
     println!("| documents indexed (sum over shards) | {indexed} |");
     println!(

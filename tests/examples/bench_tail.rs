@@ -32,7 +32,10 @@ async fn main() {
         .frontend(|c| c.cache = false)
         .build()
         .await;
-    let leaves: Vec<String> = cluster.leaves().map(|l| l.advertised().to_string()).collect();
+    let leaves: Vec<String> = cluster
+        .leaves()
+        .map(|l| l.advertised().to_string())
+        .collect();
 
     let config = |wait_for_all: bool, tolerant: bool| {
         let mut config = FrontendConfig::new(4);
@@ -59,9 +62,13 @@ async fn main() {
 
     let client = bench::client();
     let load_for = |fe: &ExtraFrontend| {
-        Load::new(fe.search_url(), queries.clone(), Pick::zipf(queries.len(), 0.0, 7))
-            .param("nocache", true)
-            .param("timeout_ms", timeout_ms)
+        Load::new(
+            fe.search_url(),
+            queries.clone(),
+            Pick::zipf(queries.len(), 0.0, 7),
+        )
+        .param("nocache", true)
+        .param("timeout_ms", timeout_ms)
     };
 
     // The median leaf call without faults, through frontend (b).
@@ -76,7 +83,9 @@ async fn main() {
     let shard_ms: Vec<f64> = calm.iter().flat_map(|s| s.shard_ms.clone()).collect();
     let leaf_median = bench::median(&shard_ms);
     let delay_ms: f64 = bench::arg_num("--delay-ms", (50.0 * leaf_median).max(1.0));
-    eprintln!("median leaf call {leaf_median:.2} ms; delay {delay_ms:.1} ms on 1% of replica 0's calls");
+    eprintln!(
+        "median leaf call {leaf_median:.2} ms; delay {delay_ms:.1} ms on 1% of replica 0's calls"
+    );
     for shard in 0..4 {
         cluster
             .leaf(shard, 0)

@@ -23,6 +23,9 @@ use leaf::{CorpusSource, Document, LeafConfig, LeafHandle, LeaseConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Adjusts a leaf's configuration before it starts.
+type LeafConfigFn = Box<dyn Fn(&mut LeafConfig)>;
+
 /// The cluster token every test cluster uses.
 pub const TOKEN: &str = "test-cluster-token";
 
@@ -39,7 +42,7 @@ pub struct TestClusterBuilder {
     lease_ttl: Duration,
     documents: Option<Arc<Vec<Document>>>,
     frontend: FrontendConfig,
-    leaf: Option<Box<dyn Fn(&mut LeafConfig)>>,
+    leaf: Option<LeafConfigFn>,
     metrics: bool,
 }
 
@@ -186,7 +189,7 @@ pub struct TestCluster {
     shards: u32,
     lease_ttl: Duration,
     leases: bool,
-    leaf_config: Option<Box<dyn Fn(&mut LeafConfig)>>,
+    leaf_config: Option<LeafConfigFn>,
     /// Whether leaves and caches serve `/metrics`.
     metrics: bool,
     /// The `/metrics` address of every leaf started, by its gRPC address
@@ -452,12 +455,14 @@ impl TestCluster {
     }
 
     async fn start_cache(&self) -> cache::CacheHandle {
-        let mut config = cache::CacheConfig::default();
-        config.lease = Some(cache::LeaseConfig {
-            endpoints: vec![self.grpc_addr.expect("grpc address").to_string()],
-            token: Some(TOKEN.to_string()),
-            ttl: self.lease_ttl,
-        });
+        let config = cache::CacheConfig {
+            lease: Some(cache::LeaseConfig {
+                endpoints: vec![self.grpc_addr.expect("grpc address").to_string()],
+                token: Some(TOKEN.to_string()),
+                ttl: self.lease_ttl,
+            }),
+            ..cache::CacheConfig::default()
+        };
         let metrics = self.metrics_listener().await;
         cache::start(config, bind().await, metrics, self.shutdown.child_token())
             .await
