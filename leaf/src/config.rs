@@ -184,6 +184,9 @@ pub struct Cli {
     /// Fault: searches never answer until the caller gives up.
     #[arg(long, env = "LEAF_FAULT_HANG")]
     pub fault_hang: bool,
+    /// Fault: time added at every budget check of a search's scoring loop.
+    #[arg(long, env = "LEAF_FAULT_SLOW_SCAN", value_parser = humantime::parse_duration, default_value = "0s")]
+    pub fault_slow_scan: Duration,
     /// Log one JSON object per line.
     #[arg(long, env = "LEAF_LOG_JSON")]
     pub log_json: bool,
@@ -227,6 +230,7 @@ impl Cli {
                 delay_fraction: self.fault_delay_fraction,
                 error_fraction: self.fault_error_fraction,
                 hang: self.fault_hang,
+                slow_scan: self.fault_slow_scan,
             },
             lease,
             advertise: self.advertise.clone(),

@@ -28,6 +28,10 @@ pub struct FaultConfig {
     /// Calls wait, without answering, until the caller gives up, the knob is
     /// turned off or the server shuts down.
     pub hang: bool,
+    /// Time added at every budget check of the scoring loop (every few
+    /// hundred matches): a slow disk or a cold cache, so that deadlines cut
+    /// searches short.
+    pub slow_scan: Duration,
 }
 
 /// Runtime handle on the fault knobs; clones share the same state.
@@ -46,6 +50,7 @@ struct Inner {
     /// A watch rather than a flag, so that hung calls resume when the knob
     /// is turned off.
     hang: watch::Sender<bool>,
+    slow_scan_nanos: AtomicU64,
 }
 
 impl Default for Faults {
@@ -62,6 +67,7 @@ impl Faults {
                 delay_fraction: AtomicU64::new(0f64.to_bits()),
                 error_fraction: AtomicU64::new(0f64.to_bits()),
                 hang: watch::Sender::new(false),
+                slow_scan_nanos: AtomicU64::new(0),
             }),
         };
         faults.set(config);
@@ -73,6 +79,7 @@ impl Faults {
         self.set_delay(config.delay, config.delay_fraction);
         self.set_error_fraction(config.error_fraction);
         self.set_hang(config.hang);
+        self.set_slow_scan(config.slow_scan);
     }
 
     /// Turns every fault off.
@@ -97,6 +104,12 @@ impl Faults {
         self.inner.hang.send_replace(hang);
     }
 
+    /// Adds `delay` at every budget check of the scoring loop.
+    pub fn set_slow_scan(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.slow_scan_nanos.store(nanos, Ordering::Relaxed);
+    }
+
     /// The current knobs.
     pub fn config(&self) -> FaultConfig {
         FaultConfig {
@@ -104,6 +117,7 @@ impl Faults {
             delay_fraction: load_fraction(&self.inner.delay_fraction),
             error_fraction: load_fraction(&self.inner.error_fraction),
             hang: *self.inner.hang.borrow(),
+            slow_scan: Duration::from_nanos(self.inner.slow_scan_nanos.load(Ordering::Relaxed)),
         }
     }
 

@@ -52,6 +52,8 @@ pub struct Budget {
     stop_at: Option<Instant>,
     cancelled: Option<Arc<AtomicBool>>,
     doc_limit: Option<u64>,
+    /// Fault knob: time spent at every check (see `FaultConfig::slow_scan`).
+    scan_delay: Option<std::time::Duration>,
 }
 
 /// Why a search stopped before covering the shard.
@@ -90,7 +92,22 @@ impl Budget {
         self
     }
 
+    /// Spends `delay` at every check, as a slow scan would (a fault knob).
+    pub fn with_scan_delay(mut self, delay: std::time::Duration) -> Budget {
+        self.scan_delay = (!delay.is_zero()).then_some(delay);
+        self
+    }
+
     fn check(&self, covered: u64) -> Option<Stop> {
+        if let Some(delay) = self.scan_delay {
+            // Never past the stop time, so that a slow scan is cut short like
+            // a long one. The search runs on a blocking thread.
+            let delay = match self.stop_at {
+                Some(stop_at) => delay.min(stop_at.saturating_duration_since(Instant::now())),
+                None => delay,
+            };
+            std::thread::sleep(delay);
+        }
         if self
             .cancelled
             .as_ref()

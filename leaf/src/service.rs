@@ -295,7 +295,8 @@ impl Shared {
             Some(deadline) => Budget::until(deadline.checked_sub(margin).unwrap_or(deadline)),
             None => Budget::unlimited(),
         }
-        .with_cancel(cancel);
+        .with_cancel(cancel)
+        .with_scan_delay(self.faults.config().slow_scan);
         let index = Arc::clone(&self.index);
         let in_flight = self.metrics.searches_in_flight.clone();
         let stats = request.stats;

@@ -321,17 +321,19 @@ fn print_row(variant: &str, rate: f64, group: &[&Sample]) {
 
 /// Expected calibration error over tenths of the estimate.
 fn ece(group: &[&Sample]) -> f64 {
-    let mut bins: HashMap<usize, (f64, f64, usize)> = HashMap::new();
+    // Per bin: the sums of estimates and of recalls. The bins' gaps between
+    // means, weighted by size, add up to their gaps between sums over the
+    // total count.
+    let mut bins: HashMap<usize, (f64, f64)> = HashMap::new();
     for s in group {
         let bin = ((s.estimate * 10.0).floor() as usize).min(9);
         let entry = bins.entry(bin).or_default();
         entry.0 += s.estimate;
         entry.1 += s.recall;
-        entry.2 += 1;
     }
     let total = group.len().max(1) as f64;
     bins.values()
-        .map(|&(estimate, recall, n)| (estimate - recall).abs() / total)
+        .map(|&(estimate, recall)| (estimate - recall).abs() / total)
         .sum()
 }
 
@@ -740,7 +742,7 @@ async fn stats_cost(
     );
     println!("| scoring | requests | p50 (client) | p90 (client) | p50 took_ms |");
     println!("|---|---:|---:|---:|---:|");
-    let mut row = |name: &str, latencies: &mut Vec<Duration>, took: &mut Vec<Duration>| {
+    let row = |name: &str, latencies: &mut Vec<Duration>, took: &mut Vec<Duration>| {
         latencies.sort();
         took.sort();
         println!(

@@ -76,14 +76,21 @@ fn shares(parts: &[CorpusStats], k: usize) -> Vec<(&'static str, Option<Vec<f64>
         rarest.and_then(|(_, _, v)| norm(v.iter().map(|&x| x as f64).collect())),
     ));
     // greedy by weight
-    for (name, use_boost) in [("greedy", true), ("greedy_noboost", false)] {
+    for (name, use_boost, depth) in [
+        ("greedy", true, 1.0),
+        ("greedy_noboost", false, 1.0),
+        ("greedy_d0.5", true, 0.5),
+        ("greedy_d2", true, 2.0),
+        ("greedy_d3", true, 3.0),
+        ("greedy_d5", true, 5.0),
+    ] {
         let mut sorted = pairs.clone();
         sorted.sort_by(|a, b| {
             let wa = if use_boost { a.0 } else { idf(a.1) };
             let wb = if use_boost { b.0 } else { idf(b.1) };
             wb.partial_cmp(&wa).unwrap()
         });
-        let mut remaining = k as f64;
+        let mut remaining = k as f64 * depth;
         let mut m = vec![0f64; n];
         for (_, df, v) in &sorted {
             if remaining <= 0.0 {

@@ -1,0 +1,88 @@
+//! Tail tolerance through real gRPC: hedges around a hanging replica, the
+//! loser cancelled at the leaf, and deadlines that reach the leaf and cut a
+//! slow search short.
+
+use std::time::Duration;
+
+use tests::TestCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_replica_is_answered_by_the_hedge_and_the_loser_is_cancelled() {
+    let cluster = TestCluster::builder()
+        .shards(2)
+        .replicas(2)
+        .frontend(|c| {
+            // Random choice and no probation, so that primaries keep going
+            // to the hanging replica and only hedges can save them.
+            c.fanout.replica_choice = false;
+            c.fanout.probation = false;
+            c.fanout.retry = false;
+            c.fanout.hedge_budget_floor = 1000.0;
+        })
+        .build()
+        .await;
+    for i in 0..40 {
+        cluster
+            .search(&format!("q=json+{i}&nocache=true&timeout_ms=2000"))
+            .await;
+    }
+    let hung = cluster.leaf(0, 0);
+    hung.faults().set_hang(true);
+    let mut hedges_won = 0;
+    for i in 0..20 {
+        let (status, body) = cluster
+            .search(&format!("q=parser+{i}&nocache=true&timeout_ms=3000"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["partial"], false,
+            "the hedge answers for the hung replica: {body}"
+        );
+        hedges_won += body["hedges"]["won"].as_u64().unwrap();
+    }
+    assert!(hedges_won > 0, "some primaries went to the hung replica");
+    // Every call the hedge beat was cancelled at the hung leaf.
+    cluster
+        .wait_until(Duration::from_secs(5), "the losers to be cancelled", |c| {
+            c.leaf(0, 0).stats().cancelled >= hedges_won
+        })
+        .await;
+    let (_, metrics) = cluster.get_text("/metrics").await;
+    assert!(metrics.contains("frontend_hedge_wins_total{shard=\"0\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_short_of_time_returns_early_and_the_answer_is_partial() {
+    let cluster = TestCluster::builder()
+        .shards(2)
+        .frontend(|c| c.fanout.hedging = false)
+        .build()
+        .await;
+    // A slow scan: every budget check of shard 1's scoring loop takes 40 ms.
+    cluster
+        .leaf(1, 0)
+        .faults()
+        .set_slow_scan(Duration::from_millis(40));
+    let (status, body) = cluster
+        .search("q=for+with+and+the+a+of&k=10&timeout_ms=150&nocache=true")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["partial"], true, "{body}");
+    let shard = body["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["shard"] == 1)
+        .unwrap()
+        .clone();
+    assert_eq!(shard["state"], "partial", "{body}");
+    let searched = shard["docs_searched"].as_u64().unwrap();
+    let total = shard["docs_total"].as_u64().unwrap();
+    assert!(searched < total, "{searched} of {total}");
+    // The shard answered (with what it had), it did not time out.
+    assert_eq!(body["coverage"]["shards_answered"], 2, "{body}");
+    assert_eq!(body["coverage"]["shards_timed_out"], 0);
+    assert!(body["coverage"]["percent"].as_f64().unwrap() < 100.0);
+    assert!(body["estimated_recall"].as_f64().unwrap() < 1.0);
+    assert!(cluster.leaf(1, 0).stats().early_stops >= 1);
+}
