@@ -143,6 +143,9 @@ pub struct Admission {
 pub struct Permit {
     shared: Arc<Shared>,
     admitted_at: Instant,
+    /// The latency to report instead of the time held, when the caller
+    /// knows better (see [`Permit::set_service_time`]).
+    service_time: Option<Duration>,
 }
 
 impl Admission {
@@ -206,14 +209,28 @@ impl Permit {
         Permit {
             shared: Arc::clone(shared),
             admitted_at: Instant::now(),
+            service_time: None,
         }
+    }
+}
+
+impl Permit {
+    /// Reports `latency` to the controller instead of the time the permit
+    /// was held. The request path uses it to leave out the time spent
+    /// waiting for shards that never answered: a hung or dead shard makes
+    /// every request wait its whole deadline without concurrency being the
+    /// cause, and cutting the limit for it would shed load for nothing.
+    pub fn set_service_time(&mut self, latency: Duration) {
+        self.service_time = Some(latency);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let now = Instant::now();
-        let latency = now.saturating_duration_since(self.admitted_at);
+        let latency = self
+            .service_time
+            .unwrap_or_else(|| now.saturating_duration_since(self.admitted_at));
         self.shared.release(Some(latency), now);
     }
 }

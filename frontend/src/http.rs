@@ -83,8 +83,26 @@ async fn search_post(State(app): State<AppState>, request: Request) -> Response 
 }
 
 async fn run(app: &AppState, params: SearchParams) -> Result<SearchBody, ApiError> {
-    let _permit = app.admission.admit().await?;
-    app.root.search(&params).await
+    let mut permit = app.admission.admit().await?;
+    let result = app.root.search(&params).await;
+    if let Ok(body) = &result {
+        permit.set_service_time(service_time(body));
+    }
+    result
+}
+
+/// The request's latency less the time spent waiting for shards that never
+/// answered: what admission control should judge concurrency by.
+fn service_time(body: &SearchBody) -> std::time::Duration {
+    let slowest = |answered_only: bool| {
+        body.shards
+            .iter()
+            .filter(|s| !answered_only || matches!(s.state, "answered" | "partial"))
+            .map(|s| s.took_ms)
+            .fold(0.0, f64::max)
+    };
+    let waited_in_vain = (slowest(false) - slowest(true)).max(0.0);
+    std::time::Duration::from_secs_f64((body.took_ms - waited_in_vain).max(0.0) / 1000.0)
 }
 
 fn respond(app: &AppState, result: Result<SearchBody, ApiError>, started: Instant) -> Response {
@@ -164,4 +182,47 @@ async fn shed_response(_: tower::BoxError) -> Response {
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
     tracing::error!("a request handler panicked");
     ApiError::internal("internal error").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CacheResult, HedgeBody};
+    use crate::merge::{Coverage, ShardReport};
+
+    fn shard(shard: u32, state: &'static str, took_ms: f64) -> ShardReport {
+        ShardReport {
+            shard,
+            state,
+            docs_searched: 0,
+            docs_total: 0,
+            took_ms,
+            hedges: 0,
+            hedge_won: false,
+        }
+    }
+
+    #[test]
+    fn service_time_leaves_out_the_wait_for_shards_that_never_answered() {
+        let body = SearchBody {
+            hits: Vec::new(),
+            partial: true,
+            coverage: Coverage::default(),
+            estimated_recall: 0.5,
+            cache: CacheResult::Miss,
+            took_ms: 152.0,
+            global_stats: true,
+            hedges: HedgeBody::default(),
+            shards: vec![shard(0, "answered", 5.0), shard(1, "timed_out", 150.0)],
+        };
+        let time = service_time(&body);
+        assert!((time.as_secs_f64() - 0.007).abs() < 1e-9, "{time:?}");
+        let complete = SearchBody {
+            partial: false,
+            shards: vec![shard(0, "answered", 5.0), shard(1, "answered", 9.0)],
+            took_ms: 10.0,
+            ..body
+        };
+        assert!((service_time(&complete).as_secs_f64() - 0.010).abs() < 1e-9);
+    }
 }

@@ -66,7 +66,7 @@ pub fn hit_order(a: &Hit, b: &Hit) -> Ordering {
 /// Merges shard results into the top `k`. `known_docs[s]` is the last
 /// known document count of shard `s`, used for shards that did not answer;
 /// `match_share[s]`, when known, is shard `s`'s expected share of the
-/// query's matching documents (see [`crate::quality`]).
+/// query's best documents (see [`crate::quality`]).
 pub fn merge(
     results: Vec<ShardResult>,
     k: usize,

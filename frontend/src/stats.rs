@@ -10,7 +10,8 @@
 //! query is scored with shard-local statistics and the answer says so.
 //!
 //! Per-shard frequencies are kept too: they tell the accuracy estimate which
-//! shards hold the query's matches (see [`crate::quality`]).
+//! shards hold the query's best documents (`answer_share`, used by
+//! [`crate::quality`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ const MAX_TOKEN_BYTES: usize = 40;
 pub struct QueryStats {
     /// Summed statistics to send to the leaves; `None` means local scoring.
     pub stats: Option<CorpusStats>,
-    /// Each shard's expected share of the query's matches.
+    /// Each shard's expected share of the query's answer, its best
+    /// documents (see `answer_share`).
     pub match_share: Option<Vec<f64>>,
     /// `warm`, `fetched`, `partial` or `local`, for metrics.
     pub source: &'static str,
@@ -236,22 +238,10 @@ fn assemble(totals: &Totals, per_term: &BTreeMap<(String, String), Vec<u64>>) ->
             })
             .collect(),
     };
-    // A shard's matches are estimated by the largest document frequency of
-    // any of the query's terms in it (a lower bound of an OR's matches).
-    let shards = totals.docs.len();
-    let mut matches = vec![0u64; shards];
-    for per_shard in per_term.values() {
-        for (shard, &freq) in per_shard.iter().enumerate().take(shards) {
-            matches[shard] = matches[shard].max(freq);
-        }
-    }
-    let sum: u64 = matches.iter().sum();
     let match_share = if per_term.is_empty() {
         None
-    } else if sum == 0 {
-        Some(vec![0.0; shards])
     } else {
-        Some(matches.iter().map(|&m| m as f64 / sum as f64).collect())
+        Some(answer_share(&totals.docs, per_term))
     };
     QueryStats {
         stats: Some(stats),
@@ -259,6 +249,66 @@ fn assemble(totals: &Totals, per_term: &BTreeMap<(String, String), Vec<u64>>) ->
         source: "warm",
         shard_docs: totals.docs.clone(),
     }
+}
+
+/// How many of a query's best documents [`answer_share`] places: a first
+/// page. The share barely depends on it (on the npm benchmark, one to
+/// three pages give the same per-query error within 0.002), so it is fixed
+/// rather than taken from each request's `k`.
+const ANSWER_DEPTH: f64 = 10.0;
+
+/// Weight of a match in each field, as the leaves score it (the leaf's
+/// title boost, `leaf/src/index.rs`); other fields weigh 1.
+const FIELD_WEIGHTS: [(&str, f64); 2] = [("title", 2.0), ("body", 1.0)];
+
+/// Each shard's expected share of the query's best [`ANSWER_DEPTH`]
+/// documents, from per-shard document frequencies of its (field, term)
+/// pairs.
+///
+/// Documents lie in shards by a hash of their id, so a shard holds a pair's
+/// documents in proportion to its document frequency. Which pairs the best
+/// documents carry follows BM25: a rare term in a boosted field scores
+/// highest. So the places of the answer are filled pair by pair, the
+/// highest-weighted first (field weight × BM25 idf), each pair taking as
+/// many places as it has documents and spreading them over shards in
+/// proportion to its per-shard frequencies. A query whose rare term is in
+/// ten documents thus puts its answer where those ten are, not where the
+/// common terms are. A shard with none of the pairs gets no share; when no
+/// shard has any, every share is zero (nothing can be missing).
+fn answer_share(totals_docs: &[u64], per_term: &BTreeMap<(String, String), Vec<u64>>) -> Vec<f64> {
+    let shards = totals_docs.len();
+    let num_docs = totals_docs.iter().sum::<u64>() as f64;
+    let mut pairs: Vec<(f64, u64, &Vec<u64>)> = per_term
+        .iter()
+        .map(|((field, _), per_shard)| {
+            let df: u64 = per_shard.iter().take(shards).sum();
+            let weight = FIELD_WEIGHTS
+                .iter()
+                .find(|(name, _)| name == field)
+                .map_or(1.0, |&(_, weight)| weight);
+            let idf = (1.0 + (num_docs - df as f64 + 0.5) / (df as f64 + 0.5)).ln();
+            (weight * idf, df, per_shard)
+        })
+        .filter(|&(_, df, _)| df > 0)
+        .collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut places = vec![0.0; shards];
+    let mut left = ANSWER_DEPTH;
+    for (_, df, per_shard) in pairs {
+        if left <= 0.0 {
+            break;
+        }
+        let taken = left.min(df as f64);
+        for (place, &freq) in places.iter_mut().zip(per_shard) {
+            *place += taken * freq as f64 / df as f64;
+        }
+        left -= taken;
+    }
+    let filled: f64 = places.iter().sum();
+    if filled <= 0.0 {
+        return vec![0.0; shards];
+    }
+    places.iter().map(|p| p / filled).collect()
 }
 
 /// The (field, term) pairs tantivy's default tokenizer would make of a
@@ -302,6 +352,10 @@ mod tests {
         assert!(local_terms("title:json").is_none());
     }
 
+    fn approx(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-9)
+    }
+
     #[test]
     fn match_share_follows_document_frequencies() {
         let totals = Totals {
@@ -313,11 +367,54 @@ mod tests {
             (("body".to_string(), "b".to_string()), vec![1, 1]),
         ]);
         let stats = assemble(&totals, &per_term);
-        assert_eq!(stats.match_share, Some(vec![0.75, 0.25]));
+        // The rarer b fills two places, one per shard; a fills three, all
+        // in shard 0.
+        assert!(approx(&stats.match_share.unwrap(), &[0.8, 0.2]));
         let corpus = stats.stats.unwrap();
         assert_eq!(corpus.num_docs, 200);
         assert_eq!(corpus.fields[0].total_tokens, 2000);
         assert_eq!(corpus.terms.len(), 2);
         assert_eq!(corpus.terms[0].doc_freq, 3);
+    }
+
+    #[test]
+    fn a_rare_term_decides_where_the_answer_is() {
+        let docs = [10_000, 10_000];
+        let per_term = BTreeMap::from([
+            (("body".to_string(), "common".to_string()), vec![500, 500]),
+            (("body".to_string(), "rare".to_string()), vec![0, 4]),
+        ]);
+        // Four places go where the rare term is, six are spread evenly.
+        assert!(approx(&answer_share(&docs, &per_term), &[0.3, 0.7]));
+        // A title match outweighs a body match of the same frequency.
+        let per_term = BTreeMap::from([
+            (("body".to_string(), "x".to_string()), vec![0, 20]),
+            (("title".to_string(), "x".to_string()), vec![20, 0]),
+        ]);
+        assert!(approx(&answer_share(&docs, &per_term), &[1.0, 0.0]));
+        // No shard with any match: nothing to lose anywhere.
+        let per_term = BTreeMap::from([(("body".to_string(), "none".to_string()), vec![0, 0])]);
+        assert_eq!(answer_share(&docs, &per_term), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn from_shards_sums_like_the_leaves() {
+        let docs = leaf::generate_corpus(600, 3);
+        let parts: Vec<CorpusStats> = (0..3)
+            .map(|shard| {
+                leaf::ShardIndex::build_in_ram(shard, 3, &docs)
+                    .unwrap()
+                    .term_stats("json parser")
+                    .unwrap()
+            })
+            .collect();
+        let stats = QueryStats::from_shards(&parts);
+        assert_eq!(stats.stats, Some(leaf::sum_corpus_stats(&parts)));
+        assert_eq!(stats.shard_docs.iter().sum::<u64>(), 600);
+        assert!(stats.complete());
+        let share = stats.match_share.unwrap();
+        assert_eq!(share.len(), 3);
+        assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(share.iter().all(|&s| s > 0.0), "{share:?}");
     }
 }

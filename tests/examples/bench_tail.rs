@@ -86,13 +86,6 @@ async fn main() {
     eprintln!(
         "median leaf call {leaf_median:.2} ms; delay {delay_ms:.1} ms on 1% of replica 0's calls"
     );
-    for shard in 0..4 {
-        cluster
-            .leaf(shard, 0)
-            .faults()
-            .set_delay(Duration::from_secs_f64(delay_ms / 1e3), 0.01);
-    }
-
     println!(
         "### Tail tolerance: {rate:.0} req/s open loop for {seconds:.0} s per config, \
          timeout_ms={timeout_ms}, nocache=true\n"
@@ -107,7 +100,25 @@ async fn main() {
          extra leaf calls ÷ shard queries |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (i, (name, fe)) in frontends.iter().enumerate() {
+    // The floor first: config (c) with no slow replica, then every config
+    // with the slow replicas.
+    let floor = format!("{} — no slow replica (floor)", frontends[2].0);
+    let runs = [
+        (floor.as_str(), 2, false),
+        (frontends[0].0, 0, true),
+        (frontends[1].0, 1, true),
+        (frontends[2].0, 2, true),
+    ];
+    for (i, &(name, which, slow)) in runs.iter().enumerate() {
+        if slow {
+            for shard in 0..4 {
+                cluster
+                    .leaf(shard, 0)
+                    .faults()
+                    .set_delay(Duration::from_secs_f64(delay_ms / 1e3), 0.01);
+            }
+        }
+        let fe = &frontends[which].1;
         let load = load_for(fe);
         // Warm up: connections, latency windows for the hedge delay.
         bench::open_loop(&client, &load, rate, Duration::from_secs(5), 1_000_000).await;

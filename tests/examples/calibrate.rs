@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use frontend::fanout::{ShardOutcome, ShardResult};
 use frontend::merge::{self, Merged};
+use frontend::quality;
 use frontend::stats::QueryStats;
 use frontend::{Frontend, FrontendConfig};
 use leaf::{Budget, Document, SearchOutput, ShardIndex};
@@ -193,6 +194,9 @@ struct Sample {
     rate: usize,
     partial: bool,
     estimate: f64,
+    /// The estimate with simpler shares, for comparison: each shard's share
+    /// of all documents, and of the query's largest document frequency.
+    baselines: [f64; 2],
     recall: f64,
     ndcg: f64,
     /// Size of the full answer.
@@ -268,10 +272,10 @@ fn calibration(args: &Args, docs: &Arc<Vec<Document>>, queries: &[String]) {
     }
     let samples: Vec<&Sample> = results.iter().flat_map(|r| &r.samples).collect();
     println!(
-        "| variant | rate | answers | partial | recall@{k} | NDCG@{k} | est. recall | MAE | MAE (partial only) | bias | ECE | noise floor |",
+        "| variant | rate | answers | partial | recall@{k} | NDCG@{k} | est. recall | MAE | MAE (partial only) | bias | ECE | binomial noise | MAE, document share | MAE, max-df share |",
         k = args.k
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (variant, name) in VARIANTS.iter().enumerate() {
         for (rate, r) in args.rates.iter().enumerate() {
             let group: Vec<&Sample> = samples
@@ -285,10 +289,12 @@ fn calibration(args: &Args, docs: &Arc<Vec<Document>>, queries: &[String]) {
     println!(
         "\nMAE: mean over answers of |estimated − measured recall|. bias: mean estimate − \
          mean measured recall. ECE: answers binned by estimate (tenths), the bins' \
-         |mean estimate − mean recall| weighted by size. noise floor: the MAE that a \
-         perfectly calibrated estimate e would still have if each of the full answer's n \
-         documents were in the searched part independently with probability e \
-         (E|Binomial(n, e)/n − e|).\n"
+         |mean estimate − mean recall| weighted by size. binomial noise: the MAE that a \
+         perfectly calibrated estimate e would have if each of the full answer's n documents \
+         were in the searched part independently with probability e (E|Binomial(n, e)/n − e|); \
+         the estimate does better where rare terms pin the answer to known shards. The last two columns: the same answers estimated \
+         with simpler shares (each shard's share of all documents; of the query's largest \
+         document frequency, the previous model).\n"
     );
 }
 
@@ -304,7 +310,7 @@ fn print_row(variant: &str, rate: f64, group: &[&Sample]) {
     let recall = mean(&|s| s.recall);
     let estimate = mean(&|s| s.estimate);
     println!(
-        "| {variant} | {:.0}% | {} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.3} |",
+        "| {variant} | {:.0}% | {} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
         rate * 100.0,
         group.len(),
         100.0 * partial.len() as f64 / n,
@@ -316,6 +322,8 @@ fn print_row(variant: &str, rate: f64, group: &[&Sample]) {
         estimate - recall,
         ece(group),
         mean(&|s| binomial_mad(s.full, s.estimate)),
+        mean(&|s| (s.baselines[0] - s.recall).abs()),
+        mean(&|s| (s.baselines[1] - s.recall).abs()),
     );
 }
 
@@ -459,6 +467,7 @@ fn evaluate(
         }),
         ..QueryResult::default()
     };
+    let max_df_share = max_df_share(&parts);
     let full_rank: HashMap<&str, usize> = full
         .hits
         .iter()
@@ -497,11 +506,19 @@ fn evaluate(
                 .collect();
             let partial = merge::merge(results, k as usize, known_docs, share);
             let (recall, ndcg) = measure(&partial, &full_rank, k as usize);
+            let baseline = |share: Option<&[f64]>| {
+                if partial.partial {
+                    quality::estimated_recall(&partial.shards, share)
+                } else {
+                    1.0
+                }
+            };
             result.samples.push(Sample {
                 variant,
                 rate: rate_index,
                 partial: partial.partial,
                 estimate: partial.estimated_recall,
+                baselines: [baseline(None), baseline(Some(&max_df_share))],
                 recall,
                 ndcg,
                 full: full.hits.len(),
@@ -509,6 +526,20 @@ fn evaluate(
         }
     }
     Some(result)
+}
+
+/// Each shard's share of the largest document frequency of any of the
+/// query's terms in it: the estimate's previous model, kept for comparison.
+fn max_df_share(parts: &[CorpusStats]) -> Vec<f64> {
+    let largest: Vec<f64> = parts
+        .iter()
+        .map(|part| part.terms.iter().map(|t| t.doc_freq).max().unwrap_or(0) as f64)
+        .collect();
+    let sum: f64 = largest.iter().sum();
+    largest
+        .iter()
+        .map(|&l| if sum > 0.0 { l / sum } else { 0.0 })
+        .collect()
 }
 
 /// Recall and NDCG of `answer` against the full answer's ranks.
