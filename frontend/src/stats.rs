@@ -72,6 +72,11 @@ impl QueryStats {
 }
 
 /// Per-shard totals of one generation set.
+/// A (field, term) pair.
+type Pair = (String, String);
+/// (field, term) → document frequency per shard.
+type PerTerm = BTreeMap<Pair, Vec<u64>>;
+
 #[derive(Clone, Debug)]
 struct Totals {
     docs: Vec<u64>,
@@ -84,7 +89,7 @@ pub struct TermStatsCache {
     terms: Cache<(u64, String, String), Arc<Vec<u64>>>,
     /// (generation set, normalized query) → the (field, term) pairs the
     /// leaves reported for it.
-    queries: Cache<(u64, String), Arc<Vec<(String, String)>>>,
+    queries: Cache<(u64, String), Arc<Vec<Pair>>>,
     /// Generation set → per-shard totals.
     totals: Cache<u64, Arc<Totals>>,
 }
@@ -192,11 +197,11 @@ impl TermStatsCache {
 /// shard order; `None` for a shard that did not answer), and how many did.
 fn gather<'a>(
     answers: impl ExactSizeIterator<Item = Option<&'a CorpusStats>>,
-) -> (Totals, BTreeMap<(String, String), Vec<u64>>, usize) {
+) -> (Totals, PerTerm, usize) {
     let shards = answers.len();
     let mut docs = vec![0u64; shards];
     let mut tokens: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut per_term: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    let mut per_term: PerTerm = BTreeMap::new();
     let mut answered = 0;
     for (shard, stats) in answers.enumerate() {
         let Some(stats) = stats else {
@@ -218,7 +223,7 @@ fn gather<'a>(
     (Totals { docs, tokens }, per_term, answered)
 }
 
-fn assemble(totals: &Totals, per_term: &BTreeMap<(String, String), Vec<u64>>) -> QueryStats {
+fn assemble(totals: &Totals, per_term: &PerTerm) -> QueryStats {
     let stats = CorpusStats {
         num_docs: totals.docs.iter().sum(),
         fields: totals
@@ -275,7 +280,7 @@ const FIELD_WEIGHTS: [(&str, f64); 2] = [("title", 2.0), ("body", 1.0)];
 /// ten documents thus puts its answer where those ten are, not where the
 /// common terms are. A shard with none of the pairs gets no share; when no
 /// shard has any, every share is zero (nothing can be missing).
-fn answer_share(totals_docs: &[u64], per_term: &BTreeMap<(String, String), Vec<u64>>) -> Vec<f64> {
+fn answer_share(totals_docs: &[u64], per_term: &PerTerm) -> Vec<f64> {
     let shards = totals_docs.len();
     let num_docs = totals_docs.iter().sum::<u64>() as f64;
     let mut pairs: Vec<(f64, u64, &Vec<u64>)> = per_term

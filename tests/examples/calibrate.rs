@@ -26,12 +26,14 @@
 //!    full answer is the ideal ordering).
 //! 2. **Timing model** (a real cluster on loopback): `--timing-shards` ×
 //!    2 replicas, one replica per shard slowed (`--slow-delay-ms` on
-//!    `--slow-fraction` of its calls); per deadline, the partial rate and
-//!    recall@k against full answers taken first with a long deadline.
+//!    `--slow-fraction` of its calls); per deadline (`--deadlines`), the
+//!    partial rate and recall@k against full answers taken first with a
+//!    long deadline, one query at a time.
 //! 3. **Cost of global statistics**: on the same leaves, two fresh
-//!    frontends (global statistics on, and shard-local scoring); latency
-//!    of each query's first request (cold statistics cache), a repeat of it
-//!    (warm), and shard-local scoring.
+//!    frontends (global statistics on, and shard-local scoring); per query,
+//!    the global frontend's first request (cold statistics cache) and a
+//!    repeat (warm), and the shard-local frontend before, between or after
+//!    them in turn.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 const USAGE: &str = "usage: calibrate [--corpus PATH] [--queries PATH] [--shards N] \
 [--queries-limit N] [--k N] [--seed N] [--rates 0.1,0.25,0.5] [--no-exact-check] \
 [--skip-calibration] [--skip-timing] [--timing-shards N] [--timing-queries N] \
-[--deadlines 5,10,20,50,100] [--slow-delay-ms N] [--slow-fraction F]";
+[--deadlines 2,3,5,10,20,50,100] [--slow-delay-ms N] [--slow-fraction F]";
 
 /// The command line, as plain data.
 #[derive(Clone, Debug)]
@@ -92,7 +94,7 @@ impl Args {
             timing: true,
             timing_shards: 4,
             timing_queries: 500,
-            deadlines_ms: vec![5, 10, 20, 50, 100],
+            deadlines_ms: vec![2, 3, 5, 10, 20, 50, 100],
             slow_delay_ms: 50,
             slow_fraction: 0.1,
         };
@@ -143,6 +145,15 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    // Errors only, to stderr, so that stdout is the report (the test
+    // cluster's own logger then stays out of the way).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let started = Instant::now();
     let docs = Arc::new(match &args.corpus {
         Some(path) => leaf::read_corpus(path)?.documents,
@@ -650,11 +661,12 @@ async fn timing(args: &Args, docs: Arc<Vec<Document>>, queries: &[String]) -> an
         args.slow_fraction * 100.0
     );
     println!(
-        "| deadline | partial | recall@{k} | est. recall | MAE | p50 | p99 | over deadline + 2 ms |"
+        "| deadline | partial | recall@{k} | est. recall | MAE | p50 | p99 | over deadline + 2 ms | hedges per query |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &deadline in &args.deadlines_ms {
-        let (mut partial, mut recall, mut estimate, mut error) = (0usize, 0.0, 0.0, 0.0);
+        let (mut partial, mut hedges) = (0usize, 0u64);
+        let (mut recall, mut estimate, mut error) = (0.0, 0.0, 0.0);
         let mut latencies = Vec::with_capacity(n);
         for (query, full) in timing_queries.iter().zip(&full) {
             let Some(full) = full else { continue };
@@ -664,6 +676,7 @@ async fn timing(args: &Args, docs: Arc<Vec<Document>>, queries: &[String]) -> an
             let measured = found as f64 / full.len() as f64;
             let estimated = answer.body["estimated_recall"].as_f64().unwrap_or(0.0);
             partial += usize::from(answer.status != 200 || answer.body["partial"] != false);
+            hedges += answer.body["hedges"]["sent"].as_u64().unwrap_or(0);
             recall += measured;
             estimate += estimated;
             error += (measured - estimated).abs();
@@ -675,7 +688,7 @@ async fn timing(args: &Args, docs: Arc<Vec<Document>>, queries: &[String]) -> an
             .count();
         latencies.sort();
         println!(
-            "| {deadline} ms | {:.1}% | {:.3} | {:.3} | {:.3} | {:.1} ms | {:.1} ms | {:.1}% |",
+            "| {deadline} ms | {:.1}% | {:.3} | {:.3} | {:.3} | {:.1} ms | {:.1} ms | {:.1}% | {:.3} |",
             100.0 * partial as f64 / count,
             recall / count,
             estimate / count,
@@ -683,6 +696,7 @@ async fn timing(args: &Args, docs: Arc<Vec<Document>>, queries: &[String]) -> an
             ms(percentile(&latencies, 0.50)),
             ms(percentile(&latencies, 0.99)),
             100.0 * late as f64 / count,
+            hedges as f64 / count,
         );
     }
     println!(
@@ -743,63 +757,60 @@ async fn stats_cost(
             .with_label_values(&["fetched"])
             .get()
     };
-    // Per query, in this order: shard-local scoring, then the global
-    // frontend's first sight of it (cold), then a repeat (warm).
-    let (mut cold, mut cold_fetched, mut warm, mut shard_local) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut cold_took, mut warm_took, mut local_took) = (Vec::new(), Vec::new(), Vec::new());
-    for query in queries {
-        let answer = client.search(&local_url, query, args.k, 1000).await?;
-        if answer.status != 200 {
-            continue;
+    let (mut shard_local, mut cold, mut cold_fetched, mut warm) = (
+        Timings::default(),
+        Timings::default(),
+        Timings::default(),
+        Timings::default(),
+    );
+    for (i, query) in queries.iter().enumerate() {
+        // Per query: the global frontend's first sight of it (cold), then a
+        // repeat (warm), and the shard-local frontend before, between or
+        // after them in turn, so that no setting always touches a query's
+        // postings first.
+        let mut seen = false;
+        for step in 0..3 {
+            if step == i % 3 {
+                shard_local.push(&client.search(&local_url, query, args.k, 1000).await?);
+            } else if !seen {
+                seen = true;
+                let before = fetched();
+                let answer = client.search(&global_url, query, args.k, 1000).await?;
+                cold.push(&answer);
+                if fetched() > before {
+                    cold_fetched.push(&answer);
+                }
+            } else {
+                warm.push(&client.search(&global_url, query, args.k, 1000).await?);
+            }
         }
-        shard_local.push(answer.latency);
-        local_took.push(answer.took());
-        let before = fetched();
-        let answer = client.search(&global_url, query, args.k, 1000).await?;
-        cold.push(answer.latency);
-        cold_took.push(answer.took());
-        if fetched() > before {
-            cold_fetched.push(answer.latency);
-        }
-        let answer = client.search(&global_url, query, args.k, 1000).await?;
-        warm.push(answer.latency);
-        warm_took.push(answer.took());
     }
     println!(
         "## Cost of global statistics: {} shards, {} queries, one at a time\n",
         args.timing_shards,
-        shard_local.len()
+        queries.len()
     );
     println!("| scoring | requests | p50 (client) | p90 (client) | p50 took_ms |");
     println!("|---|---:|---:|---:|---:|");
-    let row = |name: &str, latencies: &mut Vec<Duration>, took: &mut Vec<Duration>| {
-        latencies.sort();
-        took.sort();
+    for (name, timings) in [
+        ("shard-local statistics", &mut shard_local),
+        ("global, first sight of the query (cold)", &mut cold),
+        (
+            "global, first sight with a TermStats round trip",
+            &mut cold_fetched,
+        ),
+        ("global, repeated query (warm)", &mut warm),
+    ] {
+        timings.client.sort();
+        timings.took.sort();
         println!(
-            "| {name} | {} | {:.2} ms | {:.2} ms | {} |",
-            latencies.len(),
-            ms(percentile(latencies, 0.5)),
-            ms(percentile(latencies, 0.9)),
-            if took.is_empty() {
-                "".to_string()
-            } else {
-                format!("{:.2} ms", ms(percentile(took, 0.5)))
-            },
+            "| {name} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            timings.client.len(),
+            ms(percentile(&timings.client, 0.5)),
+            ms(percentile(&timings.client, 0.9)),
+            ms(percentile(&timings.took, 0.5)),
         );
-    };
-    row("shard-local statistics", &mut shard_local, &mut local_took);
-    row(
-        "global, first sight of the query (cold)",
-        &mut cold,
-        &mut cold_took,
-    );
-    row(
-        "global, first sight with a TermStats round trip",
-        &mut cold_fetched,
-        &mut Vec::new(),
-    );
-    row("global, repeated query (warm)", &mut warm, &mut warm_took);
+    }
     println!(
         "\nA query seen for the first time whose terms are all cached already is served warm; \
          the third row counts only first sights that made the TermStats round trip.\n"
@@ -818,6 +829,23 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// Latencies of successful answers: at the client, and the frontend's own
+/// `took_ms`.
+#[derive(Default)]
+struct Timings {
+    client: Vec<Duration>,
+    took: Vec<Duration>,
+}
+
+impl Timings {
+    fn push(&mut self, answer: &Answer) {
+        if answer.status == 200 {
+            self.client.push(answer.latency);
+            self.took.push(answer.took());
+        }
+    }
 }
 
 /// One answer as the client saw it.

@@ -143,7 +143,12 @@ async fn one_missing_shard_of_four_is_estimated_close_to_the_measured_recall() {
     let cluster = TestCluster::builder()
         .shards(4)
         .documents(Arc::clone(&docs))
-        .frontend(|c| c.fanout.hedging = false)
+        .frontend(|c| {
+            c.fanout.hedging = false;
+            // Every request here waits out its deadline on the hung shard;
+            // that is not overload, and nothing may be shed.
+            c.admission.enabled = false;
+        })
         .build()
         .await;
     let queries = leaf::sample_queries(300, 9);
