@@ -29,7 +29,9 @@
 //!   the limit: low latency at low concurrency says nothing about a higher
 //!   limit;
 //! - *cut* by [`BACKOFF`] (×0.9) when `p90 > target × TARGET_HIGH` or
-//!   `p90 > floor × GRADIENT_LIMIT`, at most once per round trip: after a
+//!   `p90 > floor × GRADIENT_LIMIT` while `p90 > target ×
+//!   GRADIENT_MIN_SHARE` (queueing far below the objective is no reason to
+//!   shed), at most once per round trip: after a
 //!   cut, the next cut waits one p90, so that it judges requests admitted
 //!   under the new limit rather than the old one;
 //! - otherwise hold.
@@ -41,8 +43,8 @@
 //!
 //! A request over the limit waits for a slot in a queue of at most
 //! `max_queue` places (default twice the current limit) for at most
-//! `queue_timeout` (default 10 ms, a tenth of the default target: time
-//! spent queued is time the fan-out does not get). A full queue rejects at
+//! `queue_timeout` (default 1 ms: time spent queued is time the fan-out
+//! does not get, and a shed request should learn it at once). A full queue rejects at
 //! once (`queue_full`); a wait that runs out rejects then (`queue_timeout`).
 //! Every request thus gets an answer within `queue_timeout`.
 //!
@@ -91,6 +93,9 @@ pub const RAISE_TOLERANCE: f64 = 1.5;
 pub const GRADIENT_LIMIT: f64 = 2.0;
 /// Cut when the window p90 is above this fraction of the latency target.
 pub const TARGET_HIGH: f64 = 0.8;
+/// The gradient test (`p90 > floor × GRADIENT_LIMIT`) applies only above
+/// this share of the target.
+pub const GRADIENT_MIN_SHARE: f64 = 0.25;
 /// The multiplicative decrease.
 pub const BACKOFF: f64 = 0.9;
 /// Time constant with which the floor drifts up toward newer latencies
@@ -127,7 +132,7 @@ impl Default for AdmissionConfig {
             min_limit: 2,
             max_limit: 1000,
             max_queue: None,
-            queue_timeout: Duration::from_millis(10),
+            queue_timeout: Duration::from_millis(1),
         }
     }
 }
@@ -522,7 +527,11 @@ impl Controller {
             .map_or(0.0, |floor| floor.as_secs_f64())
             .max(target * FLOOR_RESOLUTION);
         let latency = p90.as_secs_f64();
-        let too_slow = latency > target * TARGET_HIGH || latency > floor * GRADIENT_LIMIT;
+        // The gradient test only counts once latency is a real share of the
+        // objective: queueing for a few milliseconds of CPU far below the
+        // objective is no reason to shed load.
+        let too_slow = latency > target * TARGET_HIGH
+            || (latency > floor * GRADIENT_LIMIT && latency > target * GRADIENT_MIN_SHARE);
         let holding = self.hold_cuts_until.is_some_and(|until| now < until);
         if too_slow && !holding {
             let cut = (self.limit as f64 * BACKOFF) as usize;

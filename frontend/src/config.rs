@@ -102,7 +102,7 @@ pub struct SearchFlags {
     #[arg(long, env = "FRONTEND_ADMISSION_QUEUE")]
     pub admission_queue: Option<usize>,
     /// The longest a request waits for admission before it is shed with 503.
-    #[arg(long, env = "FRONTEND_ADMISSION_QUEUE_TIMEOUT", default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FRONTEND_ADMISSION_QUEUE_TIMEOUT", default_value = "1ms", value_parser = humantime::parse_duration)]
     pub admission_queue_timeout: Duration,
 }
 
