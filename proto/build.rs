@@ -7,11 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // environment while this runs.
     unsafe { std::env::set_var("PROTOC", protoc) };
     tonic_prost_build::configure().compile_protos(
-        &[
-            "proto/leaf.proto",
-            "proto/cache.proto",
-            "proto/lease.proto",
-        ],
+        &["proto/leaf.proto", "proto/cache.proto", "proto/lease.proto"],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");
