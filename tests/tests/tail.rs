@@ -63,6 +63,9 @@ async fn a_leaf_short_of_time_returns_early_and_the_answer_is_partial() {
     let cluster = TestCluster::builder()
         .shards(2)
         .frontend(|c| c.fanout.hedging = false)
+        // Room to load snippets and reply after scoring stops, even in an
+        // unoptimised build on a busy machine.
+        .leaf(|c| c.reply_margin = Duration::from_millis(30))
         .build()
         .await;
     // A slow scan: every budget check of shard 1's scoring loop takes 40 ms.
