@@ -23,11 +23,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The workspace root: from the test runner's `CARGO_MANIFEST_DIR` when it
+/// sets one (so that a test binary built in another checkout still reads
+/// this one's files), else from the build's.
+pub fn workspace_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.join("..")
+}
+
 /// The workspace's `dashboards/` folder.
 pub fn dashboards_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("dashboards")
+    workspace_root().join("dashboards")
 }
 
 /// Panics with an install hint unless `binary` (from the Debian package

@@ -97,7 +97,7 @@ async fn every_server_passes_promtool_check_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_describe_every_exported_metric() {
-    let docs_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let docs_path = tests::prom::workspace_root().join("docs/metrics.md");
     let docs = std::fs::read_to_string(docs_path).expect("docs/metrics.md exists");
     let cluster = cluster_with_traffic().await;
     let mut missing = BTreeSet::new();
