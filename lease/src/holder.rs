@@ -336,6 +336,45 @@ impl Report {
         self.released();
     }
 
+    /// Counts a keep-alive answered "unknown lease": the holder grants anew.
+    pub fn not_found(&self, held: &Held, at: &str) {
+        self.metrics
+            .renewals
+            .with_label_values(&["not_found"])
+            .inc();
+        tracing::info!(
+            lease_id = held.lease_id,
+            at,
+            "lease unknown, granting again"
+        );
+        self.released();
+    }
+
+    /// The keep-alive schedule both backends share: sleeps until the next
+    /// renewal (every TTL/3 after the last one) and returns the deadline of
+    /// that call, or ends the loop when the holder stops or the lease counts
+    /// as lost (no renewal within its term less the safety margin).
+    pub(crate) async fn next_renewal(
+        &self,
+        stop: &CancellationToken,
+        held: &Held,
+        next_tick: &mut Instant,
+    ) -> std::result::Result<Duration, Ended> {
+        let lost_at = held.last_ok + held.ttl.saturating_sub(safety_margin(held.ttl));
+        tokio::select! {
+            () = stop.cancelled() => return Err(Ended::Stopped),
+            () = tokio::time::sleep_until((*next_tick).min(lost_at)) => {}
+        }
+        let now = Instant::now();
+        if now >= lost_at {
+            self.lost(held, now);
+            return Err(Ended::Lost);
+        }
+        let interval = held.ttl / 3;
+        *next_tick = now + interval;
+        Ok(interval.min(lost_at - now).max(Duration::from_millis(10)))
+    }
+
     /// Marks the endpoint as holding no lease.
     pub fn released(&self) {
         self.metrics.held.dec();
@@ -431,20 +470,14 @@ impl Task {
     async fn keep_alive(&self, mut client: LeaseClient<Channel>, held: &mut Held) -> Ended {
         let mut next_tick = held.last_ok + held.ttl / 3;
         loop {
-            let margin = safety_margin(held.ttl);
-            let lost_at = held.last_ok + held.ttl.saturating_sub(margin);
-            tokio::select! {
-                () = self.stop.cancelled() => return Ended::Stopped,
-                () = tokio::time::sleep_until(next_tick.min(lost_at)) => {}
-            }
-            let now = Instant::now();
-            if now >= lost_at {
-                self.report.lost(held, now);
-                return Ended::Lost;
-            }
-            let interval = held.ttl / 3;
-            next_tick = now + interval;
-            let timeout = interval.min(lost_at - now).max(Duration::from_millis(10));
+            let timeout = match self
+                .report
+                .next_renewal(&self.stop, held, &mut next_tick)
+                .await
+            {
+                Ok(timeout) => timeout,
+                Err(ended) => return ended,
+            };
             let message = KeepAliveRequest {
                 lease_id: held.lease_id,
             };
@@ -455,16 +488,7 @@ impl Task {
                     self.report.renewed(held, ttl, sent);
                 }
                 Err(status) if status.code() == Code::NotFound => {
-                    self.report
-                        .metrics
-                        .renewals
-                        .with_label_values(&["not_found"])
-                        .inc();
-                    tracing::info!(
-                        lease_id = held.lease_id,
-                        "lease unknown to the registry, granting again"
-                    );
-                    self.report.released();
+                    self.report.not_found(held, "registry");
                     return Ended::NotFound;
                 }
                 Err(status) => {

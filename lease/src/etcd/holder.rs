@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{bounded, EtcdConfig, CALL_TIMEOUT};
 use crate::holder::{
-    jitter, safety_margin, Ended, Held, HolderInfo, Report, INITIAL_BACKOFF, MAX_BACKOFF,
-    REVOKE_TIMEOUT,
+    jitter, Ended, Held, HolderInfo, Report, INITIAL_BACKOFF, MAX_BACKOFF, REVOKE_TIMEOUT,
 };
 use crate::metrics::role_label;
 use crate::{Error, Result};
@@ -155,20 +154,14 @@ impl EtcdHolder {
         let mut stream: Option<KeepAlive> = None;
         let mut next_tick = held.last_ok + held.ttl / 3;
         loop {
-            let margin = safety_margin(held.ttl);
-            let lost_at = held.last_ok + held.ttl.saturating_sub(margin);
-            tokio::select! {
-                () = self.stop.cancelled() => return Ended::Stopped,
-                () = tokio::time::sleep_until(next_tick.min(lost_at)) => {}
-            }
-            let now = Instant::now();
-            if now >= lost_at {
-                self.report.lost(held, now);
-                return Ended::Lost;
-            }
-            let interval = held.ttl / 3;
-            next_tick = now + interval;
-            let timeout = interval.min(lost_at - now).max(Duration::from_millis(10));
+            let timeout = match self
+                .report
+                .next_renewal(&self.stop, held, &mut next_tick)
+                .await
+            {
+                Ok(timeout) => timeout,
+                Err(ended) => return ended,
+            };
             let sent = Instant::now();
             let renewed =
                 tokio::time::timeout(timeout, renew(client, held.lease_id as i64, &mut stream))
@@ -181,16 +174,7 @@ impl EtcdHolder {
             match renewed {
                 Ok(Some(ttl)) => self.report.renewed(held, ttl, sent),
                 Ok(None) => {
-                    self.report
-                        .metrics
-                        .renewals
-                        .with_label_values(&["not_found"])
-                        .inc();
-                    tracing::info!(
-                        lease_id = held.lease_id,
-                        "lease unknown to etcd (expired or revoked), granting again"
-                    );
-                    self.report.released();
+                    self.report.not_found(held, "etcd");
                     return Ended::NotFound;
                 }
                 Err(error) => {
