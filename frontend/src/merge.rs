@@ -65,13 +65,13 @@ pub fn hit_order(a: &Hit, b: &Hit) -> Ordering {
 
 /// Merges shard results into the top `k`. `known_docs[s]` is the last
 /// known document count of shard `s`, used for shards that did not answer;
-/// `match_share[s]`, when known, is shard `s`'s expected share of the
-/// query's best documents (see [`crate::quality`]).
+/// `evidence`, when known, is what the accuracy estimate knows about the
+/// query's terms on every shard (see [`crate::quality`]).
 pub fn merge(
     results: Vec<ShardResult>,
     k: usize,
     known_docs: &[u64],
-    match_share: Option<&[f64]>,
+    evidence: Option<&crate::quality::Evidence>,
 ) -> Merged {
     let shards_total = results.len() as u32;
     // A shard never heard from counts as an average one, so that coverage
@@ -158,7 +158,7 @@ pub fn merge(
     hits.sort_by(hit_order);
     hits.truncate(k);
     let estimated_recall = if partial {
-        crate::quality::estimated_recall(&reports, match_share)
+        crate::quality::estimated_recall(&reports, &hits, k, evidence)
     } else {
         1.0
     };

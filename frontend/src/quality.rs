@@ -24,10 +24,241 @@
 //! document-share model by how well each predicts which answered shards
 //! the merged hits came from was tried and measured no better.
 
-use crate::merge::ShardReport;
+use std::sync::Arc;
 
-/// Expected recall@k of an answer whose shards ended as in `reports`.
-pub fn estimated_recall(reports: &[ShardReport], match_share: Option<&[f64]>) -> f64 {
+use leaf::stats::{bm25_idf, bm25_tf_factor, BM25_K1};
+use proto::leaf::Hit;
+
+use crate::merge::ShardReport;
+use crate::stats::{Champion, PairStats};
+
+/// What the frontend knows about a query's terms on every shard when it
+/// merges (built by [`crate::stats`] from the shards' `TermStats`).
+#[derive(Clone, Debug)]
+pub struct Evidence {
+    /// Each shard's expected share of the query's best documents
+    /// (`answer_share`): the share model.
+    pub share: Vec<f64>,
+    /// One model per (field, term) pair, when the query is a plain sum of
+    /// its pairs: the champion-list model.
+    pub impacts: Option<Vec<PairModel>>,
+}
+
+/// How a term takes part in a query, as tantivy's parser reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Occur {
+    /// A free word: scores when present.
+    Should,
+    /// `+word`, the n-th distinct required word: a match must have it.
+    Must(u8),
+    /// `-word`: a match must not have it; it never scores.
+    MustNot,
+}
+
+/// One (field, term) pair of a query: its corpus-wide BM25 constants and
+/// every shard's champion list.
+#[derive(Clone, Debug)]
+pub struct PairModel {
+    occur: Occur,
+    /// boost × idf × (1 + K1) with corpus-wide statistics.
+    weight: f32,
+    /// Corpus-wide average length of the field.
+    avg_length: f32,
+    stats: Arc<PairStats>,
+}
+
+impl PairModel {
+    /// How the pair's term occurs, `boost` of the field, the pair's
+    /// corpus-wide document frequency, the corpus's document count and the
+    /// field's token count.
+    pub fn new(
+        occur: Occur,
+        boost: f32,
+        doc_freq: u64,
+        num_docs: u64,
+        tokens: u64,
+        stats: Arc<PairStats>,
+    ) -> Self {
+        let num_docs = num_docs.max(1);
+        PairModel {
+            occur,
+            // In tantivy's order, so that the scores are bit-identical.
+            weight: bm25_idf(doc_freq, num_docs) * (1.0 + BM25_K1) * boost,
+            avg_length: (tokens as f32 / num_docs as f32).max(f32::MIN_POSITIVE),
+            stats,
+        }
+    }
+
+    /// The pair's contribution to the score of a document, as a leaf
+    /// scoring with the same statistics computes it.
+    pub fn score(&self, champion: &Champion) -> f32 {
+        self.weight
+            * bm25_tf_factor(
+                champion.term_freq.into(),
+                champion.field_length.into(),
+                self.avg_length,
+            )
+    }
+
+    /// Shard `shard`'s champion list, `None` when the shard has the term but
+    /// sent no list.
+    fn list(&self, shard: usize) -> Option<&[Champion]> {
+        let freq = self.stats.freqs.get(shard).copied().unwrap_or(0);
+        let top = self.stats.top.get(shard).map_or(&[][..], |list| &list[..]);
+        (freq == 0 || !top.is_empty()).then_some(top)
+    }
+}
+
+/// Expected recall@k of an answer whose shards ended as in `reports` and
+/// whose merged top k is `hits`.
+pub fn estimated_recall(
+    reports: &[ShardReport],
+    hits: &[Hit],
+    k: usize,
+    evidence: Option<&Evidence>,
+) -> f64 {
+    if let Some(recall) = evidence
+        .and_then(|e| e.impacts.as_deref())
+        .and_then(|pairs| champion_recall(pairs, reports, hits, k))
+    {
+        return recall;
+    }
+    share_recall(reports, evidence.map(|e| e.share.as_slice()))
+}
+
+/// The champion-list model. Every shard's champion lists give a lower
+/// bound on the scores of its best documents (a document's contribution
+/// for a pair whose list it is not in counts as 0). The searched parts of
+/// shards serve as controls: above any score t of the answer, the answer
+/// holds every searched document, so the number of them the lists failed to
+/// predict above t is known, and the unsearched parts are assumed to miss
+/// as many per document. That gives M(t), the expected number of
+/// unsearched documents scoring above t; the answer's i-th hit stays in the
+/// full top k when i − 1 + M(score) < k. `None` when a shard's lists are
+/// unknown.
+pub fn champion_recall(
+    pairs: &[PairModel],
+    reports: &[ShardReport],
+    hits: &[Hit],
+    k: usize,
+) -> Option<f64> {
+    let required: u32 = pairs
+        .iter()
+        .filter_map(|pair| match pair.occur {
+            Occur::Must(index) => Some(1u32 << index),
+            _ => None,
+        })
+        .fold(0, |all, bit| all | bit);
+    // One pair's part of a listed document's score: (shard, document),
+    // score, the required words it shows, whether it shows an excluded one.
+    let mut searched: Vec<Part> = Vec::new();
+    let mut unsearched: Vec<Part> = Vec::new();
+    let (mut docs_searched, mut docs_unsearched) = (0u64, 0u64);
+    let mut extra_matches = 0u64;
+    for report in reports {
+        let shard = report.shard as usize;
+        let boundary = match report.state {
+            "answered" => u64::MAX,
+            "partial" => report.docs_searched,
+            _ => 0,
+        };
+        let total = report.docs_total.max(report.docs_searched);
+        let searched_docs = boundary.min(total);
+        docs_searched += searched_docs;
+        docs_unsearched += total - searched_docs;
+        let unsearched_fraction = if total > 0 {
+            (total - searched_docs) as f64 / total as f64
+        } else {
+            0.0
+        };
+        let mut largest_rest = 0u64;
+        for pair in pairs {
+            let list = pair.list(shard)?;
+            for champion in list {
+                let side = if u64::from(champion.doc) < boundary {
+                    &mut searched
+                } else {
+                    &mut unsearched
+                };
+                let doc = (shard as u64) << 32 | u64::from(champion.doc);
+                side.push(match pair.occur {
+                    Occur::Should => (doc, pair.score(champion), 0, false),
+                    Occur::Must(index) => (doc, pair.score(champion), 1 << index, false),
+                    Occur::MustNot => (doc, 0.0, 0, true),
+                });
+            }
+            let freq = pair.stats.freqs.get(shard).copied().unwrap_or(0);
+            let rest = freq.saturating_sub(list.len() as u64) as f64 * unsearched_fraction;
+            if pair.occur != Occur::MustNot {
+                largest_rest = largest_rest.max(rest.round() as u64);
+            }
+        }
+        extra_matches += largest_rest;
+    }
+    // Each listed document's parts summed, best first: the documents known
+    // to match (every required word seen, no excluded one), with a lower
+    // bound on their score.
+    let sorted = |mut parts: Vec<Part>| {
+        parts.sort_unstable_by_key(|part| part.0);
+        let mut documents: Vec<Part> = Vec::with_capacity(parts.len());
+        for part in parts {
+            match documents.last_mut() {
+                Some(document) if document.0 == part.0 => {
+                    document.1 += part.1;
+                    document.2 |= part.2;
+                    document.3 |= part.3;
+                }
+                _ => documents.push(part),
+            }
+        }
+        let mut scores: Vec<f32> = documents
+            .into_iter()
+            .filter(|&(_, _, seen, excluded)| seen & required == required && !excluded)
+            .map(|(_, score, _, _)| score)
+            .collect();
+        scores.sort_unstable_by(|a, b| b.total_cmp(a));
+        scores
+    };
+    let (searched, unsearched) = (sorted(searched), sorted(unsearched));
+    // Documents scoring above t; a tie counts half (ids decide, unknown
+    // for documents only listed).
+    let above = |scores: &[f32], t: f32| scores.partition_point(|&s| s > t) as f64;
+    let tied = |scores: &[f32], t: f32| {
+        let from = scores.partition_point(|&s| s > t);
+        scores[from..].iter().take_while(|&&s| s == t).count() as f64
+    };
+    let per_doc = if docs_searched > 0 {
+        docs_unsearched as f64 / docs_searched as f64
+    } else {
+        0.0
+    };
+    let available = hits.len() as u64 + unsearched.len() as u64 + extra_matches;
+    let full = (k as u64).min(available) as usize;
+    if full == 0 {
+        return Some(1.0);
+    }
+    let mut kept = 0.0;
+    for (rank, hit) in hits.iter().take(full).enumerate() {
+        let t = hit.score;
+        // Listed documents may have been predicted that do not match (an
+        // excluded word not listed), so the correction may be negative.
+        let hits_above = hits.partition_point(|hit| hit.score > t) as f64;
+        let unpredicted = hits_above - above(&searched, t);
+        let missing = (above(&unsearched, t) + 0.5 * tied(&unsearched, t) + unpredicted * per_doc)
+            .max(0.0);
+        kept += (full as f64 - rank as f64 - missing).clamp(0.0, 1.0);
+    }
+    Some((kept / full as f64).clamp(0.0, 1.0))
+}
+
+/// A listed document, or one pair's part of it: (shard << 32 | document,
+/// score, required words seen, excluded word seen).
+type Part = (u64, f32, u32, bool);
+
+/// The share model: a document of the full top k lies in shard `s` with
+/// probability `share[s]` and is in the answer when its part of the shard
+/// was searched.
+pub fn share_recall(reports: &[ShardReport], match_share: Option<&[f64]>) -> f64 {
     let docs_total: u64 = reports.iter().map(|r| r.docs_total).sum();
     let mut lost = 0.0;
     let mut weight_total = 0.0;
@@ -78,7 +309,7 @@ mod tests {
             report(2, "answered", 100, 100),
             report(3, "timed_out", 0, 100),
         ];
-        assert!((estimated_recall(&reports, None) - 0.75).abs() < 1e-9);
+        assert!((share_recall(&reports, None) - 0.75).abs() < 1e-9);
     }
 
     #[test]
@@ -87,13 +318,13 @@ mod tests {
             report(0, "answered", 100, 100),
             report(1, "partial", 50, 100),
         ];
-        assert!((estimated_recall(&reports, None) - 0.75).abs() < 1e-9);
+        assert!((share_recall(&reports, None) - 0.75).abs() < 1e-9);
     }
 
     #[test]
     fn a_missing_shard_without_matches_loses_nothing() {
         let reports = [report(0, "answered", 100, 100), report(1, "failed", 0, 100)];
-        assert_eq!(estimated_recall(&reports, Some(&[1.0, 0.0])), 1.0);
-        assert!((estimated_recall(&reports, Some(&[0.2, 0.6])) - 0.25).abs() < 1e-9);
+        assert_eq!(share_recall(&reports, Some(&[1.0, 0.0])), 1.0);
+        assert!((share_recall(&reports, Some(&[0.2, 0.6])) - 0.25).abs() < 1e-9);
     }
 }

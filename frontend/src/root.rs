@@ -266,7 +266,7 @@ impl Root {
             results,
             params.k as usize,
             &known,
-            query_stats.match_share.as_deref(),
+            query_stats.evidence.as_deref(),
         );
         if !query_stats.complete() {
             merged.global_stats = false;

@@ -9,19 +9,20 @@
 //! costs no extra round trip. When statistics cannot be had in time, the
 //! query is scored with shard-local statistics and the answer says so.
 //!
-//! Per-shard frequencies are kept too: they tell the accuracy estimate which
-//! shards hold the query's best documents (`answer_share`, used by
-//! [`crate::quality`]).
+//! Per-shard frequencies and champion lists are kept too: they tell the
+//! accuracy estimate what each shard would add to the answer (the
+//! [`Evidence`] used by [`crate::quality`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use proto::leaf::{CorpusStats, FieldStats, TermStat};
+use proto::leaf::{CorpusStats, FieldStats, Impact, TermStat};
 use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::quality::{Evidence, Occur, PairModel};
 use crate::topology::Routing;
 
 /// The fields the leaves search; their terms are looked up locally.
@@ -34,9 +35,9 @@ const MAX_TOKEN_BYTES: usize = 40;
 pub struct QueryStats {
     /// Summed statistics to send to the leaves; `None` means local scoring.
     pub stats: Option<CorpusStats>,
-    /// Each shard's expected share of the query's answer, its best
-    /// documents (see `answer_share`).
-    pub match_share: Option<Vec<f64>>,
+    /// What the accuracy estimate knows about the query's terms on every
+    /// shard; `None` unless the statistics cover every shard.
+    pub evidence: Option<Arc<Evidence>>,
     /// `warm`, `fetched`, `partial` or `local`, for metrics.
     pub source: &'static str,
     /// Documents per shard as the statistics saw them (0: unknown).
@@ -47,20 +48,20 @@ impl QueryStats {
     pub fn local() -> Self {
         QueryStats {
             stats: None,
-            match_share: None,
+            evidence: None,
             source: "local",
             shard_docs: Vec::new(),
         }
     }
 
-    /// What the frontend makes of every shard's own statistics for a query
+    /// What the frontend makes of every shard's own statistics for `query`
     /// (each shard's `TermStats` answer, in shard order): their sum to score
-    /// with, and each shard's share of the answer. The server's code path,
-    /// public so that offline tools (the calibration benchmark) compute the
-    /// same figures.
-    pub fn from_shards(parts: &[CorpusStats]) -> QueryStats {
+    /// with, and the evidence for the accuracy estimate. The server's code
+    /// path, public so that offline tools (the calibration benchmark)
+    /// compute the same figures.
+    pub fn from_shards(query: &str, parts: &[CorpusStats]) -> QueryStats {
         let (totals, per_term, _) = gather(parts.iter().map(Some));
-        let mut result = assemble(&totals, &per_term);
+        let mut result = assemble(&totals, &per_term, clauses(query));
         result.source = "fetched";
         result
     }
@@ -71,12 +72,53 @@ impl QueryStats {
     }
 }
 
-/// Per-shard totals of one generation set.
 /// A (field, term) pair.
 type Pair = (String, String);
-/// (field, term) → document frequency per shard.
-type PerTerm = BTreeMap<Pair, Vec<u64>>;
+/// (field, term) → its statistics on every shard.
+type PerTerm = BTreeMap<Pair, Arc<PairStats>>;
 
+/// One (field, term) pair on every shard, in shard order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PairStats {
+    /// Document frequency per shard.
+    pub freqs: Vec<u64>,
+    /// Champion list per shard (the leaf's best documents for the term,
+    /// best first); empty for a shard without the term or one that sent
+    /// none.
+    pub top: Vec<Box<[Champion]>>,
+}
+
+/// One entry of a champion list ([`Impact`]), packed: the cache holds
+/// millions of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Champion {
+    /// Position in the shard's scan order.
+    pub doc: u32,
+    pub term_freq: u16,
+    pub field_length: u16,
+}
+
+impl From<&Impact> for Champion {
+    fn from(impact: &Impact) -> Self {
+        let saturate = |value: u32| u16::try_from(value).unwrap_or(u16::MAX);
+        Champion {
+            doc: u32::try_from(impact.doc).unwrap_or(u32::MAX),
+            term_freq: saturate(impact.term_freq),
+            field_length: saturate(impact.field_length),
+        }
+    }
+}
+
+impl PairStats {
+    fn weight(&self) -> u32 {
+        let lists: usize = self.top.iter().map(|list| list.len()).sum();
+        (64 + self.freqs.len() * 24 + lists * std::mem::size_of::<Champion>())
+            .try_into()
+            .unwrap_or(u32::MAX)
+    }
+}
+
+/// Per-shard totals of one generation set.
 #[derive(Clone, Debug)]
 struct Totals {
     docs: Vec<u64>,
@@ -85,8 +127,9 @@ struct Totals {
 }
 
 pub struct TermStatsCache {
-    /// (generation set, field, term) → document frequency per shard.
-    terms: Cache<(u64, String, String), Arc<Vec<u64>>>,
+    /// (generation set, field, term) → the pair's statistics per shard,
+    /// bounded by bytes (champion lists make up most of them).
+    terms: Cache<(u64, String, String), Arc<PairStats>>,
     /// (generation set, normalized query) → the (field, term) pairs the
     /// leaves reported for it.
     queries: Cache<(u64, String), Arc<Vec<Pair>>>,
@@ -96,19 +139,22 @@ pub struct TermStatsCache {
 
 impl Default for TermStatsCache {
     fn default() -> Self {
-        Self::new(100_000)
+        Self::new(64 << 20, 100_000)
     }
 }
 
 impl TermStatsCache {
-    pub fn new(max_terms: u64) -> Self {
+    /// A cache of at most `max_bytes` of per-term statistics (about 4 KiB
+    /// per (field, term) pair on 8 shards) and `max_queries` queries' term lists.
+    pub fn new(max_bytes: u64, max_queries: u64) -> Self {
         TermStatsCache {
             terms: Cache::builder()
-                .max_capacity(max_terms)
+                .max_capacity(max_bytes)
+                .weigher(|_, pair: &Arc<PairStats>| pair.weight())
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
             queries: Cache::builder()
-                .max_capacity(max_terms)
+                .max_capacity(max_queries)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
             totals: Cache::builder().max_capacity(64).build(),
@@ -158,19 +204,19 @@ impl TermStatsCache {
         }
         if complete {
             self.totals.insert(set, Arc::new(totals.clone()));
-            for ((field, term), freqs) in &per_term {
+            for ((field, term), pair) in &per_term {
                 self.terms
-                    .insert((set, field.clone(), term.clone()), Arc::new(freqs.clone()));
+                    .insert((set, field.clone(), term.clone()), Arc::clone(pair));
             }
             self.queries.insert(
                 (set, normalized),
                 Arc::new(per_term.keys().cloned().collect()),
             );
         }
-        let mut result = assemble(&totals, &per_term);
+        let mut result = assemble(&totals, &per_term, clauses(query));
         result.source = if complete { "fetched" } else { "partial" };
         if !complete {
-            result.match_share = None;
+            result.evidence = None;
         }
         result
     }
@@ -184,10 +230,10 @@ impl TermStatsCache {
         };
         let mut per_term = BTreeMap::new();
         for (field, term) in pairs.iter() {
-            let freqs = self.terms.get(&(set, field.clone(), term.clone()))?;
-            per_term.insert((field.clone(), term.clone()), freqs.as_ref().clone());
+            let pair = self.terms.get(&(set, field.clone(), term.clone()))?;
+            per_term.insert((field.clone(), term.clone()), pair);
         }
-        let mut result = assemble(&totals, &per_term);
+        let mut result = assemble(&totals, &per_term, clauses(query));
         result.source = "warm";
         Some(result)
     }
@@ -201,7 +247,7 @@ fn gather<'a>(
     let shards = answers.len();
     let mut docs = vec![0u64; shards];
     let mut tokens: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut per_term: PerTerm = BTreeMap::new();
+    let mut pairs: BTreeMap<Pair, PairStats> = BTreeMap::new();
     let mut answered = 0;
     for (shard, stats) in answers.enumerate() {
         let Some(stats) = stats else {
@@ -215,15 +261,30 @@ fn gather<'a>(
                 .or_insert_with(|| vec![0; shards])[shard] = field.total_tokens;
         }
         for term in &stats.terms {
-            per_term
+            let pair = pairs
                 .entry((term.field.clone(), term.term.clone()))
-                .or_insert_with(|| vec![0; shards])[shard] = term.doc_freq;
+                .or_insert_with(|| PairStats {
+                    freqs: vec![0; shards],
+                    top: vec![Box::default(); shards],
+                });
+            pair.freqs[shard] = term.doc_freq;
+            pair.top[shard] = term.top.iter().map(Champion::from).collect();
         }
     }
+    let per_term = pairs
+        .into_iter()
+        .map(|(pair, stats)| (pair, Arc::new(stats)))
+        .collect();
     (Totals { docs, tokens }, per_term, answered)
 }
 
-fn assemble(totals: &Totals, per_term: &PerTerm) -> QueryStats {
+/// The summed statistics of a query and its evidence; champion lists enter
+/// the evidence only for a query of plain words (see [`clauses`]).
+fn assemble(
+    totals: &Totals,
+    per_term: &PerTerm,
+    clauses: Option<BTreeMap<String, Occur>>,
+) -> QueryStats {
     let stats = CorpusStats {
         num_docs: totals.docs.iter().sum(),
         fields: totals
@@ -236,21 +297,43 @@ fn assemble(totals: &Totals, per_term: &PerTerm) -> QueryStats {
             .collect(),
         terms: per_term
             .iter()
-            .map(|((field, term), per_shard)| TermStat {
+            .map(|((field, term), pair)| TermStat {
                 field: field.clone(),
                 term: term.clone(),
-                doc_freq: per_shard.iter().sum(),
+                doc_freq: pair.freqs.iter().sum(),
+                top: Vec::new(),
             })
             .collect(),
     };
-    let match_share = if per_term.is_empty() {
-        None
-    } else {
-        Some(answer_share(&totals.docs, per_term))
-    };
+    let evidence = (!per_term.is_empty()).then(|| {
+        let impacts = clauses.and_then(|clauses| {
+            per_term
+                .iter()
+                .map(|((field, term), pair)| {
+                    let occur = *clauses.get(term)?;
+                    let tokens = totals
+                        .tokens
+                        .get(field)
+                        .map_or(0, |per_shard| per_shard.iter().sum::<u64>());
+                    Some(PairModel::new(
+                        occur,
+                        field_weight(field) as f32,
+                        pair.freqs.iter().sum(),
+                        stats.num_docs,
+                        tokens,
+                        Arc::clone(pair),
+                    ))
+                })
+                .collect()
+        });
+        Arc::new(Evidence {
+            share: answer_share(&totals.docs, per_term),
+            impacts,
+        })
+    });
     QueryStats {
         stats: Some(stats),
-        match_share,
+        evidence,
         source: "warm",
         shard_docs: totals.docs.clone(),
     }
@@ -262,9 +345,15 @@ fn assemble(totals: &Totals, per_term: &PerTerm) -> QueryStats {
 /// rather than taken from each request's `k`.
 const ANSWER_DEPTH: f64 = 10.0;
 
-/// Weight of a match in each field, as the leaves score it (the leaf's
-/// title boost, `leaf/src/index.rs`); other fields weigh 1.
-const FIELD_WEIGHTS: [(&str, f64); 2] = [("title", 2.0), ("body", 1.0)];
+/// Weight of a match in `field`, as the leaves score it: the leaf's title
+/// boost; other fields weigh 1.
+fn field_weight(field: &str) -> f64 {
+    if field == "title" {
+        f64::from(leaf::index::TITLE_BOOST)
+    } else {
+        1.0
+    }
+}
 
 /// Each shard's expected share of the query's best [`ANSWER_DEPTH`]
 /// documents, from per-shard document frequencies of its (field, term)
@@ -285,14 +374,11 @@ fn answer_share(totals_docs: &[u64], per_term: &PerTerm) -> Vec<f64> {
     let num_docs = totals_docs.iter().sum::<u64>() as f64;
     let mut pairs: Vec<(f64, u64, &Vec<u64>)> = per_term
         .iter()
-        .map(|((field, _), per_shard)| {
+        .map(|((field, _), pair)| {
+            let per_shard = &pair.freqs;
             let df: u64 = per_shard.iter().take(shards).sum();
-            let weight = FIELD_WEIGHTS
-                .iter()
-                .find(|(name, _)| name == field)
-                .map_or(1.0, |&(_, weight)| weight);
             let idf = (1.0 + (num_docs - df as f64 + 0.5) / (df as f64 + 0.5)).ln();
-            (weight * idf, df, per_shard)
+            (field_weight(field) * idf, df, per_shard)
         })
         .filter(|&(_, df, _)| df > 0)
         .collect();
@@ -314,6 +400,53 @@ fn answer_share(totals_docs: &[u64], per_term: &PerTerm) -> Vec<f64> {
         return vec![0.0; shards];
     }
     places.iter().map(|p| p / filled).collect()
+}
+
+/// The words of `query` and how each occurs, when the query is made of
+/// plain words only: each a single token (a hyphenated word is a phrase),
+/// optionally `+`required or `-`excluded, no phrases, fields or groups.
+/// Champion lists can predict the scores of such a query only.
+fn clauses(query: &str) -> Option<BTreeMap<String, Occur>> {
+    let mut words: BTreeMap<String, Occur> = BTreeMap::new();
+    let mut required = 0u8;
+    for word in query.split_whitespace() {
+        let (occur, text) = match word.as_bytes()[0] {
+            b'+' => (Occur::Must(required), &word[1..]),
+            b'-' => (Occur::MustNot, &word[1..]),
+            _ => (Occur::Should, word),
+        };
+        if text.is_empty()
+            || text.len() > MAX_TOKEN_BYTES
+            || !text.chars().all(char::is_alphanumeric)
+            || matches!(text, "AND" | "OR" | "NOT" | "IN")
+        {
+            return None;
+        }
+        match words.entry(text.to_lowercase()) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                if let Occur::Must(_) = occur {
+                    // Required words are told apart by a bit of a u32.
+                    if required == 32 {
+                        return None;
+                    }
+                    required += 1;
+                }
+                entry.insert(occur);
+            }
+            std::collections::btree_map::Entry::Occupied(entry) => {
+                let same = matches!(
+                    (entry.get(), occur),
+                    (Occur::Should, Occur::Should)
+                        | (Occur::Must(_), Occur::Must(_))
+                        | (Occur::MustNot, Occur::MustNot)
+                );
+                if !same {
+                    return None;
+                }
+            }
+        }
+    }
+    (!words.is_empty()).then_some(words)
 }
 
 /// The (field, term) pairs tantivy's default tokenizer would make of a
@@ -357,6 +490,18 @@ mod tests {
         assert!(local_terms("title:json").is_none());
     }
 
+    /// Per-term statistics from document frequencies alone.
+    fn freqs<const N: usize>(pairs: [((&str, &str), Vec<u64>); N]) -> PerTerm {
+        pairs
+            .into_iter()
+            .map(|((field, term), freqs)| {
+                let top = vec![Box::default(); freqs.len()];
+                let stats = PairStats { freqs, top };
+                ((field.to_string(), term.to_string()), Arc::new(stats))
+            })
+            .collect()
+    }
+
     fn approx(a: &[f64], b: &[f64]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-9)
     }
@@ -367,14 +512,11 @@ mod tests {
             docs: vec![100, 100],
             tokens: BTreeMap::from([("body".to_string(), vec![1000, 1000])]),
         };
-        let per_term = BTreeMap::from([
-            (("body".to_string(), "a".to_string()), vec![3, 0]),
-            (("body".to_string(), "b".to_string()), vec![1, 1]),
-        ]);
-        let stats = assemble(&totals, &per_term);
+        let per_term = freqs([(("body", "a"), vec![3, 0]), (("body", "b"), vec![1, 1])]);
+        let stats = assemble(&totals, &per_term, clauses("a b"));
         // The rarer b fills two places, one per shard; a fills three, all
         // in shard 0.
-        assert!(approx(&stats.match_share.unwrap(), &[0.8, 0.2]));
+        assert!(approx(&stats.evidence.unwrap().share, &[0.8, 0.2]));
         let corpus = stats.stats.unwrap();
         assert_eq!(corpus.num_docs, 200);
         assert_eq!(corpus.fields[0].total_tokens, 2000);
@@ -385,20 +527,17 @@ mod tests {
     #[test]
     fn a_rare_term_decides_where_the_answer_is() {
         let docs = [10_000, 10_000];
-        let per_term = BTreeMap::from([
-            (("body".to_string(), "common".to_string()), vec![500, 500]),
-            (("body".to_string(), "rare".to_string()), vec![0, 4]),
+        let per_term = freqs([
+            (("body", "common"), vec![500, 500]),
+            (("body", "rare"), vec![0, 4]),
         ]);
         // Four places go where the rare term is, six are spread evenly.
         assert!(approx(&answer_share(&docs, &per_term), &[0.3, 0.7]));
         // A title match outweighs a body match of the same frequency.
-        let per_term = BTreeMap::from([
-            (("body".to_string(), "x".to_string()), vec![0, 20]),
-            (("title".to_string(), "x".to_string()), vec![20, 0]),
-        ]);
+        let per_term = freqs([(("body", "x"), vec![0, 20]), (("title", "x"), vec![20, 0])]);
         assert!(approx(&answer_share(&docs, &per_term), &[1.0, 0.0]));
         // No shard with any match: nothing to lose anywhere.
-        let per_term = BTreeMap::from([(("body".to_string(), "none".to_string()), vec![0, 0])]);
+        let per_term = freqs([(("body", "none"), vec![0, 0])]);
         assert_eq!(answer_share(&docs, &per_term), vec![0.0, 0.0]);
     }
 
@@ -413,11 +552,13 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let stats = QueryStats::from_shards(&parts);
+        let stats = QueryStats::from_shards("json parser", &parts);
         assert_eq!(stats.stats, Some(leaf::sum_corpus_stats(&parts)));
         assert_eq!(stats.shard_docs.iter().sum::<u64>(), 600);
         assert!(stats.complete());
-        let share = stats.match_share.unwrap();
+        let evidence = stats.evidence.unwrap();
+        assert_eq!(evidence.impacts.as_ref().map(Vec::len), Some(4));
+        let share = &evidence.share;
         assert_eq!(share.len(), 3);
         assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!(share.iter().all(|&s| s > 0.0), "{share:?}");

@@ -27,7 +27,7 @@ use crate::error::{LeafError, Result};
 /// reopened.
 const INDEX_FORMAT: u32 = 1;
 /// How much more a title match weighs than a body match.
-const TITLE_BOOST: f32 = 2.0;
+pub const TITLE_BOOST: f32 = 2.0;
 /// tantivy's minimum memory budget per indexing thread.
 const MIN_HEAP_PER_THREAD: usize = 15_000_000;
 /// How often (in documents read) the build checks the clock and the

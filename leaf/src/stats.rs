@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use proto::leaf::{CorpusStats, FieldStats, TermStat};
+use proto::leaf::{CorpusStats, FieldStats, Impact, TermStat};
+use tantivy::postings::Postings;
 use tantivy::query::Bm25StatisticsProvider;
-use tantivy::schema::Field;
-use tantivy::{Searcher, Term};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{DocSet, Searcher, Term, TERMINATED};
 
 use crate::error::{LeafError, Result};
 use crate::index::ShardIndex;
@@ -41,6 +42,7 @@ impl ShardIndex {
                 field: schema.get_field_name(term.field()).to_string(),
                 term: text.to_string(),
                 doc_freq: self.searcher.doc_freq(term)?,
+                top: self.impacts(term, IMPACT_DEPTH)?,
             });
         }
         let mut field_stats = Vec::with_capacity(fields.len());
@@ -59,6 +61,85 @@ impl ShardIndex {
             terms: term_stats,
         })
     }
+}
+
+/// How many documents a `TermStats` answer lists per term (its champion
+/// list, [`ShardIndex::impacts`]).
+pub const IMPACT_DEPTH: usize = 64;
+
+/// BM25's term-frequency saturation, as tantivy scores.
+pub const BM25_K1: f32 = 1.2;
+/// BM25's length normalisation, as tantivy scores.
+pub const BM25_B: f32 = 0.75;
+
+/// The BM25 term-frequency factor of a document, `tf / (tf + K1 (1 − B + B
+/// len / avg_len))`, in tantivy's arithmetic. A term's contribution to a
+/// score is `boost × idf × (1 + K1) × factor`.
+pub fn bm25_tf_factor(term_freq: u32, field_length: u32, avg_field_length: f32) -> f32 {
+    let term_freq = term_freq as f32;
+    let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * field_length as f32 / avg_field_length);
+    term_freq / (term_freq + norm)
+}
+
+/// BM25 inverse document frequency, in tantivy's arithmetic.
+pub fn bm25_idf(doc_freq: u64, num_docs: u64) -> f32 {
+    let doc_freq = doc_freq.min(num_docs);
+    let x = ((num_docs - doc_freq) as f32 + 0.5) / (doc_freq as f32 + 0.5);
+    (1.0 + x).ln()
+}
+
+impl ShardIndex {
+    /// The `depth` documents of this shard with the largest BM25 factor for
+    /// `term` (its champion list), best first, ties by scan position. The
+    /// factor uses the shard's own average field length; the frontend
+    /// rescores them with corpus-wide statistics. Costs one pass over the
+    /// term's postings.
+    pub fn impacts(&self, term: &Term, depth: usize) -> Result<Vec<Impact>> {
+        let field = term.field();
+        let num_docs = self.searcher.num_docs().max(1);
+        let tokens = Bm25StatisticsProvider::total_num_tokens(&self.searcher, field)?;
+        let avg = (tokens as f32 / num_docs as f32).max(f32::MIN_POSITIVE);
+        let mut best: Vec<(f32, Impact)> = Vec::new();
+        let mut base = 0u64;
+        for reader in self.searcher.segment_readers() {
+            let postings = reader
+                .inverted_index(field)?
+                .read_postings(term, IndexRecordOption::WithFreqs)?;
+            if let Some(mut postings) = postings {
+                let norms = reader.get_fieldnorms_reader(field)?;
+                let alive = reader.alive_bitset();
+                let mut doc = postings.doc();
+                while doc != TERMINATED {
+                    if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                        let impact = Impact {
+                            doc: base + u64::from(doc),
+                            term_freq: postings.term_freq(),
+                            field_length: norms.fieldnorm(doc),
+                        };
+                        let factor = bm25_tf_factor(impact.term_freq, impact.field_length, avg);
+                        best.push((factor, impact));
+                        if best.len() >= 2 * depth.max(1) {
+                            keep_best(&mut best, depth);
+                        }
+                    }
+                    doc = postings.advance();
+                }
+            }
+            base += u64::from(reader.max_doc());
+        }
+        keep_best(&mut best, depth);
+        Ok(best.into_iter().map(|(_, impact)| impact).collect())
+    }
+}
+
+/// Keeps the `depth` largest factors of `best`, sorted best first.
+fn keep_best(best: &mut Vec<(f32, Impact)>, depth: usize) {
+    let order = |a: &(f32, Impact), b: &(f32, Impact)| b.0.total_cmp(&a.0).then(a.1.doc.cmp(&b.1.doc));
+    if best.len() > depth && depth > 0 {
+        best.select_nth_unstable_by(depth - 1, order);
+    }
+    best.truncate(depth);
+    best.sort_by(order);
 }
 
 /// Sums the statistics of several shards into corpus-wide statistics.
@@ -91,6 +172,7 @@ pub fn sum_corpus_stats<'a>(parts: impl IntoIterator<Item = &'a CorpusStats>) ->
                 field: field.to_string(),
                 term: term.to_string(),
                 doc_freq,
+                top: Vec::new(),
             })
             .collect(),
     }
@@ -223,10 +305,11 @@ mod tests {
             .iter()
             .map(|shard| shard.term_stats("react component").unwrap())
             .collect();
-        assert_eq!(
-            sum_corpus_stats(&parts),
-            whole.term_stats("react component").unwrap()
-        );
+        let mut expected = whole.term_stats("react component").unwrap();
+        for term in &mut expected.terms {
+            term.top.clear();
+        }
+        assert_eq!(sum_corpus_stats(&parts), expected);
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn calibration(args: &Args, docs: &Arc<Vec<Document>>, queries: &[String]) {
     }
     let samples: Vec<&Sample> = results.iter().flat_map(|r| &r.samples).collect();
     println!(
-        "| variant | rate | answers | partial | recall@{k} | NDCG@{k} | est. recall | MAE | MAE (partial only) | bias | ECE | binomial noise | MAE, document share | MAE, max-df share |",
+        "| variant | rate | answers | partial | recall@{k} | NDCG@{k} | est. recall | MAE | MAE (partial only) | bias | ECE | binomial noise | MAE, document share | MAE, share model |",
         k = args.k
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -437,9 +437,9 @@ fn evaluate(
         .map(|shard| shard.term_stats(query))
         .collect::<Result<_, _>>()
         .ok()?;
-    let stats = QueryStats::from_shards(&parts);
+    let stats = QueryStats::from_shards(query, &parts);
     let global = stats.stats.as_ref()?;
-    let share = stats.match_share.as_deref();
+    let evidence = stats.evidence.as_deref();
     let search = |shard: &ShardIndex, budget: &Budget| {
         shard
             .search_text(query, k, Some(global), budget)
@@ -464,7 +464,7 @@ fn evaluate(
             .collect(),
         k as usize,
         known_docs,
-        share,
+        evidence,
     );
     if full.hits.is_empty() {
         return None;
@@ -478,7 +478,6 @@ fn evaluate(
         }),
         ..QueryResult::default()
     };
-    let max_df_share = max_df_share(&parts);
     let full_rank: HashMap<&str, usize> = full
         .hits
         .iter()
@@ -515,11 +514,11 @@ fn evaluate(
                     )
                 })
                 .collect();
-            let partial = merge::merge(results, k as usize, known_docs, share);
+            let partial = merge::merge(results, k as usize, known_docs, evidence);
             let (recall, ndcg) = measure(&partial, &full_rank, k as usize);
             let baseline = |share: Option<&[f64]>| {
                 if partial.partial {
-                    quality::estimated_recall(&partial.shards, share)
+                    quality::share_recall(&partial.shards, share)
                 } else {
                     1.0
                 }
@@ -529,7 +528,7 @@ fn evaluate(
                 rate: rate_index,
                 partial: partial.partial,
                 estimate: partial.estimated_recall,
-                baselines: [baseline(None), baseline(Some(&max_df_share))],
+                baselines: [baseline(None), baseline(evidence.map(|e| e.share.as_slice()))],
                 recall,
                 ndcg,
                 full: full.hits.len(),
@@ -537,20 +536,6 @@ fn evaluate(
         }
     }
     Some(result)
-}
-
-/// Each shard's share of the largest document frequency of any of the
-/// query's terms in it: the estimate's previous model, kept for comparison.
-fn max_df_share(parts: &[CorpusStats]) -> Vec<f64> {
-    let largest: Vec<f64> = parts
-        .iter()
-        .map(|part| part.terms.iter().map(|t| t.doc_freq).max().unwrap_or(0) as f64)
-        .collect();
-    let sum: f64 = largest.iter().sum();
-    largest
-        .iter()
-        .map(|&l| if sum > 0.0 { l / sum } else { 0.0 })
-        .collect()
 }
 
 /// Recall and NDCG of `answer` against the full answer's ranks.

@@ -176,6 +176,7 @@ async fn one_missing_shard_of_four_is_estimated_close_to_the_measured_recall() {
         .await;
 
     let (mut estimated, mut measured, mut strictly_between) = (0.0, 0.0, 0);
+    let mut absolute_error = 0.0;
     for ((query, full_ids), (status, body)) in full.iter().zip(&answers) {
         assert_eq!(status, &200, "{query}: {body}");
         assert_eq!(body["partial"], true, "{query}: {body}");
@@ -209,20 +210,29 @@ async fn one_missing_shard_of_four_is_estimated_close_to_the_measured_recall() {
         }
         estimated += estimate;
         measured += recall;
+        absolute_error += (estimate - recall).abs();
     }
     assert!(
         strictly_between > 100,
         "only {strictly_between} queries lost part of their answer"
     );
     let n = full.len() as f64;
-    let (estimated, measured) = (estimated / n, measured / n);
+    let (estimated, measured, absolute_error) = (estimated / n, measured / n, absolute_error / n);
+    eprintln!("mean estimate {estimated:.3}, mean recall {measured:.3}, MAE {absolute_error:.3}");
     assert!(
         measured > 0.5 && measured < 0.95,
         "one shard of four should cost about a quarter: {measured}"
     );
     assert!(
-        (estimated - measured).abs() <= 0.1,
+        (estimated - measured).abs() <= 0.03,
         "mean estimate {estimated:.3} vs mean measured recall {measured:.3}"
+    );
+    // Per answer too: the champion lists tell which of the missing shard's
+    // documents would have made the top k (the share model alone, which
+    // knows only where the query's terms are, is off by about 0.1 here).
+    assert!(
+        absolute_error <= 0.05,
+        "mean absolute error of the estimate {absolute_error:.3}"
     );
 }
 
