@@ -244,8 +244,8 @@ pub fn champion_recall(
         // excluded word not listed), so the correction may be negative.
         let hits_above = hits.partition_point(|hit| hit.score > t) as f64;
         let unpredicted = hits_above - above(&searched, t);
-        let missing = (above(&unsearched, t) + 0.5 * tied(&unsearched, t) + unpredicted * per_doc)
-            .max(0.0);
+        let missing =
+            (above(&unsearched, t) + 0.5 * tied(&unsearched, t) + unpredicted * per_doc).max(0.0);
         kept += (full as f64 - rank as f64 - missing).clamp(0.0, 1.0);
     }
     Some((kept / full as f64).clamp(0.0, 1.0))
@@ -326,5 +326,165 @@ mod tests {
         let reports = [report(0, "answered", 100, 100), report(1, "failed", 0, 100)];
         assert_eq!(share_recall(&reports, Some(&[1.0, 0.0])), 1.0);
         assert!((share_recall(&reports, Some(&[0.2, 0.6])) - 0.25).abs() < 1e-9);
+    }
+
+    /// (document, term frequency, field length) entries of one shard.
+    type List = Vec<(u32, u16, u16)>;
+
+    /// A body pair of 1,000 documents averaging 10 tokens, with per-shard
+    /// document frequencies and champion lists.
+    fn pair(occur: Occur, freqs: Vec<u64>, lists: Vec<List>) -> PairModel {
+        let top = lists
+            .into_iter()
+            .map(|list| {
+                list.into_iter()
+                    .map(|(doc, term_freq, field_length)| Champion {
+                        doc,
+                        term_freq,
+                        field_length,
+                    })
+                    .collect()
+            })
+            .collect();
+        let doc_freq = freqs.iter().sum();
+        PairModel::new(
+            occur,
+            1.0,
+            doc_freq,
+            1000,
+            10_000,
+            Arc::new(PairStats { freqs, top }),
+        )
+    }
+
+    /// The hits a shard returns: its listed documents' scores, best first.
+    fn hits(pair: &PairModel, shard: usize, k: usize) -> Vec<Hit> {
+        let mut scores: Vec<f32> = pair.stats.top[shard]
+            .iter()
+            .map(|c| pair.score(c))
+            .collect();
+        scores.sort_by(|a, b| b.total_cmp(a));
+        scores
+            .into_iter()
+            .take(k)
+            .map(|score| Hit {
+                score,
+                shard: shard as u32,
+                ..Hit::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn listed_documents_of_a_missing_shard_displace_the_answers_last_hits() {
+        // Shard 1's document with tf 6 beats all of shard 0's; its others
+        // (tf 1; tf 2 in a long field) lose to shard 0's fifth (tf 2).
+        let body = pair(
+            Occur::Should,
+            vec![5, 3],
+            vec![
+                vec![(0, 5, 10), (1, 4, 10), (2, 3, 10), (3, 2, 10), (4, 1, 10)],
+                vec![(0, 6, 10), (7, 1, 10), (9, 2, 50)],
+            ],
+        );
+        let answer = hits(&body, 0, 5);
+        let reports = [
+            report(0, "answered", 500, 500),
+            report(1, "timed_out", 0, 500),
+        ];
+        let pairs = [body];
+        assert_eq!(champion_recall(&pairs, &reports, &answer, 5), Some(0.8));
+        let evidence = Evidence {
+            share: vec![0.5, 0.5],
+            impacts: Some(pairs.to_vec()),
+        };
+        assert_eq!(estimated_recall(&reports, &answer, 5, Some(&evidence)), 0.8);
+        // Without the lists, only the share is known.
+        let shares = Evidence {
+            impacts: None,
+            ..evidence
+        };
+        assert_eq!(estimated_recall(&reports, &answer, 5, Some(&shares)), 0.5);
+
+        // Cut short after its first five documents, shard 1 returned the
+        // tf 6 document; what it did not search is too weak to matter.
+        let mut answer = hits(&pairs[0], 0, 4);
+        answer.insert(0, hits(&pairs[0], 1, 1).remove(0));
+        let reports = [
+            report(0, "answered", 500, 500),
+            report(1, "partial", 5, 500),
+        ];
+        assert_eq!(champion_recall(&pairs, &reports, &answer, 5), Some(1.0));
+    }
+
+    #[test]
+    fn required_and_excluded_words_decide_which_listed_documents_match() {
+        // "+a b -c". On the missing shard 1: document 0 scores high on b
+        // but has no a (a's list there is complete); document 1 has a and
+        // b but also c; document 2 has a, and beats shard 0's second hit.
+        let a = pair(
+            Occur::Must(0),
+            vec![2, 2],
+            vec![vec![(0, 3, 10), (1, 1, 10)], vec![(1, 5, 10), (2, 2, 10)]],
+        );
+        let b = pair(
+            Occur::Should,
+            vec![0, 2],
+            vec![vec![], vec![(0, 9, 10), (1, 9, 10)]],
+        );
+        let c = pair(Occur::MustNot, vec![0, 1], vec![vec![], vec![(1, 1, 10)]]);
+        let answer = hits(&a, 0, 2);
+        let reports = [
+            report(0, "answered", 500, 500),
+            report(1, "timed_out", 0, 500),
+        ];
+        assert_eq!(champion_recall(&[a, b, c], &reports, &answer, 2), Some(0.5));
+    }
+
+    #[test]
+    fn documents_the_lists_miss_on_searched_shards_are_expected_on_the_others() {
+        // Shard 0's best hit is in none of its lists (the term is in more
+        // documents than the lists hold): one such document per shard of
+        // this size is expected on the missing shard too, above all of
+        // shard 0's listed documents, which pushes the answer's last hit
+        // out (shard 1's own listed documents are weaker than all of them).
+        let body = pair(
+            Occur::Should,
+            vec![100, 100],
+            vec![
+                vec![(0, 3, 10), (1, 2, 10), (2, 1, 10)],
+                vec![(0, 1, 50), (1, 1, 50), (2, 1, 50)],
+            ],
+        );
+        let mut answer = hits(&body, 0, 3);
+        answer.insert(
+            0,
+            Hit {
+                score: 100.0,
+                ..Hit::default()
+            },
+        );
+        let reports = [
+            report(0, "answered", 500, 500),
+            report(1, "timed_out", 0, 500),
+        ];
+        let recall = champion_recall(&[body], &reports, &answer, 4).unwrap();
+        assert!((recall - 0.75).abs() < 1e-9, "{recall}");
+    }
+
+    #[test]
+    fn a_shard_without_lists_leaves_the_share_model_in_charge() {
+        // Shard 1 has the term but sent no list (an older leaf).
+        let body = pair(
+            Occur::Should,
+            vec![3, 3],
+            vec![vec![(0, 1, 10), (1, 1, 10), (2, 1, 10)], vec![]],
+        );
+        let answer = hits(&body, 0, 3);
+        let reports = [
+            report(0, "answered", 500, 500),
+            report(1, "timed_out", 0, 500),
+        ];
+        assert_eq!(champion_recall(&[body], &reports, &answer, 3), None);
     }
 }

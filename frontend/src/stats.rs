@@ -490,6 +490,28 @@ mod tests {
         assert!(local_terms("title:json").is_none());
     }
 
+    #[test]
+    fn plain_words_and_operators_become_clauses_and_other_syntax_does_not() {
+        let words = clauses("+React router -vue +hooks").unwrap();
+        assert_eq!(words["react"], Occur::Must(0));
+        assert_eq!(words["router"], Occur::Should);
+        assert_eq!(words["vue"], Occur::MustNot);
+        assert_eq!(words["hooks"], Occur::Must(1));
+        for query in [
+            "\"http server\"",
+            "title:json",
+            "fast-stream",
+            "node.js",
+            "json AND parser",
+            "+",
+            "json -json",
+            "(json)",
+            "   ",
+        ] {
+            assert_eq!(clauses(query), None, "{query}");
+        }
+    }
+
     /// Per-term statistics from document frequencies alone.
     fn freqs<const N: usize>(pairs: [((&str, &str), Vec<u64>); N]) -> PerTerm {
         pairs

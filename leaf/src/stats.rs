@@ -118,7 +118,7 @@ impl ShardIndex {
                         };
                         let factor = bm25_tf_factor(impact.term_freq, impact.field_length, avg);
                         best.push((factor, impact));
-                        if best.len() >= 2 * depth.max(1) {
+                        if best.len() >= depth.max(1).saturating_mul(2) {
                             keep_best(&mut best, depth);
                         }
                     }
@@ -134,7 +134,8 @@ impl ShardIndex {
 
 /// Keeps the `depth` largest factors of `best`, sorted best first.
 fn keep_best(best: &mut Vec<(f32, Impact)>, depth: usize) {
-    let order = |a: &(f32, Impact), b: &(f32, Impact)| b.0.total_cmp(&a.0).then(a.1.doc.cmp(&b.1.doc));
+    let order =
+        |a: &(f32, Impact), b: &(f32, Impact)| b.0.total_cmp(&a.0).then(a.1.doc.cmp(&b.1.doc));
     if best.len() > depth && depth > 0 {
         best.select_nth_unstable_by(depth - 1, order);
     }
@@ -310,6 +311,52 @@ mod tests {
             term.top.clear();
         }
         assert_eq!(sum_corpus_stats(&parts), expected);
+    }
+
+    #[test]
+    fn champion_lists_hold_a_terms_best_documents_in_scan_order() {
+        let docs = generate_corpus(600, 8);
+        let index = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        let stats = index.term_stats("json").unwrap();
+        let body = stats
+            .terms
+            .iter()
+            .find(|t| t.term == "json" && t.field == "body")
+            .unwrap();
+        assert!(body.doc_freq > IMPACT_DEPTH as u64, "{}", body.doc_freq);
+        assert_eq!(body.top.len(), IMPACT_DEPTH);
+        let tokens = stats.fields.iter().find(|f| f.field == "body").unwrap();
+        let avg = tokens.total_tokens as f32 / stats.num_docs as f32;
+        let factor = |i: &Impact| bm25_tf_factor(i.term_freq, i.field_length, avg);
+        assert!(body.top.windows(2).all(|w| factor(&w[0]) >= factor(&w[1])));
+
+        // The list's scores are the scores of the term's best documents,
+        // bit for bit.
+        let weight = bm25_idf(body.doc_freq, stats.num_docs) * (1.0 + BM25_K1);
+        let output = index
+            .search_text("body:json", 20, None, &Budget::unlimited())
+            .unwrap();
+        let scores: Vec<f32> = output.hits.iter().map(|h| h.score).collect();
+        let listed: Vec<f32> = body.top[..20].iter().map(|i| weight * factor(i)).collect();
+        assert_eq!(scores, listed);
+
+        // A search that covered the first n documents scored exactly the
+        // listed documents below n (a common word, so that the search
+        // checks its budget before the end).
+        let term = Term::from_field_text(index.fields.body, "with");
+        let all = index.impacts(&term, usize::MAX).unwrap();
+        assert_eq!(all.len() as u64, index.searcher.doc_freq(&term).unwrap());
+        let output = index
+            .search_text(
+                "body:with",
+                1000,
+                None,
+                &Budget::unlimited().with_doc_limit(300),
+            )
+            .unwrap();
+        assert!(output.early_terminated && output.docs_searched < 600);
+        let below = all.iter().filter(|i| i.doc < output.docs_searched).count();
+        assert_eq!(output.hits.len(), below);
     }
 
     #[test]

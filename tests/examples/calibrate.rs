@@ -528,7 +528,10 @@ fn evaluate(
                 rate: rate_index,
                 partial: partial.partial,
                 estimate: partial.estimated_recall,
-                baselines: [baseline(None), baseline(evidence.map(|e| e.share.as_slice()))],
+                baselines: [
+                    baseline(None),
+                    baseline(evidence.map(|e| e.share.as_slice())),
+                ],
                 recall,
                 ndcg,
                 full: full.hits.len(),
