@@ -86,6 +86,11 @@ pub struct SearchFlags {
     /// Score with corpus-wide term statistics (exact merge across shards).
     #[arg(long, env = "FRONTEND_GLOBAL_STATS", default_value_t = true, action = clap::ArgAction::Set)]
     pub global_stats: bool,
+    /// Memory for cached term statistics, in MiB (about 4 KiB per term and
+    /// field on 8 shards, most of it the champion lists behind
+    /// `estimated_recall`).
+    #[arg(long, env = "FRONTEND_STATS_CACHE_MIB", default_value_t = 64)]
+    pub stats_cache_mib: u64,
     /// Consult and fill the cache tier.
     #[arg(long, env = "FRONTEND_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub cache: bool,
@@ -128,6 +133,7 @@ impl SearchFlags {
         config.root = RootConfig {
             global_stats: self.global_stats,
             wait_for_all: self.wait_for_all,
+            stats_cache_bytes: self.stats_cache_mib.saturating_mul(1 << 20),
             ..RootConfig::default()
         };
         config.cache = self.cache;

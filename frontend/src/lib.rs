@@ -129,7 +129,7 @@ impl Frontend {
             config.root.clone(),
             fanout,
             cache,
-            Arc::new(TermStatsCache::default()),
+            Arc::new(TermStatsCache::new(config.root.stats_cache_bytes, 100_000)),
             Arc::clone(&metrics),
         ));
         let admission = Admission::new(config.admission.clone(), Arc::clone(&metrics));

@@ -1,28 +1,18 @@
 //! The accuracy estimate of a partial answer: `estimated_recall`, the
 //! expected fraction of the full answer's top k that the answer contains.
+//! ARCHITECTURE.md ("The accuracy estimate") describes the models,
+//! BENCHMARKS.md measures them.
 //!
-//! The model (documented in ARCHITECTURE.md, calibrated in BENCHMARKS.md):
-//! documents are spread over shards by a hash of their id, so a document of
-//! the full top k lies in shard `s` with probability equal to `s`'s share of
-//! the query's best documents. When term statistics are known per shard,
-//! that share comes from the shards' document frequencies of the query's
-//! terms, rarest and most boosted first (`answer_share` in
-//! [`crate::stats`]); a shard with none of the terms holds none of the
-//! answer. Otherwise it is the shard's share of all documents. A document of
-//! the full top k that lies in a searched part of a shard is in the merged
-//! answer, because fewer documents compete for the same k places. So the
-//! expected recall is one minus the share of the unsearched parts: a missing
-//! shard loses its whole share, a shard cut short loses the part it did not
-//! search.
-//!
-//! The scores the answered shards returned do not enter: with placement by
-//! hash, a document's shard is independent of its score, so given the
-//! shares the answered shards' hits say nothing about how many of the
-//! missing shards' documents would have made the top k (the expected count
-//! above the merged k-th score is k × unsearched share / searched share,
-//! which gives the same estimate). Weighing the share model against a
-//! document-share model by how well each predicts which answered shards
-//! the merged hits came from was tried and measured no better.
+//! Two models, the better one that applies:
+//! - [`champion_recall`]: the shards' champion lists (each term's best
+//!   documents per shard, from the term statistics) score what the parts not
+//!   searched would have added, and the searched parts, as controls, say how
+//!   much the lists miss. Needs every shard's lists and a query that scores
+//!   as a sum of its words.
+//! - [`share_recall`]: a document of the full top k lies in a shard with
+//!   probability equal to the shard's share of the query's best documents
+//!   (from per-shard document frequencies, or of all documents), and is in
+//!   the answer when its part of the shard was searched.
 
 use std::sync::Arc;
 

@@ -42,6 +42,8 @@ pub struct RootConfig {
     /// Wait for every shard, ignoring the deadline (a baseline for
     /// benchmarks; never use in production).
     pub wait_for_all: bool,
+    /// Bytes of per-term statistics (frequencies and champion lists) kept.
+    pub stats_cache_bytes: u64,
 }
 
 impl Default for RootConfig {
@@ -53,6 +55,7 @@ impl Default for RootConfig {
             stats_budget_fraction: 0.3,
             global_stats: true,
             wait_for_all: false,
+            stats_cache_bytes: 64 << 20,
         }
     }
 }

@@ -139,7 +139,10 @@ pub struct TermStatsCache {
 
 impl Default for TermStatsCache {
     fn default() -> Self {
-        Self::new(64 << 20, 100_000)
+        Self::new(
+            crate::root::RootConfig::default().stats_cache_bytes,
+            100_000,
+        )
     }
 }
 
