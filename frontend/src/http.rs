@@ -199,6 +199,7 @@ mod tests {
             took_ms,
             hedges: 0,
             hedge_won: false,
+            layout: 0,
         }
     }
 

@@ -35,6 +35,11 @@ pub struct ShardReport {
     pub took_ms: f64,
     pub hedges: u32,
     pub hedge_won: bool,
+    /// Scan-order fingerprint of the replica that answered (0: none), which
+    /// tells the accuracy estimate whether its champion lists' positions
+    /// apply to this answer's `docs_searched`.
+    #[serde(skip)]
+    pub layout: u64,
 }
 
 /// The merged answer before it is turned into HTTP.
@@ -102,6 +107,7 @@ pub fn merge(
             0 => average,
             known => known,
         };
+        let mut layout = 0;
         let (state, searched, total) = match result.outcome {
             ShardOutcome::Answered(response) => {
                 coverage.shards_answered += 1;
@@ -109,6 +115,7 @@ pub fn merge(
                     *slot = response.generation;
                 }
                 global_stats &= response.global_stats;
+                layout = response.layout;
                 let short =
                     response.early_terminated || response.docs_searched < response.docs_total;
                 cut_short |= short;
@@ -142,6 +149,7 @@ pub fn merge(
             took_ms: result.latency.as_secs_f64() * 1000.0,
             hedges: result.hedges,
             hedge_won: result.hedge_won,
+            layout,
         });
     }
     coverage.percent = if coverage.docs_total == 0 {
@@ -199,6 +207,7 @@ mod tests {
         ShardResult {
             shard,
             outcome: ShardOutcome::Answered(SearchResponse {
+                layout: 0,
                 hits,
                 docs_searched: searched,
                 docs_total: total,

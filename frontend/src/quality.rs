@@ -139,91 +139,96 @@ pub fn champion_recall(
             _ => None,
         })
         .fold(0, |all, bit| all | bit);
-    // One pair's part of a listed document's score: (shard, document),
-    // score, the required words it shows, whether it shows an excluded one.
-    let mut searched: Vec<Part> = Vec::new();
-    let mut unsearched: Vec<Part> = Vec::new();
+    // Only documents that can reach the answer's last hit matter, unless
+    // the answer is short and every match counts.
+    let floor = match hits.get(k.saturating_sub(1)) {
+        Some(last) if hits.len() >= k => last.score,
+        _ => f32::NEG_INFINITY,
+    };
+    // The listed documents known to match (every required word seen, no
+    // excluded one): a lower bound on their score, and how likely each is
+    // to lie in a searched part and in an unsearched one (1 or 0 when the
+    // lists' positions are those of the replica that answered).
+    let mut searched = Weighted::default();
+    let mut unsearched = Weighted::default();
+    let mut parts: Vec<Part> = Vec::new();
     let (mut docs_searched, mut docs_unsearched) = (0u64, 0u64);
-    let mut extra_matches = 0u64;
+    let mut extra_matches = 0.0;
     for report in reports {
         let shard = report.shard as usize;
-        let boundary = match report.state {
-            "answered" => u64::MAX,
+        let total = report.docs_total.max(report.docs_searched);
+        let searched_docs = match report.state {
+            "answered" => total,
             "partial" => report.docs_searched,
             _ => 0,
         };
-        let total = report.docs_total.max(report.docs_searched);
-        let searched_docs = boundary.min(total);
         docs_searched += searched_docs;
         docs_unsearched += total - searched_docs;
-        let unsearched_fraction = if total > 0 {
-            (total - searched_docs) as f64 / total as f64
+        let searched_fraction = if total > 0 {
+            searched_docs as f64 / total as f64
         } else {
-            0.0
+            1.0
         };
-        let mut largest_rest = 0u64;
+        // Positions compare across pairs, and with the answer's
+        // `docs_searched`, only within one layout.
+        let mut layout = None;
+        let mut largest_rest = 0.0f64;
+        parts.clear();
         for pair in pairs {
             let list = pair.list(shard)?;
-            for champion in list {
-                let side = if u64::from(champion.doc) < boundary {
-                    &mut searched
-                } else {
-                    &mut unsearched
-                };
-                let doc = (shard as u64) << 32 | u64::from(champion.doc);
-                side.push(match pair.occur {
-                    Occur::Should => (doc, pair.score(champion), 0, false),
-                    Occur::Must(index) => (doc, pair.score(champion), 1 << index, false),
-                    Occur::MustNot => (doc, 0.0, 0, true),
-                });
+            if !list.is_empty() {
+                let this = pair.stats.layouts.get(shard).copied().unwrap_or(0);
+                if *layout.get_or_insert(this) != this {
+                    return None;
+                }
             }
+            parts.extend(list.iter().map(|champion| match pair.occur {
+                Occur::Should => (champion.doc, pair.score(champion), 0, false),
+                Occur::Must(index) => (champion.doc, pair.score(champion), 1 << index, false),
+                Occur::MustNot => (champion.doc, 0.0, 0, true),
+            }));
             let freq = pair.stats.freqs.get(shard).copied().unwrap_or(0);
-            let rest = freq.saturating_sub(list.len() as u64) as f64 * unsearched_fraction;
+            let rest = freq.saturating_sub(list.len() as u64) as f64 * (1.0 - searched_fraction);
             if pair.occur != Occur::MustNot {
-                largest_rest = largest_rest.max(rest.round() as u64);
+                largest_rest = largest_rest.max(rest);
             }
         }
         extra_matches += largest_rest;
-    }
-    // Each listed document's parts summed, best first: the documents known
-    // to match (every required word seen, no excluded one), with a lower
-    // bound on their score.
-    let sorted = |mut parts: Vec<Part>| {
+        let by_position = report.state != "partial"
+            || layout.is_some_and(|layout| layout != 0 && layout == report.layout);
+        // Each document's parts summed.
         parts.sort_unstable_by_key(|part| part.0);
-        let mut documents: Vec<Part> = Vec::with_capacity(parts.len());
-        for part in parts {
-            match documents.last_mut() {
-                Some(document) if document.0 == part.0 => {
-                    document.1 += part.1;
-                    document.2 |= part.2;
-                    document.3 |= part.3;
-                }
-                _ => documents.push(part),
+        let mut parts = parts.iter().peekable();
+        while let Some(&(doc, mut score, mut seen, mut excluded)) = parts.next() {
+            while let Some(&(_, more, also, out)) = parts.next_if(|next| next.0 == doc) {
+                score += more;
+                seen |= also;
+                excluded |= out;
             }
+            if seen & required != required || excluded || score < floor {
+                continue;
+            }
+            let in_searched = if by_position {
+                if u64::from(doc) < searched_docs {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                searched_fraction
+            };
+            searched.push(score, in_searched);
+            unsearched.push(score, 1.0 - in_searched);
         }
-        let mut scores: Vec<f32> = documents
-            .into_iter()
-            .filter(|&(_, _, seen, excluded)| seen & required == required && !excluded)
-            .map(|(_, score, _, _)| score)
-            .collect();
-        scores.sort_unstable_by(|a, b| b.total_cmp(a));
-        scores
-    };
-    let (searched, unsearched) = (sorted(searched), sorted(unsearched));
-    // Documents scoring above t; a tie counts half (ids decide, unknown
-    // for documents only listed).
-    let above = |scores: &[f32], t: f32| scores.partition_point(|&s| s > t) as f64;
-    let tied = |scores: &[f32], t: f32| {
-        let from = scores.partition_point(|&s| s > t);
-        scores[from..].iter().take_while(|&&s| s == t).count() as f64
-    };
+    }
+    let (searched, unsearched) = (searched.sorted(), unsearched.sorted());
     let per_doc = if docs_searched > 0 {
         docs_unsearched as f64 / docs_searched as f64
     } else {
         0.0
     };
-    let available = hits.len() as u64 + unsearched.len() as u64 + extra_matches;
-    let full = (k as u64).min(available) as usize;
+    let available = hits.len() as f64 + unsearched.total() + extra_matches;
+    let full = (k as f64).min(available.round()) as usize;
     if full == 0 {
         return Some(1.0);
     }
@@ -233,17 +238,63 @@ pub fn champion_recall(
         // Listed documents may have been predicted that do not match (an
         // excluded word not listed), so the correction may be negative.
         let hits_above = hits.partition_point(|hit| hit.score > t) as f64;
-        let unpredicted = hits_above - above(&searched, t);
+        let unpredicted = hits_above - searched.above(t);
+        // A tie counts half: ids decide, unknown for documents only listed.
         let missing =
-            (above(&unsearched, t) + 0.5 * tied(&unsearched, t) + unpredicted * per_doc).max(0.0);
+            (unsearched.above(t) + 0.5 * unsearched.tied(t) + unpredicted * per_doc).max(0.0);
         kept += (full as f64 - rank as f64 - missing).clamp(0.0, 1.0);
     }
     Some((kept / full as f64).clamp(0.0, 1.0))
 }
 
-/// A listed document, or one pair's part of it: (shard << 32 | document,
-/// score, required words seen, excluded word seen).
-type Part = (u64, f32, u32, bool);
+/// Scores with weights (expected counts of documents), for counting how
+/// many score above a threshold.
+#[derive(Default)]
+struct Weighted {
+    /// (score, weight), best first once sorted.
+    entries: Vec<(f32, f64)>,
+    /// `prefix[i]`: the weight of the first i entries.
+    prefix: Vec<f64>,
+}
+
+impl Weighted {
+    fn push(&mut self, score: f32, weight: f64) {
+        if weight > 0.0 {
+            self.entries.push((score, weight));
+        }
+    }
+
+    fn sorted(mut self) -> Self {
+        self.entries.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        self.prefix = std::iter::once(0.0)
+            .chain(self.entries.iter().scan(0.0, |sum, &(_, weight)| {
+                *sum += weight;
+                Some(*sum)
+            }))
+            .collect();
+        self
+    }
+
+    fn total(&self) -> f64 {
+        self.prefix.last().copied().unwrap_or(0.0)
+    }
+
+    /// Expected count scoring above `t`.
+    fn above(&self, t: f32) -> f64 {
+        self.prefix[self.entries.partition_point(|&(s, _)| s > t)]
+    }
+
+    /// Expected count scoring exactly `t`.
+    fn tied(&self, t: f32) -> f64 {
+        let from = self.entries.partition_point(|&(s, _)| s > t);
+        let to = self.entries.partition_point(|&(s, _)| s >= t);
+        self.prefix[to] - self.prefix[from]
+    }
+}
+
+/// One pair's part of a listed document: (document, score, required words
+/// seen, excluded word seen).
+type Part = (u32, f32, u32, bool);
 
 /// The share model: a document of the full top k lies in shard `s` with
 /// probability `share[s]` and is in the answer when its part of the shard
@@ -288,6 +339,7 @@ mod tests {
             took_ms: 1.0,
             hedges: 0,
             hedge_won: false,
+            layout: LAYOUT,
         }
     }
 
@@ -321,6 +373,9 @@ mod tests {
     /// (document, term frequency, field length) entries of one shard.
     type List = Vec<(u32, u16, u16)>;
 
+    /// The layout of every replica in these tests, unless said otherwise.
+    const LAYOUT: u64 = 7;
+
     /// A body pair of 1,000 documents averaging 10 tokens, with per-shard
     /// document frequencies and champion lists.
     fn pair(occur: Occur, freqs: Vec<u64>, lists: Vec<List>) -> PairModel {
@@ -343,7 +398,11 @@ mod tests {
             doc_freq,
             1000,
             10_000,
-            Arc::new(PairStats { freqs, top }),
+            Arc::new(PairStats {
+                layouts: vec![LAYOUT; freqs.len()],
+                freqs,
+                top,
+            }),
         )
     }
 
@@ -405,6 +464,34 @@ mod tests {
             report(1, "partial", 5, 500),
         ];
         assert_eq!(champion_recall(&pairs, &reports, &answer, 5), Some(1.0));
+    }
+
+    #[test]
+    fn positions_from_another_replicas_layout_count_by_the_searched_fraction() {
+        // Shard 1 searched half its documents; its best listed document
+        // (position 400) beats every hit of shard 0 but was not searched.
+        let body = pair(
+            Occur::Should,
+            vec![4, 1],
+            vec![
+                vec![(0, 4, 10), (1, 3, 10), (2, 2, 10), (3, 1, 10)],
+                vec![(400, 6, 10)],
+            ],
+        );
+        let answer = hits(&body, 0, 4);
+        let pairs = [body];
+        let mut reports = [
+            report(0, "answered", 500, 500),
+            report(1, "partial", 250, 500),
+        ];
+        // Same layout: the position says it was not searched.
+        assert_eq!(champion_recall(&pairs, &reports, &answer, 4), Some(0.75));
+        // The replica that answered orders its documents differently: the
+        // position says nothing, the document was searched with
+        // probability one half.
+        reports[1].layout = LAYOUT + 1;
+        let recall = champion_recall(&pairs, &reports, &answer, 4).unwrap();
+        assert!(recall > 0.75 && recall < 1.0, "{recall}");
     }
 
     #[test]

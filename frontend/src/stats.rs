@@ -86,6 +86,9 @@ pub struct PairStats {
     /// best first); empty for a shard without the term or one that sent
     /// none.
     pub top: Vec<Box<[Champion]>>,
+    /// Per shard, the layout (scan-order fingerprint) of the replica that
+    /// made the list; positions compare only within one layout.
+    pub layouts: Vec<u64>,
 }
 
 /// One entry of a champion list ([`Impact`]), packed: the cache holds
@@ -269,8 +272,10 @@ fn gather<'a>(
                 .or_insert_with(|| PairStats {
                     freqs: vec![0; shards],
                     top: vec![Box::default(); shards],
+                    layouts: vec![0; shards],
                 });
             pair.freqs[shard] = term.doc_freq;
+            pair.layouts[shard] = stats.layout;
             pair.top[shard] = term.top.iter().map(Champion::from).collect();
         }
     }
@@ -307,6 +312,7 @@ fn assemble(
                 top: Vec::new(),
             })
             .collect(),
+        layout: 0,
     };
     let evidence = (!per_term.is_empty()).then(|| {
         let impacts = clauses.and_then(|clauses| {
@@ -521,7 +527,12 @@ mod tests {
             .into_iter()
             .map(|((field, term), freqs)| {
                 let top = vec![Box::default(); freqs.len()];
-                let stats = PairStats { freqs, top };
+                let layouts = vec![0; freqs.len()];
+                let stats = PairStats {
+                    freqs,
+                    top,
+                    layouts,
+                };
                 ((field.to_string(), term.to_string()), Arc::new(stats))
             })
             .collect()

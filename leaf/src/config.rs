@@ -135,8 +135,11 @@ pub struct Cli {
     /// Rebuild the index in --index-dir even when it could be reopened.
     #[arg(long, env = "LEAF_REBUILD")]
     pub rebuild: bool,
-    /// Indexing threads.
-    #[arg(long, env = "LEAF_INDEX_THREADS", default_value_t = 2)]
+    /// Indexing threads. With one, every replica of a shard scans its
+    /// documents in the same order, which lets the frontend place a search
+    /// cut short by its deadline exactly when it estimates recall; more
+    /// threads build big shards faster, in an order of their own.
+    #[arg(long, env = "LEAF_INDEX_THREADS", default_value_t = 1)]
     pub index_threads: usize,
     /// Indexing memory budget in MiB, across all indexing threads.
     #[arg(long, env = "LEAF_INDEX_HEAP_MB", default_value_t = 128)]

@@ -51,7 +51,7 @@ impl Default for IndexConfig {
         IndexConfig {
             dir: None,
             rebuild: false,
-            writer_threads: 2,
+            writer_threads: 1,
             writer_heap_bytes: 128 * 1024 * 1024,
         }
     }
@@ -106,6 +106,9 @@ pub struct ShardIndex {
     pub(crate) shard: u32,
     pub(crate) shards: u32,
     pub(crate) generation: u64,
+    /// Fingerprint of the scan order: the ids of all documents in the order
+    /// searches visit them.
+    pub(crate) layout: u64,
     pub(crate) fields: Fields,
     pub(crate) searcher: Searcher,
     pub(crate) parser: QueryParser,
@@ -180,6 +183,12 @@ impl ShardIndex {
     /// every rebuild.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Fingerprint of the order in which searches visit documents (equal for
+    /// replicas whose documents lie in the same order).
+    pub fn layout(&self) -> u64 {
+        self.layout
     }
 
     pub fn num_docs(&self) -> u64 {
@@ -399,18 +408,46 @@ fn finish(
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
     let searcher = reader.searcher();
+    let layout = layout(&searcher)?;
     let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
     parser.set_field_boost(fields.title, TITLE_BOOST);
     Ok(ShardIndex {
         shard,
         shards,
         generation,
+        layout,
         fields,
         searcher,
         parser,
         _reader: reader,
         report,
     })
+}
+
+/// A digest of the ids of all documents in scan order (segments in the
+/// searcher's order, doc ids within them), deleted ones included: they hold
+/// positions too. Per segment: its ids in dictionary order (one streaming
+/// pass), then each document's ordinal in that dictionary. Never 0, which
+/// means "unknown" on the wire.
+fn layout(searcher: &Searcher) -> Result<u64> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for reader in searcher.segment_readers() {
+        let ids = reader
+            .fast_fields()
+            .str("id")?
+            .ok_or_else(|| LeafError::Internal("id fast column missing".to_string()))?;
+        hasher.update(&reader.max_doc().to_le_bytes());
+        let mut dictionary = ids.dictionary().stream()?;
+        while dictionary.advance() {
+            hasher.update(&(dictionary.key().len() as u64).to_le_bytes());
+            hasher.update(dictionary.key());
+        }
+        for doc in 0..reader.max_doc() {
+            let ord = ids.term_ords(doc).next().unwrap_or(u64::MAX);
+            hasher.update(&ord.to_le_bytes());
+        }
+    }
+    Ok(hasher.digest().max(1))
 }
 
 fn to_tantivy(fields: &Fields, doc: &Document) -> TantivyDocument {

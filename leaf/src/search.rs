@@ -135,6 +135,8 @@ pub struct SearchOutput {
     pub docs_total: u64,
     pub early_terminated: bool,
     pub global_stats: bool,
+    /// The shard's scan-order fingerprint ([`ShardIndex::layout`]).
+    pub layout: u64,
 }
 
 impl SearchOutput {
@@ -147,6 +149,7 @@ impl SearchOutput {
             generation,
             early_terminated: self.early_terminated,
             global_stats: self.global_stats,
+            layout: self.layout,
         }
     }
 }
@@ -285,6 +288,7 @@ impl ShardIndex {
             docs_total: searcher.num_docs(),
             early_terminated: stopped.is_some(),
             global_stats: stats.is_some(),
+            layout: self.layout,
         })
     }
 

@@ -59,6 +59,7 @@ impl ShardIndex {
             num_docs: Bm25StatisticsProvider::total_num_docs(&self.searcher)?,
             fields: field_stats,
             terms: term_stats,
+            layout: self.layout,
         })
     }
 }
@@ -176,6 +177,7 @@ pub fn sum_corpus_stats<'a>(parts: impl IntoIterator<Item = &'a CorpusStats>) ->
                 top: Vec::new(),
             })
             .collect(),
+        layout: 0,
     }
 }
 
@@ -310,6 +312,7 @@ mod tests {
         for term in &mut expected.terms {
             term.top.clear();
         }
+        expected.layout = 0;
         assert_eq!(sum_corpus_stats(&parts), expected);
     }
 
@@ -357,6 +360,25 @@ mod tests {
         assert!(output.early_terminated && output.docs_searched < 600);
         let below = all.iter().filter(|i| i.doc < output.docs_searched).count();
         assert_eq!(output.hits.len(), below);
+    }
+
+    #[test]
+    fn the_layout_follows_the_scan_order_of_the_documents() {
+        let docs = generate_corpus(300, 9);
+        let index = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        let again = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        assert_ne!(index.layout(), 0);
+        assert_eq!(index.layout(), again.layout());
+        assert_eq!(index.term_stats("json").unwrap().layout, index.layout());
+        let output = index
+            .search_text("json", 5, None, &Budget::unlimited())
+            .unwrap();
+        assert_eq!(output.into_response(0, 1).layout, index.layout());
+        // The same documents in another order scan differently.
+        let mut reversed = docs.clone();
+        reversed.reverse();
+        let other = ShardIndex::build_in_ram(0, 1, &reversed).unwrap();
+        assert_ne!(other.layout(), index.layout());
     }
 
     #[test]

@@ -205,9 +205,12 @@ struct Sample {
     rate: usize,
     partial: bool,
     estimate: f64,
-    /// The estimate with simpler shares, for comparison: each shard's share
-    /// of all documents, and of the query's largest document frequency.
+    /// The estimate with the share model alone, for comparison: each
+    /// shard's share of all documents, and `answer_share`.
     baselines: [f64; 2],
+    /// Time to compute the estimate of a partial answer, in nanoseconds:
+    /// as the server does, and with the share model alone.
+    cost_ns: Option<[u64; 2]>,
     recall: f64,
     ndcg: f64,
     /// Size of the full answer.
@@ -303,9 +306,26 @@ fn calibration(args: &Args, docs: &Arc<Vec<Document>>, queries: &[String]) {
          |mean estimate − mean recall| weighted by size. binomial noise: the MAE that a \
          perfectly calibrated estimate e would have if each of the full answer's n documents \
          were in the searched part independently with probability e (E|Binomial(n, e)/n − e|); \
-         the estimate does better where rare terms pin the answer to known shards. The last two columns: the same answers estimated \
-         with simpler shares (each shard's share of all documents; of the query's largest \
-         document frequency, the previous model).\n"
+         the floor of any estimate that knows only each shard's probability of holding a \
+         document of the answer. The last two columns: the same answers estimated with the \
+         share model alone (each shard's share of all documents; its share of the query's best \
+         documents from per-shard document frequencies, `answer_share`).\n"
+    );
+    let costs: Vec<[u64; 2]> = samples.iter().filter_map(|s| s.cost_ns).collect();
+    let quantile = |model: usize, q: f64| {
+        let mut times: Vec<u64> = costs.iter().map(|c| c[model]).collect();
+        times.sort_unstable();
+        let index = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
+        times.get(index).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "Cost of the estimate per partial answer ({} answers, in process): median {:.1} µs, \
+         p99 {:.1} µs; the share model alone: median {:.2} µs, p99 {:.2} µs.\n",
+        costs.len(),
+        quantile(0, 0.5),
+        quantile(0, 0.99),
+        quantile(1, 0.5),
+        quantile(1, 0.99),
     );
 }
 
@@ -516,6 +536,26 @@ fn evaluate(
                 .collect();
             let partial = merge::merge(results, k as usize, known_docs, evidence);
             let (recall, ndcg) = measure(&partial, &full_rank, k as usize);
+            let cost_ns = partial.partial.then(|| {
+                let timed = |f: &dyn Fn() -> f64| {
+                    let started = Instant::now();
+                    std::hint::black_box(f());
+                    started.elapsed().as_nanos() as u64
+                };
+                [
+                    timed(&|| {
+                        quality::estimated_recall(
+                            &partial.shards,
+                            &partial.hits,
+                            k as usize,
+                            evidence,
+                        )
+                    }),
+                    timed(&|| {
+                        quality::share_recall(&partial.shards, evidence.map(|e| e.share.as_slice()))
+                    }),
+                ]
+            });
             let baseline = |share: Option<&[f64]>| {
                 if partial.partial {
                     quality::share_recall(&partial.shards, share)
@@ -532,6 +572,7 @@ fn evaluate(
                     baseline(None),
                     baseline(evidence.map(|e| e.share.as_slice())),
                 ],
+                cost_ns,
                 recall,
                 ndcg,
                 full: full.hits.len(),
