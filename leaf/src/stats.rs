@@ -23,6 +23,12 @@ impl ShardIndex {
     /// count, tokens of `title` and `body` (and of any other field the query
     /// names), and the document frequency of each (field, term).
     pub fn term_stats(&self, query: &str) -> Result<CorpusStats> {
+        self.term_stats_at_depth(query, IMPACT_DEPTH)
+    }
+
+    /// [`ShardIndex::term_stats`] with champion lists of at most `depth`
+    /// documents (0: none), for measuring what the lists cost.
+    pub fn term_stats_at_depth(&self, query: &str, depth: usize) -> Result<CorpusStats> {
         let parsed = self.parse_query(query)?;
         let schema = self.searcher.schema();
         let mut terms: BTreeSet<&Term> = BTreeSet::new();
@@ -42,7 +48,11 @@ impl ShardIndex {
                 field: schema.get_field_name(term.field()).to_string(),
                 term: text.to_string(),
                 doc_freq: self.searcher.doc_freq(term)?,
-                top: self.impacts(term, IMPACT_DEPTH)?,
+                top: if depth > 0 {
+                    self.impacts(term, depth)?
+                } else {
+                    Vec::new()
+                },
             });
         }
         let mut field_stats = Vec::with_capacity(fields.len());

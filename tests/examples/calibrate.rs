@@ -327,6 +327,54 @@ fn calibration(args: &Args, docs: &Arc<Vec<Document>>, queries: &[String]) {
         quantile(1, 0.5),
         quantile(1, 0.99),
     );
+    champion_list_cost(&shards[0], queries);
+}
+
+/// What champion lists add to a `TermStats` answer on one shard: time
+/// (in process, lists and no lists alternating per query) and encoded size.
+fn champion_list_cost(shard: &ShardIndex, queries: &[String]) {
+    use prost::Message;
+    let mut times: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut bytes = [0usize; 2];
+    for (index, query) in queries.iter().enumerate() {
+        for turn in 0..2 {
+            // Alternate which runs first, so that neither always finds the
+            // postings in the CPU cache.
+            let with_lists = (index + turn) % 2 == 0;
+            let depth = if with_lists { leaf::stats::IMPACT_DEPTH } else { 0 };
+            let started = Instant::now();
+            let Ok(stats) = shard.term_stats_at_depth(query, depth) else {
+                continue;
+            };
+            times[usize::from(with_lists)].push(started.elapsed().as_nanos() as u64);
+            bytes[usize::from(with_lists)] += stats.encoded_len();
+        }
+    }
+    let median = |times: &mut Vec<u64>| {
+        times.sort_unstable();
+        times.get(times.len() / 2).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    let p99 = |times: &Vec<u64>| {
+        times
+            .get((times.len() as f64 * 0.99) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let (without, with) = (median(&mut times[0]), median(&mut times[1]));
+    let n = queries.len().max(1);
+    println!(
+        "Champion lists in `TermStats` (shard 0, {} documents, the same {n} queries, in \
+         process): median {with:.1} µs (p99 {:.1} µs) with lists of {} against {without:.1} µs \
+         (p99 {:.1} µs) with document frequencies only; {} against {} bytes encoded per answer \
+         on average.\n",
+        shard.num_docs(),
+        p99(&times[1]),
+        leaf::stats::IMPACT_DEPTH,
+        p99(&times[0]),
+        bytes[1] / n,
+        bytes[0] / n,
+    );
 }
 
 fn print_row(variant: &str, rate: f64, group: &[&Sample]) {
