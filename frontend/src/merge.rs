@@ -49,6 +49,9 @@ pub struct Merged {
     pub coverage: Coverage,
     pub partial: bool,
     pub estimated_recall: f64,
+    /// The model behind `estimated_recall` (see [`crate::quality::estimate`]);
+    /// `complete` for a complete answer.
+    pub recall_model: &'static str,
     pub shards: Vec<ShardReport>,
     pub hedges: u32,
     pub hedges_won: u32,
@@ -165,16 +168,17 @@ pub fn merge(
     let partial = coverage.shards_answered < shards_total || cut_short;
     hits.sort_by(hit_order);
     hits.truncate(k);
-    let estimated_recall = if partial {
-        crate::quality::estimated_recall(&reports, &hits, k, evidence)
+    let (estimated_recall, recall_model) = if partial {
+        crate::quality::estimate(&reports, &hits, k, evidence)
     } else {
-        1.0
+        (1.0, "complete")
     };
     Merged {
         hits,
         coverage,
         partial,
         estimated_recall,
+        recall_model,
         shards: reports,
         hedges,
         hedges_won,

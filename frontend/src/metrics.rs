@@ -72,6 +72,7 @@ pub struct Metrics {
     pub cache_stores: IntCounterVec,
     pub cache_coalesced: IntCounter,
     pub term_stats: IntCounterVec,
+    pub recall_models: IntCounterVec,
     pub admission_limit: IntGauge,
     /// The latency objective as configured, for dashboards to draw.
     pub latency_objective: Gauge,
@@ -183,6 +184,13 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let recall_models = IntCounterVec::new(
+            opts!(
+                "frontend_recall_estimates_total",
+                "Partial answers by the model that estimated their recall (champion, share, documents)."
+            ),
+            &["model"],
+        )?;
         let admission_limit = IntGauge::new(
             "frontend_admission_limit",
             "Current adaptive concurrency limit.",
@@ -232,6 +240,7 @@ impl Metrics {
             cache_stores,
             cache_coalesced,
             term_stats,
+            recall_models,
             admission_limit,
             latency_objective,
             admission_in_flight,
@@ -257,6 +266,7 @@ impl Metrics {
         r.register(Box::new(metrics.cache_stores.clone()))?;
         r.register(Box::new(metrics.cache_coalesced.clone()))?;
         r.register(Box::new(metrics.term_stats.clone()))?;
+        r.register(Box::new(metrics.recall_models.clone()))?;
         r.register(Box::new(metrics.admission_limit.clone()))?;
         r.register(Box::new(metrics.latency_objective.clone()))?;
         r.register(Box::new(metrics.admission_in_flight.clone()))?;

@@ -107,13 +107,27 @@ pub fn estimated_recall(
     k: usize,
     evidence: Option<&Evidence>,
 ) -> f64 {
+    estimate(reports, hits, k, evidence).0
+}
+
+/// [`estimated_recall`], and the model that made it: `champion`, `share`
+/// or `documents` (each shard's share of all documents).
+pub fn estimate(
+    reports: &[ShardReport],
+    hits: &[Hit],
+    k: usize,
+    evidence: Option<&Evidence>,
+) -> (f64, &'static str) {
     if let Some(recall) = evidence
         .and_then(|e| e.impacts.as_deref())
         .and_then(|pairs| champion_recall(pairs, reports, hits, k))
     {
-        return recall;
+        return (recall, "champion");
     }
-    share_recall(reports, evidence.map(|e| e.share.as_slice()))
+    match evidence {
+        Some(evidence) => (share_recall(reports, Some(&evidence.share)), "share"),
+        None => (share_recall(reports, None), "documents"),
+    }
 }
 
 /// The champion-list model. Every shard's champion lists give a lower

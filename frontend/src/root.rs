@@ -274,6 +274,12 @@ impl Root {
         if !query_stats.complete() {
             merged.global_stats = false;
         }
+        if merged.partial {
+            self.metrics
+                .recall_models
+                .with_label_values(&[merged.recall_model])
+                .inc();
+        }
         for report in &merged.shards {
             self.metrics
                 .shard_outcomes

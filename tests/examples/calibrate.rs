@@ -341,7 +341,11 @@ fn champion_list_cost(shard: &ShardIndex, queries: &[String]) {
             // Alternate which runs first, so that neither always finds the
             // postings in the CPU cache.
             let with_lists = (index + turn) % 2 == 0;
-            let depth = if with_lists { leaf::stats::IMPACT_DEPTH } else { 0 };
+            let depth = if with_lists {
+                leaf::stats::IMPACT_DEPTH
+            } else {
+                0
+            };
             let started = Instant::now();
             let Ok(stats) = shard.term_stats_at_depth(query, depth) else {
                 continue;

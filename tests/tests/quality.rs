@@ -234,6 +234,19 @@ async fn one_missing_shard_of_four_is_estimated_close_to_the_measured_recall() {
         absolute_error <= 0.05,
         "mean absolute error of the estimate {absolute_error:.3}"
     );
+    // Operators see which model estimated: the champion lists for the plain
+    // queries, the share model for phrases (which do not score as sums).
+    let (_, metrics) = cluster.get_text("/metrics").await;
+    let count = |model: &str| {
+        let prefix = format!("frontend_recall_estimates_total{{model=\"{model}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("champion") > 100.0, "{metrics}");
+    assert!(count("share") > 0.0, "{metrics}");
+    assert_eq!(count("documents"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
