@@ -439,6 +439,41 @@ mod tests {
     }
 
     #[test]
+    fn listed_documents_score_as_the_leaves_score_them_bit_for_bit() {
+        let docs = leaf::generate_corpus(900, 4);
+        let shards: Vec<leaf::ShardIndex> = (0..3)
+            .map(|shard| leaf::ShardIndex::build_in_ram(shard, 3, &docs).unwrap())
+            .collect();
+        let parts: Vec<_> = shards
+            .iter()
+            .map(|shard| shard.term_stats("json").unwrap())
+            .collect();
+        let stats = crate::stats::QueryStats::from_shards("json", &parts);
+        let evidence = stats.evidence.as_deref().unwrap();
+        // Pairs come in (field, term) order: body:json first.
+        let body = &evidence.impacts.as_ref().unwrap()[0];
+        for (shard, index) in shards.iter().enumerate() {
+            let output = index
+                .search_text(
+                    "body:json",
+                    10,
+                    stats.stats.as_ref(),
+                    &leaf::Budget::unlimited(),
+                )
+                .unwrap();
+            assert!(output.global_stats && output.hits.len() == 10);
+            let mut listed: Vec<f32> = body.stats.top[shard]
+                .iter()
+                .map(|champion| body.score(champion))
+                .collect();
+            listed.sort_by(|a, b| b.total_cmp(a));
+            listed.truncate(10);
+            let scores: Vec<f32> = output.hits.iter().map(|hit| hit.score).collect();
+            assert_eq!(scores, listed, "shard {shard}");
+        }
+    }
+
+    #[test]
     fn listed_documents_of_a_missing_shard_displace_the_answers_last_hits() {
         // Shard 1's document with tf 6 beats all of shard 0's; its others
         // (tf 1; tf 2 in a long field) lose to shard 0's fifth (tf 2).
