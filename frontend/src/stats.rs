@@ -7,7 +7,9 @@
 //! index generations (a reindexed shard changes the set, which makes every
 //! old entry unreachable). A query seen before, or whose terms are all known,
 //! costs no extra round trip. When statistics cannot be had in time, the
-//! query is scored with shard-local statistics and the answer says so.
+//! query is scored with shard-local statistics and the answer says so; the
+//! round trip goes on in the background and fills the cache, so that short
+//! deadlines do not keep a query cold.
 //!
 //! Per-shard frequencies and champion lists are kept too: they tell the
 //! accuracy estimate what each shard would add to the answer (the
@@ -129,6 +131,15 @@ struct Totals {
     tokens: BTreeMap<String, Vec<u64>>,
 }
 
+/// How long a `TermStats` round trip may take. The request waits for it only
+/// until its own statistics deadline; past that it is scored with
+/// shard-local statistics while the round trip goes on and fills the cache,
+/// so that the next query with these terms is warm even under deadlines too
+/// short for a round trip.
+const FETCH_BUDGET: Duration = Duration::from_secs(1);
+
+/// Cheap to clone: the clones share the caches.
+#[derive(Clone)]
 pub struct TermStatsCache {
     /// (generation set, field, term) → the pair's statistics per shard,
     /// bounded by bytes (champion lists make up most of them).
@@ -168,7 +179,8 @@ impl TermStatsCache {
     }
 
     /// Statistics for `query`, from the cache or from one round trip to one
-    /// replica of every shard that ends by `deadline`.
+    /// replica of every shard if it ends by `deadline` (see
+    /// [`FETCH_BUDGET`]).
     pub async fn for_query(&self, query: &str, routing: &Routing, deadline: Instant) -> QueryStats {
         let topology = routing.snapshot();
         let generations = topology.generations();
@@ -182,18 +194,35 @@ impl TermStatsCache {
         if let Some(warm) = self.warm(set, &normalized, query) {
             return warm;
         }
+        let cache = self.clone();
+        let owned = query.to_string();
+        let fetch = tokio::spawn(async move {
+            cache
+                .fetch(&owned, &topology.shards, &generations, set, normalized)
+                .await
+        });
+        match tokio::time::timeout_at(deadline, fetch).await {
+            Ok(Ok(stats)) => stats,
+            // Out of time: the fetch goes on and fills the cache.
+            Ok(Err(_)) | Err(_) => QueryStats::local(),
+        }
+    }
+
+    /// One `TermStats` round trip to one replica of every shard, within
+    /// [`FETCH_BUDGET`]; complete answers go into the cache.
+    async fn fetch(
+        &self,
+        query: &str,
+        shards: &[Vec<Arc<crate::topology::Replica>>],
+        generations: &[u64],
+        set: u64,
+        normalized: String,
+    ) -> QueryStats {
         // One replica per shard; the first live one (stats are identical
         // across replicas of one generation).
-        let calls = topology.shards.iter().map(|replicas| {
+        let calls = shards.iter().map(|replicas| {
             let replica = replicas.first().cloned();
-            async move {
-                let replica = replica?;
-                let budget = deadline.saturating_duration_since(Instant::now());
-                if budget.is_zero() {
-                    return None;
-                }
-                replica.client.term_stats(query, budget).await.ok()
-            }
+            async move { replica?.client.term_stats(query, FETCH_BUDGET).await.ok() }
         });
         let answers = futures::future::join_all(calls).await;
         let complete = answers.iter().all(|a| {
@@ -497,6 +526,114 @@ mod tests {
             .collect();
         assert_eq!(body, ["fast", "json", "parser", "stream"]);
         assert!(local_terms("title:json").is_none());
+    }
+
+    /// A leaf whose `TermStats` takes `delay` and reports `json` in five
+    /// of its hundred documents.
+    struct SlowStats {
+        shard: u32,
+        delay: Duration,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::leaf_client::LeafService for SlowStats {
+        async fn search(
+            &self,
+            _: proto::leaf::SearchRequest,
+            _: Duration,
+        ) -> Result<proto::leaf::SearchResponse, crate::leaf_client::CallError> {
+            Err(crate::leaf_client::CallError::Failed("not used".into()))
+        }
+
+        async fn term_stats(
+            &self,
+            _: &str,
+            _: Duration,
+        ) -> Result<proto::leaf::TermStatsResponse, crate::leaf_client::CallError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let term = |field: &str| TermStat {
+                field: field.to_string(),
+                term: "json".to_string(),
+                doc_freq: 5,
+                top: Vec::new(),
+            };
+            Ok(proto::leaf::TermStatsResponse {
+                shard: self.shard,
+                generation: 1,
+                stats: Some(CorpusStats {
+                    num_docs: 100,
+                    fields: ["body", "title"]
+                        .map(|field| FieldStats {
+                            field: field.to_string(),
+                            total_tokens: 1000,
+                        })
+                        .into(),
+                    terms: vec![term("body"), term("title")],
+                    layout: 1,
+                }),
+            })
+        }
+
+        async fn info(
+            &self,
+            _: Duration,
+        ) -> Result<proto::leaf::InfoResponse, crate::leaf_client::CallError> {
+            Err(crate::leaf_client::CallError::Failed("not used".into()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_trip_cut_off_by_the_deadline_still_warms_the_cache() {
+        let leaves: Vec<Arc<SlowStats>> = (0..2)
+            .map(|shard| {
+                Arc::new(SlowStats {
+                    shard,
+                    delay: Duration::from_millis(50),
+                    calls: Default::default(),
+                })
+            })
+            .collect();
+        let lookup = leaves.clone();
+        let factory: crate::topology::ClientFactory = Arc::new(move |member: &lease::Member| {
+            let leaf = Arc::clone(&lookup[member.shard as usize]);
+            Some(leaf as Arc<dyn crate::leaf_client::LeafService>)
+        });
+        let routing = Routing::new(2, factory);
+        routing.apply(
+            &(0..2)
+                .map(|shard| lease::Member {
+                    lease_id: u64::from(shard) + 1,
+                    role: lease::Role::Leaf,
+                    shard,
+                    address: format!("leaf{shard}"),
+                    generation: 1,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let cache = TermStatsCache::default();
+        let deadline = || Instant::now() + Duration::from_millis(10);
+
+        // The round trip takes longer than the query may wait: local
+        // scoring, said so.
+        let first = cache.for_query("json", &routing, deadline()).await;
+        assert_eq!(first.source, "local");
+        assert!(first.stats.is_none());
+
+        // It went on, and the next query with the term is warm without
+        // another round trip.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = cache.for_query("JSON", &routing, deadline()).await;
+        assert_eq!(second.source, "warm");
+        let stats = second.stats.unwrap();
+        assert_eq!(stats.num_docs, 200);
+        assert!(stats.terms.iter().all(|term| term.doc_freq == 10));
+        let calls: usize = leaves
+            .iter()
+            .map(|leaf| leaf.calls.load(std::sync::atomic::Ordering::SeqCst))
+            .sum();
+        assert_eq!(calls, 2);
     }
 
     #[test]
