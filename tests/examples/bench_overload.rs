@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use frontend::FrontendConfig;
 use tests::bench::{self, ExtraFrontend, Load, Pick, Sample};
-use tests::TestCluster;
 
 fn within(samples: &[Sample], objective_ms: f64) -> usize {
     samples
@@ -31,17 +30,8 @@ async fn main() {
     let seconds: f64 = bench::arg_num("--seconds", 10.0);
     let documents = bench::load_documents(&corpus);
 
-    let cluster = TestCluster::builder()
-        .shards(4)
-        .replicas(1)
-        .documents(documents)
-        .frontend(|c| c.cache = false)
-        .build()
-        .await;
-    let leaves: Vec<String> = cluster
-        .leaves()
-        .map(|l| l.advertised().to_string())
-        .collect();
+    // Kept alive to the end: the extra frontends search its leaves.
+    let (_cluster, leaves) = bench::uncached_cluster(documents, 1).await;
     let config = |admission: bool| {
         let mut config = FrontendConfig::new(4);
         config.admission.enabled = admission;

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use frontend::FrontendConfig;
 use tests::bench::{self, ExtraFrontend, Load, Pick};
-use tests::TestCluster;
 
 #[tokio::main]
 async fn main() {
@@ -25,17 +24,7 @@ async fn main() {
     let timeout_ms: u64 = bench::arg_num("--timeout-ms", 100);
     let documents = bench::load_documents(&corpus);
 
-    let cluster = TestCluster::builder()
-        .shards(4)
-        .replicas(2)
-        .documents(documents)
-        .frontend(|c| c.cache = false)
-        .build()
-        .await;
-    let leaves: Vec<String> = cluster
-        .leaves()
-        .map(|l| l.advertised().to_string())
-        .collect();
+    let (cluster, leaves) = bench::uncached_cluster(documents, 2).await;
 
     let config = |wait_for_all: bool, tolerant: bool| {
         let mut config = FrontendConfig::new(4);

@@ -24,6 +24,27 @@ pub const DEFAULT_QUERIES: &str = concat!(
     "/../../shared/corpus/npm-packages.queries.txt"
 );
 
+/// A cluster of 4 shards × `replicas` over `documents` whose frontend does
+/// not use the cache tier, and its leaves' addresses (for extra frontends
+/// with other configurations over the same leaves).
+pub async fn uncached_cluster(
+    documents: Arc<Vec<Document>>,
+    replicas: u32,
+) -> (crate::TestCluster, Vec<String>) {
+    let cluster = crate::TestCluster::builder()
+        .shards(4)
+        .replicas(replicas)
+        .documents(documents)
+        .frontend(|c| c.cache = false)
+        .build()
+        .await;
+    let leaves = cluster
+        .leaves()
+        .map(|leaf| leaf.advertised().to_string())
+        .collect();
+    (cluster, leaves)
+}
+
 /// `--name VALUE` from the command line, else `default`.
 pub fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
