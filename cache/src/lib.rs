@@ -351,11 +351,17 @@ struct Parts {
 
 /// Waits for a stop, a kill or a failed server, and carries out the stop.
 async fn supervise(mut parts: Parts) -> Result<()> {
+    // A kill also ends the gRPC server, so it is checked first: a killed
+    // server must not look like a failed one and revoke its leases.
     let failure = tokio::select! {
-        () = parts.stop.cancelled() => None,
+        biased;
         () = parts.kill.cancelled() => return Ok(()),
+        () = parts.stop.cancelled() => None,
         result = &mut parts.grpc_task => Some(flatten(result)),
     };
+    if parts.kill.is_cancelled() {
+        return Ok(());
+    }
     if let Some(result) = failure {
         // The gRPC server ended on its own: nothing left to serve.
         tracing::error!(result = ?result, "grpc server stopped unexpectedly");
