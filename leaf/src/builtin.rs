@@ -69,15 +69,17 @@ pub fn sample_queries(count: usize, seed: u64) -> Vec<String> {
     queries
 }
 
-/// Steele, Lea and Flood's splitmix64: tiny, fast, and fixed forever.
-struct SplitMix64(u64);
+/// Steele, Lea and Flood's splitmix64: tiny, fast, and fixed forever, so the
+/// built-in corpus (and anything else seeded with it, such as the
+/// calibration tool's shard drops) never changes with a crate version.
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -87,12 +89,17 @@ impl SplitMix64 {
 
     /// A number in `0..n` (n > 0); the modulo bias is irrelevant here.
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// True with probability `percent`/100.
     fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {

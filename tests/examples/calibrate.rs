@@ -45,6 +45,7 @@ use frontend::merge::{self, Merged};
 use frontend::quality;
 use frontend::stats::QueryStats;
 use frontend::{Frontend, FrontendConfig};
+use leaf::builtin::SplitMix64;
 use leaf::{Budget, Document, SearchOutput, ShardIndex};
 use proto::leaf::CorpusStats;
 use serde_json::{json, Value};
@@ -672,28 +673,6 @@ fn compare(merged: &Merged, reference: &SearchOutput) -> (bool, f64) {
 fn relative(a: f32, b: f32) -> f64 {
     let (a, b) = (f64::from(a), f64::from(b));
     (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
-}
-
-/// Steele, Lea and Flood's splitmix64: seeded, reproducible, no dependency.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 // ---------------------------------------------------------------------------
