@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod etcd;
+pub mod layers;
 pub mod prom;
 
 use std::net::SocketAddr;

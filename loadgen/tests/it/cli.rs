@@ -1,11 +1,9 @@
 //! Runs the built `loadgen` binary: exit codes, messages and output files.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{serve, Behaviour};
+use crate::common::{serve, Behaviour};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
 

@@ -1,10 +1,8 @@
 //! Runs the library against a fake search API with known latency.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{serve, Behaviour};
+use crate::common::{serve, Behaviour};
 use loadgen::{Config, QueryOrder, QuerySource, Stage};
 
 fn config(url: &str, rate: f64, duration_ms: u64, queries: &[&str]) -> Config {

@@ -1,0 +1,3 @@
+//! The cache server's integration tests, in one binary.
+
+mod server;

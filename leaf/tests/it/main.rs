@@ -1,0 +1,5 @@
+//! The leaf's integration tests, in one binary: a real leaf over gRPC on
+//! loopback (`grpc`), and a leaf holding a lease (`leases`).
+
+mod grpc;
+mod leases;
