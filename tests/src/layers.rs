@@ -248,8 +248,12 @@ fn cycle_problems(krate: &str, graph: &ModuleGraph) -> Vec<String> {
 
 fn rule_problems(crates: &BTreeMap<String, Vec<ModuleGraph>>, rules: &[Rule]) -> Vec<String> {
     let mut problems = Vec::new();
+    let mut missing = BTreeSet::new();
     for rule in rules {
         let Some(graphs) = crates.get(rule.krate) else {
+            if !missing.insert(rule.krate) {
+                continue;
+            }
             problems.push(format!(
                 "layer rule for crate `{}`: no such crate in the workspace (rename or drop the rule)",
                 rule.krate
