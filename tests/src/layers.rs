@@ -35,7 +35,8 @@ pub struct Rule {
 }
 
 /// The declared layers. The serving core of the frontend depends only
-/// downward: `http` → `query` → `cluster`.
+/// downward: `http` → `query` → `cluster`, and its `metrics` (used by all
+/// three) on none of them.
 pub const RULES: &[Rule] = &[
     Rule {
         krate: "frontend-core",
@@ -46,6 +47,11 @@ pub const RULES: &[Rule] = &[
         krate: "frontend-core",
         module: "cluster",
         must_not_import: &["query", "http"],
+    },
+    Rule {
+        krate: "frontend-core",
+        module: "metrics",
+        must_not_import: &["http", "query", "cluster"],
     },
 ];
 
