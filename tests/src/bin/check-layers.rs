@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(tests::prom::workspace_root);
+    let root = root.canonicalize().unwrap_or(root);
     match tests::layers::check_workspace(&root, tests::layers::RULES) {
         Ok(()) => {
             println!(
