@@ -75,8 +75,8 @@ use prometheus::IntCounter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::query::error::QueryError;
 
 /// Seconds a shed client is told to wait before it retries.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -181,8 +181,8 @@ impl Admission {
     }
 
     /// Admits the request now, after a short wait in the queue, or not at
-    /// all: the error is a 503 `overloaded` with `Retry-After`.
-    pub async fn admit(&self) -> Result<Permit, ApiError> {
+    /// all: [`QueryError::Overloaded`], with the time to wait before a retry.
+    pub async fn admit(&self) -> Result<Permit, QueryError> {
         let (id, granted) = match self.shared.enter(Instant::now()) {
             Entry::Admitted => return Ok(Permit::new(&self.shared)),
             Entry::Rejected(reason) => return Err(self.shared.reject(reason)),
@@ -241,17 +241,28 @@ impl Drop for Permit {
 }
 
 /// Why a request was shed; the label of `admission_rejections`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Rejection {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
     QueueFull,
     QueueTimeout,
 }
 
 impl Rejection {
-    fn label(self) -> &'static str {
+    pub const ALL: &'static [Rejection] = &[Rejection::QueueFull, Rejection::QueueTimeout];
+
+    /// The name in metric labels.
+    pub fn label(&self) -> &'static str {
         match self {
             Rejection::QueueFull => "queue_full",
             Rejection::QueueTimeout => "queue_timeout",
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "too many requests in flight and queued; retry later",
+            Rejection::QueueTimeout => "no capacity freed up in time; retry later",
         }
     }
 }
@@ -381,16 +392,15 @@ impl Shared {
         }
     }
 
-    fn reject(&self, reason: Rejection) -> ApiError {
-        let message = match reason {
-            Rejection::QueueFull => "too many requests in flight and queued; retry later",
-            Rejection::QueueTimeout => "no capacity freed up in time; retry later",
-        };
+    fn reject(&self, reason: Rejection) -> QueryError {
         match reason {
             Rejection::QueueFull => self.queue_full.inc(),
             Rejection::QueueTimeout => self.queue_timeout.inc(),
         }
-        ApiError::unavailable("overloaded", message, RETRY_AFTER_SECS)
+        QueryError::Overloaded {
+            reason,
+            retry_after_secs: RETRY_AFTER_SECS,
+        }
     }
 
     fn publish(&self, state: &State) {

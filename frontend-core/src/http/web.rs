@@ -32,12 +32,12 @@ use axum::Router;
 use crate::http::AppState;
 
 /// The search page.
-const INDEX_HTML: &str = include_str!("../assets/index.html");
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
 /// The cluster status page.
-const STATUS_HTML: &str = include_str!("../assets/status.html");
-const APP_JS: &str = include_str!("../assets/app.js");
-const STATUS_JS: &str = include_str!("../assets/status.js");
-const STYLE_CSS: &str = include_str!("../assets/style.css");
+const STATUS_HTML: &str = include_str!("../../assets/status.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const STATUS_JS: &str = include_str!("../../assets/status.js");
+const STYLE_CSS: &str = include_str!("../../assets/style.css");
 
 const HTML: &str = "text/html; charset=utf-8";
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";

@@ -16,14 +16,15 @@
 
 use std::sync::Arc;
 
-use leaf::stats::{bm25_idf, bm25_tf_factor, BM25_K1};
 use proto::leaf::Hit;
+use scoring::{bm25_idf, BM25_K1};
 
-use crate::merge::ShardReport;
-use crate::stats::{Champion, PairStats};
+use crate::query::merge::{ShardReport, ShardState};
+use crate::query::term_stats::PairStats;
+use scoring::Champion;
 
 /// What the frontend knows about a query's terms on every shard when it
-/// merges (built by [`crate::stats`] from the shards' `TermStats`).
+/// merges (built by [`crate::query::term_stats`] from the shards' `TermStats`).
 #[derive(Clone, Debug)]
 pub struct Evidence {
     /// Each shard's expected share of the query's best documents
@@ -54,7 +55,8 @@ pub struct PairModel {
     weight: f32,
     /// Corpus-wide average length of the field.
     avg_length: f32,
-    stats: Arc<PairStats>,
+    /// The pair on every shard (frequencies and champion lists).
+    pub stats: Arc<PairStats>,
 }
 
 impl PairModel {
@@ -82,12 +84,7 @@ impl PairModel {
     /// The pair's contribution to the score of a document, as a leaf
     /// scoring with the same statistics computes it.
     pub fn score(&self, champion: &Champion) -> f32 {
-        self.weight
-            * bm25_tf_factor(
-                champion.term_freq.into(),
-                champion.field_length.into(),
-                self.avg_length,
-            )
+        self.weight * champion.tf_factor(self.avg_length)
     }
 
     /// Shard `shard`'s champion list, `None` when the shard has the term but
@@ -110,23 +107,58 @@ pub fn estimated_recall(
     estimate(reports, hits, k, evidence).0
 }
 
-/// [`estimated_recall`], and the model that made it: `champion`, `share`
-/// or `documents` (each shard's share of all documents).
+/// The model behind an answer's `estimated_recall`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecallModel {
+    /// The answer is complete: nothing to estimate.
+    Complete,
+    /// Champion lists predicted what the missing parts would add.
+    Champion,
+    /// Each shard's share of the query's best documents.
+    Share,
+    /// Each shard's share of all documents.
+    Documents,
+}
+
+impl RecallModel {
+    pub const ALL: &'static [RecallModel] = &[
+        RecallModel::Complete,
+        RecallModel::Champion,
+        RecallModel::Share,
+        RecallModel::Documents,
+    ];
+
+    /// The name in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RecallModel::Complete => "complete",
+            RecallModel::Champion => "champion",
+            RecallModel::Share => "share",
+            RecallModel::Documents => "documents",
+        }
+    }
+}
+
+/// [`estimated_recall`], and the model that made it: champion lists, the
+/// share model or each shard's share of all documents.
 pub fn estimate(
     reports: &[ShardReport],
     hits: &[Hit],
     k: usize,
     evidence: Option<&Evidence>,
-) -> (f64, &'static str) {
+) -> (f64, RecallModel) {
     if let Some(recall) = evidence
         .and_then(|e| e.impacts.as_deref())
         .and_then(|pairs| champion_recall(pairs, reports, hits, k))
     {
-        return (recall, "champion");
+        return (recall, RecallModel::Champion);
     }
     match evidence {
-        Some(evidence) => (share_recall(reports, Some(&evidence.share)), "share"),
-        None => (share_recall(reports, None), "documents"),
+        Some(evidence) => (
+            share_recall(reports, Some(&evidence.share)),
+            RecallModel::Share,
+        ),
+        None => (share_recall(reports, None), RecallModel::Documents),
     }
 }
 
@@ -172,8 +204,8 @@ pub fn champion_recall(
         let shard = report.shard as usize;
         let total = report.docs_total.max(report.docs_searched);
         let searched_docs = match report.state {
-            "answered" => total,
-            "partial" => report.docs_searched,
+            ShardState::Answered => total,
+            ShardState::Partial => report.docs_searched,
             _ => 0,
         };
         docs_searched += searched_docs;
@@ -208,7 +240,7 @@ pub fn champion_recall(
             }
         }
         extra_matches += largest_rest;
-        let by_position = report.state != "partial"
+        let by_position = report.state != ShardState::Partial
             || layout.is_some_and(|layout| layout != 0 && layout == report.layout);
         // Each document's parts summed.
         parts.sort_unstable_by_key(|part| part.0);
@@ -325,8 +357,8 @@ pub fn share_recall(reports: &[ShardReport], match_share: Option<&[f64]>) -> f64
         };
         weight_total += share;
         let unsearched = match report.state {
-            "answered" => 0.0,
-            "partial" if report.docs_total > 0 => {
+            ShardState::Answered => 0.0,
+            ShardState::Partial if report.docs_total > 0 => {
                 1.0 - report.docs_searched as f64 / report.docs_total as f64
             }
             _ => 1.0,
@@ -347,7 +379,7 @@ mod tests {
     fn report(shard: u32, state: &'static str, searched: u64, total: u64) -> ShardReport {
         ShardReport {
             shard,
-            state,
+            state: ShardState::from_label(state).unwrap(),
             docs_searched: searched,
             docs_total: total,
             took_ms: 1.0,
@@ -436,41 +468,6 @@ mod tests {
                 ..Hit::default()
             })
             .collect()
-    }
-
-    #[test]
-    fn listed_documents_score_as_the_leaves_score_them_bit_for_bit() {
-        let docs = leaf::generate_corpus(900, 4);
-        let shards: Vec<leaf::ShardIndex> = (0..3)
-            .map(|shard| leaf::ShardIndex::build_in_ram(shard, 3, &docs).unwrap())
-            .collect();
-        let parts: Vec<_> = shards
-            .iter()
-            .map(|shard| shard.term_stats("json").unwrap())
-            .collect();
-        let stats = crate::stats::QueryStats::from_shards("json", &parts);
-        let evidence = stats.evidence.as_deref().unwrap();
-        // Pairs come in (field, term) order: body:json first.
-        let body = &evidence.impacts.as_ref().unwrap()[0];
-        for (shard, index) in shards.iter().enumerate() {
-            let output = index
-                .search_text(
-                    "body:json",
-                    10,
-                    stats.stats.as_ref(),
-                    &leaf::Budget::unlimited(),
-                )
-                .unwrap();
-            assert!(output.global_stats && output.hits.len() == 10);
-            let mut listed: Vec<f32> = body.stats.top[shard]
-                .iter()
-                .map(|champion| body.score(champion))
-                .collect();
-            listed.sort_by(|a, b| b.total_cmp(a));
-            listed.truncate(10);
-            let scores: Vec<f32> = output.hits.iter().map(|hit| hit.score).collect();
-            assert_eq!(scores, listed, "shard {shard}");
-        }
     }
 
     #[test]

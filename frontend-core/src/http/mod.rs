@@ -1,5 +1,17 @@
-//! The HTTP surface: `/search` (GET and POST), `/cluster`, `/healthz`,
-//! `/readyz`, `/metrics`. Only the frontend speaks HTTP to clients.
+//! The HTTP edge: `/search` (GET and POST), `/cluster`, `/healthz`,
+//! `/readyz`, `/metrics` and the pages. Only the frontend speaks HTTP to
+//! clients, and inside it only this layer knows JSON and status codes: it
+//! parses requests into [`crate::query`]'s types ([`api`]), turns the
+//! query layer's results into response bodies and its errors into statuses
+//! ([`error`]).
+//!
+//! **Invariant:** `http` is the only layer that knows JSON and status
+//! codes; the layers below never import it.
+
+pub mod api;
+pub mod cluster_view;
+pub mod error;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -11,12 +23,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::time::Instant;
 
-use crate::admission::Admission;
-use crate::api::{SearchBody, SearchParams};
-use crate::cluster::cluster_view;
-use crate::error::ApiError;
+use crate::http::api::{SearchBody, SearchParams};
+use crate::http::cluster_view::cluster_view;
+use crate::http::error::{ApiError, ErrorCode, RequestOutcome};
 use crate::metrics::Metrics;
-use crate::root::Root;
+use crate::query::admission::Admission;
+use crate::query::root::{Answer, CacheResult, Root};
 
 /// Largest accepted `POST /search` body.
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -44,7 +56,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .merge(crate::web::router())
+        .merge(crate::http::web::router())
         .fallback(not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -75,64 +87,72 @@ async fn search_post(State(app): State<AppState>, request: Request) -> Response 
             Err(error) => Err(error),
         },
         Err(_) => Err(ApiError::bad_request(
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request body larger than {MAX_BODY_BYTES} bytes or unreadable"),
         )),
     };
     respond(&app, result, started)
 }
 
-async fn run(app: &AppState, params: SearchParams) -> Result<SearchBody, ApiError> {
+async fn run(app: &AppState, params: SearchParams) -> Result<Answer, ApiError> {
     let mut permit = app.admission.admit().await?;
     let result = app.root.search(&params).await;
-    if let Ok(body) = &result {
-        permit.set_service_time(service_time(body));
+    if let Ok(answer) = &result {
+        permit.set_service_time(answer.service_time());
     }
-    result
+    Ok(result?)
 }
 
-/// The request's latency less the time spent waiting for shards that never
-/// answered: what admission control should judge concurrency by.
-fn service_time(body: &SearchBody) -> std::time::Duration {
-    let slowest = |answered_only: bool| {
-        body.shards
-            .iter()
-            .filter(|s| !answered_only || matches!(s.state, "answered" | "partial"))
-            .map(|s| s.took_ms)
-            .fold(0.0, f64::max)
-    };
-    let waited_in_vain = (slowest(false) - slowest(true)).max(0.0);
-    std::time::Duration::from_secs_f64((body.took_ms - waited_in_vain).max(0.0) / 1000.0)
+/// The `cache` label of `frontend_search_duration_seconds` for a request
+/// that got no answer.
+const NO_ANSWER: &str = "none";
+
+/// Pre-registers the series this layer labels, so that dashboards see zeros
+/// from the start.
+pub fn preregister(metrics: &Metrics) {
+    for outcome in RequestOutcome::ALL {
+        metrics.requests.with_label_values(&[outcome.label()]);
+    }
+    for cache in CacheResult::ALL {
+        metrics.duration.with_label_values(&[cache.label()]);
+    }
+    metrics.duration.with_label_values(&[NO_ANSWER]);
 }
 
-fn respond(app: &AppState, result: Result<SearchBody, ApiError>, started: Instant) -> Response {
+fn respond(app: &AppState, result: Result<Answer, ApiError>, started: Instant) -> Response {
     let elapsed = started.elapsed().as_secs_f64();
     match result {
-        Ok(body) => {
-            let outcome = if body.partial { "partial" } else { "complete" };
-            app.metrics.requests.with_label_values(&[outcome]).inc();
-            let cache = match body.cache {
-                crate::api::CacheResult::Hit => "hit",
-                crate::api::CacheResult::Miss => "miss",
-                crate::api::CacheResult::Bypass => "bypass",
+        Ok(answer) => {
+            let outcome = if answer.partial {
+                RequestOutcome::Partial
+            } else {
+                RequestOutcome::Complete
             };
             app.metrics
+                .requests
+                .with_label_values(&[outcome.label()])
+                .inc();
+            app.metrics
                 .duration
-                .with_label_values(&[cache])
+                .with_label_values(&[answer.cache.label()])
                 .observe(elapsed);
-            app.metrics.coverage.observe(body.coverage.percent / 100.0);
-            app.metrics.estimated_recall.observe(body.estimated_recall);
-            Json(body).into_response()
+            app.metrics
+                .coverage
+                .observe(answer.coverage.percent / 100.0);
+            app.metrics
+                .estimated_recall
+                .observe(answer.estimated_recall);
+            Json(SearchBody::from(&answer)).into_response()
         }
         Err(error) => {
             app.metrics
                 .requests
-                .with_label_values(&[error.outcome()])
+                .with_label_values(&[error.outcome().label()])
                 .inc();
             if error.status != StatusCode::BAD_REQUEST {
                 app.metrics
                     .duration
-                    .with_label_values(&["none"])
+                    .with_label_values(&[NO_ANSWER])
                     .observe(elapsed);
             }
             error.into_response()
@@ -167,7 +187,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 async fn not_found() -> Response {
     ApiError {
         status: StatusCode::NOT_FOUND,
-        code: "not_found",
+        code: ErrorCode::NotFound,
         message: "no such endpoint; try GET /search?q=…".into(),
         retry_after: None,
         answer: None,
@@ -176,54 +196,10 @@ async fn not_found() -> Response {
 }
 
 async fn shed_response(_: tower::BoxError) -> Response {
-    ApiError::unavailable("overloaded", "too many requests in flight", 1).into_response()
+    ApiError::unavailable(ErrorCode::Overloaded, "too many requests in flight", 1).into_response()
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
     tracing::error!("a request handler panicked");
     ApiError::internal("internal error").into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::{CacheResult, HedgeBody};
-    use crate::merge::{Coverage, ShardReport};
-
-    fn shard(shard: u32, state: &'static str, took_ms: f64) -> ShardReport {
-        ShardReport {
-            shard,
-            state,
-            docs_searched: 0,
-            docs_total: 0,
-            took_ms,
-            hedges: 0,
-            hedge_won: false,
-            layout: 0,
-        }
-    }
-
-    #[test]
-    fn service_time_leaves_out_the_wait_for_shards_that_never_answered() {
-        let body = SearchBody {
-            hits: Vec::new(),
-            partial: true,
-            coverage: Coverage::default(),
-            estimated_recall: 0.5,
-            cache: CacheResult::Miss,
-            took_ms: 152.0,
-            global_stats: true,
-            hedges: HedgeBody::default(),
-            shards: vec![shard(0, "answered", 5.0), shard(1, "timed_out", 150.0)],
-        };
-        let time = service_time(&body);
-        assert!((time.as_secs_f64() - 0.007).abs() < 1e-9, "{time:?}");
-        let complete = SearchBody {
-            partial: false,
-            shards: vec![shard(0, "answered", 5.0), shard(1, "answered", 9.0)],
-            took_ms: 10.0,
-            ..body
-        };
-        assert!((service_time(&complete).as_secs_f64() - 0.010).abs() < 1e-9);
-    }
 }

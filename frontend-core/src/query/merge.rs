@@ -6,13 +6,13 @@
 
 use std::cmp::Ordering;
 
+use crate::query::estimate::{Evidence, RecallModel};
+use crate::query::fanout::{ShardOutcome, ShardResult};
 use proto::leaf::Hit;
-use serde::Serialize;
 
-use crate::fanout::{ShardOutcome, ShardResult};
-
-/// How complete an answer is, in the response's own names.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// How complete an answer is (`http::api` shows it to clients under these
+/// names).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Coverage {
     pub shards_total: u32,
     pub shards_answered: u32,
@@ -24,12 +24,58 @@ pub struct Coverage {
     pub percent: f64,
 }
 
+/// What became of one shard's part of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardState {
+    /// Searched all its documents.
+    Answered,
+    /// Answered but cut short (early termination or a partial scan).
+    Partial,
+    TimedOut,
+    Failed,
+    /// No replica held a live lease.
+    Unavailable,
+}
+
+impl ShardState {
+    pub const ALL: &'static [ShardState] = &[
+        ShardState::Answered,
+        ShardState::Partial,
+        ShardState::TimedOut,
+        ShardState::Failed,
+        ShardState::Unavailable,
+    ];
+
+    /// The name in responses and in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ShardState::Answered => "answered",
+            ShardState::Partial => "partial",
+            ShardState::TimedOut => "timed_out",
+            ShardState::Failed => "failed",
+            ShardState::Unavailable => "unavailable",
+        }
+    }
+
+    /// The state named `label`, if any.
+    pub fn from_label(label: &str) -> Option<ShardState> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|state| state.label() == label)
+    }
+
+    /// True when the shard answered, completely or not.
+    pub fn answered(&self) -> bool {
+        matches!(self, ShardState::Answered | ShardState::Partial)
+    }
+}
+
 /// What became of one shard, for the response and for the status page.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ShardReport {
     pub shard: u32,
-    /// `answered`, `partial` (cut short), `timed_out`, `failed`, `unavailable`.
-    pub state: &'static str,
+    pub state: ShardState,
     pub docs_searched: u64,
     pub docs_total: u64,
     pub took_ms: f64,
@@ -37,8 +83,7 @@ pub struct ShardReport {
     pub hedge_won: bool,
     /// Scan-order fingerprint of the replica that answered (0: none), which
     /// tells the accuracy estimate whether its champion lists' positions
-    /// apply to this answer's `docs_searched`.
-    #[serde(skip)]
+    /// apply to this answer's `docs_searched`. Not shown to clients.
     pub layout: u64,
 }
 
@@ -49,9 +94,9 @@ pub struct Merged {
     pub coverage: Coverage,
     pub partial: bool,
     pub estimated_recall: f64,
-    /// The model behind `estimated_recall` (see [`crate::quality::estimate`]);
+    /// The model behind `estimated_recall` (see [`crate::query::estimate::estimate`]);
     /// `complete` for a complete answer.
-    pub recall_model: &'static str,
+    pub recall_model: RecallModel,
     pub shards: Vec<ShardReport>,
     pub hedges: u32,
     pub hedges_won: u32,
@@ -74,12 +119,12 @@ pub fn hit_order(a: &Hit, b: &Hit) -> Ordering {
 /// Merges shard results into the top `k`. `known_docs[s]` is the last
 /// known document count of shard `s`, used for shards that did not answer;
 /// `evidence`, when known, is what the accuracy estimate knows about the
-/// query's terms on every shard (see [`crate::quality`]).
+/// query's terms on every shard (see [`crate::query::estimate`]).
 pub fn merge(
     results: Vec<ShardResult>,
     k: usize,
     known_docs: &[u64],
-    evidence: Option<&crate::quality::Evidence>,
+    evidence: Option<&Evidence>,
 ) -> Merged {
     let shards_total = results.len() as u32;
     // A shard never heard from counts as an average one, so that coverage
@@ -123,23 +168,27 @@ pub fn merge(
                     response.early_terminated || response.docs_searched < response.docs_total;
                 cut_short |= short;
                 hits.extend(response.hits);
-                let state = if short { "partial" } else { "answered" };
+                let state = if short {
+                    ShardState::Partial
+                } else {
+                    ShardState::Answered
+                };
                 (state, response.docs_searched, response.docs_total)
             }
             ShardOutcome::TimedOut => {
                 coverage.shards_timed_out += 1;
-                ("timed_out", 0, known)
+                (ShardState::TimedOut, 0, known)
             }
             ShardOutcome::Failed(error) => {
-                if let crate::leaf_client::CallError::InvalidQuery(message) = &error {
+                if let crate::cluster::leaf_client::CallError::InvalidQuery(message) = &error {
                     invalid_query.get_or_insert_with(|| message.clone());
                 }
                 coverage.shards_failed += 1;
-                ("failed", 0, known)
+                (ShardState::Failed, 0, known)
             }
             ShardOutcome::Unavailable => {
                 coverage.shards_unavailable += 1;
-                ("unavailable", 0, known)
+                (ShardState::Unavailable, 0, known)
             }
         };
         coverage.docs_searched += searched;
@@ -169,9 +218,9 @@ pub fn merge(
     hits.sort_by(hit_order);
     hits.truncate(k);
     let (estimated_recall, recall_model) = if partial {
-        crate::quality::estimate(&reports, &hits, k, evidence)
+        crate::query::estimate::estimate(&reports, &hits, k, evidence)
     } else {
-        (1.0, "complete")
+        (1.0, RecallModel::Complete)
     };
     Merged {
         hits,
@@ -195,7 +244,7 @@ mod tests {
     use proto::leaf::SearchResponse;
 
     use super::*;
-    use crate::leaf_client::CallError;
+    use crate::cluster::leaf_client::CallError;
 
     fn hit(id: &str, score: f32, shard: u32) -> Hit {
         Hit {
@@ -299,6 +348,6 @@ mod tests {
         assert!(merged.partial);
         assert_eq!(merged.coverage.shards_answered, 1);
         assert_eq!(merged.coverage.percent, 40.0);
-        assert_eq!(merged.shards[0].state, "partial");
+        assert_eq!(merged.shards[0].state.label(), "partial");
     }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use lease::registry::RegistryConfig;
 
-use crate::admission::AdmissionConfig;
-use crate::fanout::FanoutConfig;
-use crate::root::RootConfig;
+use crate::query::admission::AdmissionConfig;
+use crate::query::fanout::FanoutConfig;
+use crate::query::root::RootConfig;
 
 /// Everything a frontend needs to start.
 #[derive(Clone, Debug)]

@@ -15,15 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use parking_lot::Mutex;
 use proto::leaf::{SearchRequest, SearchResponse};
-use rand::Rng;
 use tokio::time::Instant;
 
-use crate::leaf_client::CallError;
-use crate::load::LatencyWindow;
+use crate::cluster::leaf_client::CallError;
+use crate::cluster::load::LatencyWindow;
+use crate::cluster::topology::{Replica, Routing};
 use crate::metrics::Metrics;
-use crate::topology::{Replica, Routing};
+use crate::query::hedge::{sleep_until_opt, HedgeBudget};
+use crate::query::replica;
 
 /// Switches and figures of the tail-tolerance mechanisms; each can be
 /// turned off so that its effect can be measured.
@@ -89,47 +89,6 @@ pub struct ShardResult {
     pub hedge_won: bool,
     /// Time from the start of the fan-out to this shard's outcome.
     pub latency: Duration,
-}
-
-/// A token bucket for hedges: each primary call deposits `ratio`, time
-/// deposits `floor` per second, a hedge withdraws one. It holds when every
-/// replica slows down at once, which is when unbounded hedging would double
-/// the load on an already overloaded tier.
-pub struct HedgeBudget {
-    state: Mutex<(f64, Instant)>,
-    ratio: f64,
-    floor_per_sec: f64,
-    max_balance: f64,
-}
-
-impl HedgeBudget {
-    pub fn new(ratio: f64, floor_per_sec: f64) -> Self {
-        HedgeBudget {
-            state: Mutex::new((1.0, Instant::now())),
-            ratio: ratio.max(0.0),
-            floor_per_sec: floor_per_sec.max(0.0),
-            max_balance: 10.0_f64.max(floor_per_sec),
-        }
-    }
-
-    pub fn deposit(&self) {
-        let mut state = self.state.lock();
-        state.0 = (state.0 + self.ratio).min(self.max_balance);
-    }
-
-    pub fn try_withdraw(&self) -> bool {
-        let now = Instant::now();
-        let mut state = self.state.lock();
-        let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
-        state.0 = (state.0 + elapsed * self.floor_per_sec).min(self.max_balance);
-        state.1 = now;
-        if state.0 >= 1.0 {
-            state.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 type CallFuture =
@@ -204,7 +163,7 @@ impl Fanout {
         let mut tried = vec![false; replicas.len()];
         let mut pending: Vec<(usize, Instant)> = Vec::new();
         let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
-        let Some(primary) = self.choose(replicas, &tried) else {
+        let Some(primary) = replica::choose(&self.config, &self.metrics, replicas, &tried) else {
             return result(ShardOutcome::Unavailable, 0, false);
         };
         self.budget.deposit();
@@ -252,7 +211,7 @@ impl Fanout {
                                 && deadline.saturating_duration_since(Instant::now())
                                     > Duration::from_millis(1);
                             if retry {
-                                if let Some(next) = self.choose(replicas, &tried) {
+                                if let Some(next) = replica::choose(&self.config, &self.metrics, replicas, &tried) {
                                     self.launch(replicas, next, request, deadline, &mut tried, &mut pending, &mut calls);
                                 }
                             }
@@ -269,7 +228,7 @@ impl Fanout {
                 () = sleep_until_opt(hedge_at), if can_hedge => {
                     hedge_at = None;
                     if self.budget.try_withdraw() {
-                        if let Some(next) = self.choose(replicas, &tried) {
+                        if let Some(next) = replica::choose(&self.config, &self.metrics, replicas, &tried) {
                             hedges += 1;
                             self.metrics.hedge_sent(shard);
                             self.launch(replicas, next, request, deadline, &mut tried, &mut pending, &mut calls);
@@ -332,110 +291,12 @@ impl Fanout {
             window.record(latency);
         }
     }
-
-    /// Picks an untried replica: power of two choices among those not on
-    /// probation (a small fraction of calls probe one that is).
-    fn choose(&self, replicas: &[Arc<Replica>], tried: &[bool]) -> Option<usize> {
-        let now = Instant::now();
-        if self.config.probation {
-            self.update_probation(replicas, now);
-        }
-        let untried: Vec<usize> = (0..replicas.len()).filter(|&i| !tried[i]).collect();
-        if untried.is_empty() {
-            return None;
-        }
-        let mut rng = rand::rng();
-        let (healthy, on_probation): (Vec<usize>, Vec<usize>) = untried
-            .iter()
-            .partition(|&&i| !replicas[i].probation.active(now));
-        let candidates = if healthy.is_empty()
-            || (!on_probation.is_empty()
-                && rng.random_bool(self.config.probe_fraction.clamp(0.0, 1.0)))
-        {
-            if !healthy.is_empty() {
-                self.metrics.probe();
-            }
-            on_probation
-        } else {
-            healthy
-        };
-        let pick =
-            |rng: &mut rand::rngs::ThreadRng| candidates[rng.random_range(0..candidates.len())];
-        if !self.config.replica_choice || candidates.len() == 1 {
-            return Some(pick(&mut rng));
-        }
-        let a = pick(&mut rng);
-        let mut b = pick(&mut rng);
-        while b == a {
-            b = pick(&mut rng);
-        }
-        if replicas[a].load.cost() <= replicas[b].load.cost() {
-            Some(a)
-        } else {
-            Some(b)
-        }
-    }
-
-    /// Puts a replica much slower than the best of its peers on probation,
-    /// and lifts probation from one that has recovered.
-    fn update_probation(&self, replicas: &[Arc<Replica>], now: Instant) {
-        if replicas.len() < 2 {
-            return;
-        }
-        let estimates: Vec<Duration> = replicas.iter().map(|r| r.load.estimate()).collect();
-        for (i, replica) in replicas.iter().enumerate() {
-            let best_peer = estimates
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(_, &e)| e)
-                .min()
-                .unwrap_or_default();
-            let slow = estimates[i].as_secs_f64()
-                > best_peer.as_secs_f64() * self.config.probation_factor
-                && estimates[i] > best_peer + self.config.probation_min_gap;
-            if replica.probation.expired(now) {
-                // Time served: the replica gets a fresh estimate and real
-                // traffic again; one slow answer puts it back.
-                replica.probation.lift();
-                replica.load.reset(best_peer);
-                tracing::info!(address = %replica.member.address, "replica probation ended");
-                continue;
-            }
-            let active = replica.probation.active(now);
-            let others_healthy = replicas
-                .iter()
-                .enumerate()
-                .any(|(j, r)| j != i && !r.probation.active(now));
-            if slow && !active && others_healthy {
-                replica.probation.put_on(now + self.config.probation_time);
-                self.metrics.probation_started();
-                tracing::warn!(
-                    address = %replica.member.address,
-                    shard = replica.member.shard,
-                    estimate = ?estimates[i],
-                    peer = ?best_peer,
-                    "replica put on probation"
-                );
-            } else if !slow && active {
-                replica.probation.lift();
-                tracing::info!(address = %replica.member.address, "replica restored from probation");
-            }
-        }
-    }
 }
 
 fn take_pending(pending: &mut Vec<(usize, Instant)>, index: usize) -> Instant {
     match pending.iter().position(|&(i, _)| i == index) {
         Some(position) => pending.swap_remove(position).1,
         None => Instant::now(),
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::leaf_client::{GrpcLeaf, LeafService};
+use crate::cluster::leaf_client::{GrpcLeaf, LeafService};
 
 pub struct StaticMembership {
     members: watch::Sender<Arc<Vec<Member>>>,

@@ -13,7 +13,7 @@
 //!
 //! Per-shard frequencies and champion lists are kept too: they tell the
 //! accuracy estimate what each shard would add to the answer (the
-//! [`Evidence`] used by [`crate::quality`]).
+//! [`Evidence`] used by [`crate::query::estimate`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,15 +22,48 @@ use std::time::Duration;
 use moka::sync::Cache;
 use proto::leaf::{CorpusStats, FieldStats, Impact, TermStat};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::quality::{Evidence, Occur, PairModel};
-use crate::topology::Routing;
+use crate::cluster::topology::Routing;
+use crate::query::estimate::{Evidence, Occur, PairModel};
 
 /// The fields the leaves search; their terms are looked up locally.
-const FIELDS: [&str; 2] = ["title", "body"];
-/// Tantivy's default tokenizer drops tokens longer than this.
-const MAX_TOKEN_BYTES: usize = 40;
+const FIELDS: [&str; 2] = scoring::SEARCH_FIELDS;
+use scoring::MAX_TOKEN_BYTES;
+
+/// Where a query's statistics came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatsSource {
+    /// All from the cache, no round trip.
+    Warm,
+    /// One round trip that every shard answered.
+    Fetched,
+    /// A round trip that some shard did not answer (or answered from
+    /// another generation): scored with what came back.
+    Partial,
+    /// None in time: shard-local statistics.
+    Local,
+}
+
+impl StatsSource {
+    pub const ALL: &'static [StatsSource] = &[
+        StatsSource::Warm,
+        StatsSource::Fetched,
+        StatsSource::Partial,
+        StatsSource::Local,
+    ];
+
+    /// The name in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StatsSource::Warm => "warm",
+            StatsSource::Fetched => "fetched",
+            StatsSource::Partial => "partial",
+            StatsSource::Local => "local",
+        }
+    }
+}
 
 /// Statistics for one query.
 #[derive(Clone, Debug)]
@@ -40,8 +73,8 @@ pub struct QueryStats {
     /// What the accuracy estimate knows about the query's terms on every
     /// shard; `None` unless the statistics cover every shard.
     pub evidence: Option<Arc<Evidence>>,
-    /// `warm`, `fetched`, `partial` or `local`, for metrics.
-    pub source: &'static str,
+    /// Where the statistics came from, for metrics.
+    pub source: StatsSource,
     /// Documents per shard as the statistics saw them (0: unknown).
     pub shard_docs: Vec<u64>,
 }
@@ -51,7 +84,7 @@ impl QueryStats {
         QueryStats {
             stats: None,
             evidence: None,
-            source: "local",
+            source: StatsSource::Local,
             shard_docs: Vec::new(),
         }
     }
@@ -64,13 +97,13 @@ impl QueryStats {
     pub fn from_shards(query: &str, parts: &[CorpusStats]) -> QueryStats {
         let (totals, per_term, _) = gather(parts.iter().map(Some));
         let mut result = assemble(&totals, &per_term, clauses(query));
-        result.source = "fetched";
+        result.source = StatsSource::Fetched;
         result
     }
 
     /// True when the statistics cover every shard.
     pub fn complete(&self) -> bool {
-        matches!(self.source, "warm" | "fetched")
+        matches!(self.source, StatsSource::Warm | StatsSource::Fetched)
     }
 }
 
@@ -93,25 +126,13 @@ pub struct PairStats {
     pub layouts: Vec<u64>,
 }
 
-/// One entry of a champion list ([`Impact`]), packed: the cache holds
-/// millions of them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Champion {
-    /// Position in the shard's scan order.
-    pub doc: u32,
-    pub term_freq: u16,
-    pub field_length: u16,
-}
+/// One entry of a champion list ([`Impact`]) as the cache keeps it; the
+/// packing is part of the scoring contract.
+pub use scoring::Champion;
 
-impl From<&Impact> for Champion {
-    fn from(impact: &Impact) -> Self {
-        let saturate = |value: u32| u16::try_from(value).unwrap_or(u16::MAX);
-        Champion {
-            doc: u32::try_from(impact.doc).unwrap_or(u32::MAX),
-            term_freq: saturate(impact.term_freq),
-            field_length: saturate(impact.field_length),
-        }
-    }
+/// Packs a leaf's champion-list entry.
+fn champion(impact: &Impact) -> Champion {
+    Champion::pack(impact.doc, impact.term_freq, impact.field_length)
 }
 
 impl PairStats {
@@ -149,12 +170,14 @@ pub struct TermStatsCache {
     queries: Cache<(u64, String), Arc<Vec<Pair>>>,
     /// Generation set → per-shard totals.
     totals: Cache<u64, Arc<Totals>>,
+    /// Round trips that outlive their request, drained on shutdown.
+    tasks: TaskTracker,
 }
 
 impl Default for TermStatsCache {
     fn default() -> Self {
         Self::new(
-            crate::root::RootConfig::default().stats_cache_bytes,
+            crate::query::root::RootConfig::default().stats_cache_bytes,
             100_000,
         )
     }
@@ -175,7 +198,15 @@ impl TermStatsCache {
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
             totals: Cache::builder().max_capacity(64).build(),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Tracks background round trips on `tasks` (the server's, drained on
+    /// shutdown).
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     /// Statistics for `query`, from the cache or from one round trip to one
@@ -190,13 +221,13 @@ impl TermStatsCache {
                 .flat_map(|g| g.to_le_bytes())
                 .collect::<Vec<u8>>(),
         );
-        let normalized = crate::cache_tier::normalize(query);
+        let normalized = crate::cluster::cache_client::normalize(query);
         if let Some(warm) = self.warm(set, &normalized, query) {
             return warm;
         }
         let cache = self.clone();
         let owned = query.to_string();
-        let fetch = tokio::spawn(async move {
+        let fetch = self.tasks.spawn(async move {
             cache
                 .fetch(&owned, &topology.shards, &generations, set, normalized)
                 .await
@@ -213,7 +244,7 @@ impl TermStatsCache {
     async fn fetch(
         &self,
         query: &str,
-        shards: &[Vec<Arc<crate::topology::Replica>>],
+        shards: &[Vec<Arc<crate::cluster::topology::Replica>>],
         generations: &[u64],
         set: u64,
         normalized: String,
@@ -249,7 +280,11 @@ impl TermStatsCache {
             );
         }
         let mut result = assemble(&totals, &per_term, clauses(query));
-        result.source = if complete { "fetched" } else { "partial" };
+        result.source = if complete {
+            StatsSource::Fetched
+        } else {
+            StatsSource::Partial
+        };
         if !complete {
             result.evidence = None;
         }
@@ -269,7 +304,7 @@ impl TermStatsCache {
             per_term.insert((field.clone(), term.clone()), pair);
         }
         let mut result = assemble(&totals, &per_term, clauses(query));
-        result.source = "warm";
+        result.source = StatsSource::Warm;
         Some(result)
     }
 }
@@ -305,7 +340,7 @@ fn gather<'a>(
                 });
             pair.freqs[shard] = term.doc_freq;
             pair.layouts[shard] = stats.layout;
-            pair.top[shard] = term.top.iter().map(Champion::from).collect();
+            pair.top[shard] = term.top.iter().map(champion).collect();
         }
     }
     let per_term = pairs
@@ -372,7 +407,7 @@ fn assemble(
     QueryStats {
         stats: Some(stats),
         evidence,
-        source: "warm",
+        source: StatsSource::Warm,
         shard_docs: totals.docs.clone(),
     }
 }
@@ -386,11 +421,7 @@ const ANSWER_DEPTH: f64 = 10.0;
 /// Weight of a match in `field`, as the leaves score it: the leaf's title
 /// boost; other fields weigh 1.
 fn field_weight(field: &str) -> f64 {
-    if field == "title" {
-        f64::from(leaf::index::TITLE_BOOST)
-    } else {
-        1.0
-    }
+    f64::from(scoring::field_boost(field))
 }
 
 /// Each shard's expected share of the query's best [`ANSWER_DEPTH`]
@@ -415,7 +446,7 @@ fn answer_share(totals_docs: &[u64], per_term: &PerTerm) -> Vec<f64> {
         .map(|((field, _), pair)| {
             let per_shard = &pair.freqs;
             let df: u64 = per_shard.iter().take(shards).sum();
-            let idf = (1.0 + (num_docs - df as f64 + 0.5) / (df as f64 + 0.5)).ln();
+            let idf = scoring::bm25_idf_f64(df as f64, num_docs);
             (field_weight(field) * idf, df, per_shard)
         })
         .filter(|&(_, df, _)| df > 0)
@@ -537,20 +568,23 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl crate::leaf_client::LeafService for SlowStats {
+    impl crate::cluster::leaf_client::LeafService for SlowStats {
         async fn search(
             &self,
             _: proto::leaf::SearchRequest,
             _: Duration,
-        ) -> Result<proto::leaf::SearchResponse, crate::leaf_client::CallError> {
-            Err(crate::leaf_client::CallError::Failed("not used".into()))
+        ) -> Result<proto::leaf::SearchResponse, crate::cluster::leaf_client::CallError> {
+            Err(crate::cluster::leaf_client::CallError::Failed(
+                "not used".into(),
+            ))
         }
 
         async fn term_stats(
             &self,
             _: &str,
             _: Duration,
-        ) -> Result<proto::leaf::TermStatsResponse, crate::leaf_client::CallError> {
+        ) -> Result<proto::leaf::TermStatsResponse, crate::cluster::leaf_client::CallError>
+        {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             let term = |field: &str| TermStat {
@@ -579,8 +613,10 @@ mod tests {
         async fn info(
             &self,
             _: Duration,
-        ) -> Result<proto::leaf::InfoResponse, crate::leaf_client::CallError> {
-            Err(crate::leaf_client::CallError::Failed("not used".into()))
+        ) -> Result<proto::leaf::InfoResponse, crate::cluster::leaf_client::CallError> {
+            Err(crate::cluster::leaf_client::CallError::Failed(
+                "not used".into(),
+            ))
         }
     }
 
@@ -596,10 +632,11 @@ mod tests {
             })
             .collect();
         let lookup = leaves.clone();
-        let factory: crate::topology::ClientFactory = Arc::new(move |member: &lease::Member| {
-            let leaf = Arc::clone(&lookup[member.shard as usize]);
-            Some(leaf as Arc<dyn crate::leaf_client::LeafService>)
-        });
+        let factory: crate::cluster::topology::ClientFactory =
+            Arc::new(move |member: &lease::Member| {
+                let leaf = Arc::clone(&lookup[member.shard as usize]);
+                Some(leaf as Arc<dyn crate::cluster::leaf_client::LeafService>)
+            });
         let routing = Routing::new(2, factory);
         routing.apply(
             &(0..2)
@@ -618,14 +655,14 @@ mod tests {
         // The round trip takes longer than the query may wait: local
         // scoring, said so.
         let first = cache.for_query("json", &routing, deadline()).await;
-        assert_eq!(first.source, "local");
+        assert_eq!(first.source.label(), "local");
         assert!(first.stats.is_none());
 
         // It went on, and the next query with the term is warm without
         // another round trip.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = cache.for_query("JSON", &routing, deadline()).await;
-        assert_eq!(second.source, "warm");
+        assert_eq!(second.source.label(), "warm");
         let stats = second.stats.unwrap();
         assert_eq!(stats.num_docs, 200);
         assert!(stats.terms.iter().all(|term| term.doc_freq == 10));
@@ -712,28 +749,5 @@ mod tests {
         // No shard with any match: nothing to lose anywhere.
         let per_term = freqs([(("body", "none"), vec![0, 0])]);
         assert_eq!(answer_share(&docs, &per_term), vec![0.0, 0.0]);
-    }
-
-    #[test]
-    fn from_shards_sums_like_the_leaves() {
-        let docs = leaf::generate_corpus(600, 3);
-        let parts: Vec<CorpusStats> = (0..3)
-            .map(|shard| {
-                leaf::ShardIndex::build_in_ram(shard, 3, &docs)
-                    .unwrap()
-                    .term_stats("json parser")
-                    .unwrap()
-            })
-            .collect();
-        let stats = QueryStats::from_shards("json parser", &parts);
-        assert_eq!(stats.stats, Some(leaf::sum_corpus_stats(&parts)));
-        assert_eq!(stats.shard_docs.iter().sum::<u64>(), 600);
-        assert!(stats.complete());
-        let evidence = stats.evidence.unwrap();
-        assert_eq!(evidence.impacts.as_ref().map(Vec::len), Some(4));
-        let share = &evidence.share;
-        assert_eq!(share.len(), 3);
-        assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9);
-        assert!(share.iter().all(|&s| s > 0.0), "{share:?}");
     }
 }

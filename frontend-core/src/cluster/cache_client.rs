@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 use proto::cache::{CachedAnswer, GetRequest, PutRequest};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::leaf_client::with_deadline;
+use crate::cluster::leaf_client::with_deadline;
+use crate::cluster::topology::{CacheNode, Routing};
 use crate::metrics::Metrics;
-use crate::topology::{CacheNode, Routing};
 
 /// The cache key: the normalized query (case and white space folded), k,
 /// and the index generation of every shard, so that a shard reindexed to a
@@ -65,6 +66,8 @@ pub struct CacheTier {
     metrics: Arc<Metrics>,
     /// Budget of a background store.
     store_timeout: Duration,
+    /// Background stores, drained on shutdown.
+    tasks: TaskTracker,
 }
 
 impl CacheTier {
@@ -73,7 +76,15 @@ impl CacheTier {
             routing,
             metrics,
             store_timeout: Duration::from_millis(200),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Tracks background stores on `tasks` (the server's, drained on
+    /// shutdown).
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     /// Looks `key` up within `budget`; anything but a decodable hit is a
@@ -105,7 +116,7 @@ impl CacheTier {
                 self.count("miss");
                 None
             }
-            Err(crate::leaf_client::CallError::Timeout) => {
+            Err(crate::cluster::leaf_client::CallError::Timeout) => {
                 self.count("timeout");
                 None
             }
@@ -125,7 +136,7 @@ impl CacheTier {
         };
         let metrics = Arc::clone(&self.metrics);
         let budget = self.store_timeout;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut client = node.client.clone();
             let mut request = tonic::Request::new(PutRequest {
                 key,

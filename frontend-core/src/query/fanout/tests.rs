@@ -11,8 +11,8 @@ use proto::leaf::{Hit, InfoResponse, SearchRequest, SearchResponse, TermStatsRes
 use tokio::time::Instant;
 
 use super::*;
-use crate::leaf_client::{CallError, LeafService};
-use crate::topology::{ClientFactory, Routing};
+use crate::cluster::leaf_client::{CallError, LeafService};
+use crate::cluster::topology::{ClientFactory, Routing};
 
 #[derive(Default)]
 struct Fake {

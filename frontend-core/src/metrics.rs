@@ -9,8 +9,6 @@ use prometheus::{
     Registry,
 };
 
-use crate::config::FrontendConfig;
-
 /// Latency buckets, dense around the default 100 ms objective.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
@@ -18,17 +16,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Label values exported from startup, so that a dashboard or an alert sees
-/// a zero rather than no series before the first event of a kind.
-pub const REQUEST_OUTCOMES: &[&str] = &[
-    "complete",
-    "partial",
-    "bad_request",
-    "unavailable",
-    "overloaded",
-    "error",
-];
-/// The `cache` label of `frontend_search_duration_seconds`.
-pub const DURATION_CACHE_RESULTS: &[&str] = &["hit", "miss", "bypass", "none"];
+/// a zero rather than no series before the first event of a kind. The
+/// labels that are states of a layer (shard states, statistics sources,
+/// recall models, request outcomes, cache results) are that layer's enums
+/// and are pre-registered by it (`query::preregister`,
+/// `http::preregister`); these are the plumbing's.
 /// The `outcome` label of `frontend_leaf_calls_total`.
 pub const LEAF_CALL_OUTCOMES: &[&str] = &[
     "ok",
@@ -39,8 +31,6 @@ pub const LEAF_CALL_OUTCOMES: &[&str] = &[
     "invalid",
     "cancelled",
 ];
-/// The `state` label of `frontend_shard_results_total`.
-pub const SHARD_STATES: &[&str] = &["answered", "partial", "timed_out", "failed", "unavailable"];
 const CACHE_LOOKUP_RESULTS: &[&str] = &[
     "hit",
     "miss",
@@ -50,8 +40,6 @@ const CACHE_LOOKUP_RESULTS: &[&str] = &[
     "no_server",
 ];
 const CACHE_STORE_RESULTS: &[&str] = &["stored", "skipped_partial", "error"];
-const TERM_STATS_SOURCES: &[&str] = &["warm", "fetched", "partial", "local"];
-const ADMISSION_REJECTIONS: &[&str] = &["queue_full", "queue_timeout"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -273,23 +261,11 @@ impl Metrics {
         r.register(Box::new(metrics.admission_queue.clone()))?;
         r.register(Box::new(metrics.admission_rejections.clone()))?;
         r.register(Box::new(metrics.shards_live.clone()))?;
-        for outcome in REQUEST_OUTCOMES {
-            metrics.requests.with_label_values(&[*outcome]);
-        }
-        for cache in DURATION_CACHE_RESULTS {
-            metrics.duration.with_label_values(&[*cache]);
-        }
         for result in CACHE_LOOKUP_RESULTS {
             metrics.cache_lookups.with_label_values(&[*result]);
         }
         for result in CACHE_STORE_RESULTS {
             metrics.cache_stores.with_label_values(&[*result]);
-        }
-        for source in TERM_STATS_SOURCES {
-            metrics.term_stats.with_label_values(&[*source]);
-        }
-        for reason in ADMISSION_REJECTIONS {
-            metrics.admission_rejections.with_label_values(&[*reason]);
         }
         Ok(metrics)
     }
@@ -298,18 +274,14 @@ impl Metrics {
     /// per-shard series of its shards, exported from the start as zeros so
     /// that per-shard panels and rates never miss a series merely because
     /// nothing happened to a shard yet.
-    pub fn init(&self, config: &FrontendConfig) {
-        self.latency_objective
-            .set(config.admission.latency_target.as_secs_f64());
-        for shard in 0..config.shards {
+    pub fn init(&self, shards: u32, latency_objective: Duration) {
+        self.latency_objective.set(latency_objective.as_secs_f64());
+        for shard in 0..shards {
             let shard = shard.to_string();
             for outcome in LEAF_CALL_OUTCOMES {
                 self.leaf_calls.with_label_values(&[&shard, *outcome]);
             }
             self.leaf_duration.with_label_values(&[&shard]);
-            for state in SHARD_STATES {
-                self.shard_outcomes.with_label_values(&[&shard, *state]);
-            }
             self.hedges.with_label_values(&[&shard]);
             self.hedge_wins.with_label_values(&[&shard]);
             self.shards_live.with_label_values(&[&shard]);
@@ -346,56 +318,5 @@ impl Metrics {
 
     pub fn probation_started(&self) {
         self.probations.inc();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use prometheus::proto::MetricType;
-
-    use super::*;
-
-    #[test]
-    fn names_follow_prometheus_conventions() {
-        let metrics = Metrics::new(Registry::new()).unwrap();
-        metrics.init(&FrontendConfig::new(2));
-        for family in metrics.registry.gather() {
-            let name = family.name();
-            assert!(name.starts_with("frontend_"), "{name}");
-            match family.get_field_type() {
-                MetricType::COUNTER => assert!(name.ends_with("_total"), "{name}"),
-                MetricType::HISTOGRAM => assert!(
-                    name.ends_with("_seconds") || name.ends_with("_ratio"),
-                    "{name}"
-                ),
-                _ => assert!(!name.ends_with("_total"), "{name}"),
-            }
-        }
-        assert!(
-            LATENCY_BUCKETS.contains(&0.1),
-            "the objective is a bucket bound"
-        );
-    }
-
-    #[test]
-    fn every_series_a_dashboard_reads_exists_from_the_start() {
-        let metrics = Metrics::new(Registry::new()).unwrap();
-        metrics.init(&FrontendConfig::new(2));
-        let text = svc::metrics::encode(&metrics.registry);
-        for series in [
-            "frontend_search_requests_total{outcome=\"partial\"} 0",
-            "frontend_search_requests_total{outcome=\"overloaded\"} 0",
-            "frontend_admission_rejections_total{reason=\"queue_full\"} 0",
-            "frontend_leaf_calls_total{outcome=\"timeout\",shard=\"1\"} 0",
-            "frontend_hedge_wins_total{shard=\"1\"} 0",
-            "frontend_shard_results_total{shard=\"0\",state=\"timed_out\"} 0",
-            "frontend_shard_replicas_live{shard=\"1\"} 0",
-            "frontend_latency_objective_seconds 0.1",
-            "frontend_cache_lookups_total{result=\"hit\"} 0",
-            "frontend_search_duration_seconds_count{cache=\"miss\"} 0",
-            "frontend_leaf_call_duration_seconds_bucket{shard=\"0\",le=\"0.1\"} 0",
-        ] {
-            assert!(text.contains(series), "missing {series} in\n{text}");
-        }
     }
 }

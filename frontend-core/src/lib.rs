@@ -1,43 +1,29 @@
-//! The root frontend: answers HTTP search queries by fanning each one out to
-//! one replica of every shard, merging what arrives before the deadline, and
-//! saying exactly how complete the answer is.
+//! The root frontend as a library: answers HTTP search queries by fanning
+//! each one out to one replica of every shard, merging what arrives before
+//! the deadline, and saying exactly how complete the answer is.
 //!
-//! A query flows through these parts, top to bottom:
-//! - [`http`]: the axum router; [`api`] parses and validates requests and
-//!   shapes responses; [`error`] maps every failure to a status and a code.
-//! - [`admission`]: an adaptive concurrency limit with a bounded queue that
-//!   sheds load with 503 rather than letting latency collapse.
-//! - [`root`]: cache lookup ([`cache_tier`]), coalescing of identical
-//!   misses, corpus-wide term statistics ([`stats`]), then:
-//! - [`fanout`]: one call per shard under the deadline, replica choice by
-//!   load ([`load`]), hedging within a budget, probation of slow replicas;
-//! - [`merge`]: top-k by score, coverage and the accuracy estimate
-//!   ([`quality`]).
+//! Three layers, each importing only the ones below it:
+//! - [`http`]: the edge. The axum router, the API's request and response
+//!   types ([`http::api`]), the mapping of every failure to a status and a
+//!   code ([`http::error`]), the pages and the cluster view. The only layer
+//!   that knows JSON and status codes.
+//! - [`query`]: the core. Admission control, the root search (cache
+//!   lookup, coalescing, term statistics), fan-out with replica choice,
+//!   probation and hedging, merge and the recall estimate. Its results and
+//!   its [`query::QueryError`] are plain Rust types.
+//! - [`cluster`]: the plumbing. The routing table rebuilt from lease
+//!   membership, load estimates, and the leaf and cache clients.
 //!
-//! Membership comes from leases: [`topology`] rebuilds the routing table
-//! from the live holders of the embedded lease registry (served over gRPC
-//! for leaves and cache servers) or from a fixed list ([`membership`]).
-//! [`demo`] starts a whole cluster in one process.
+//! [`metrics`] is below all three (every layer records into it); [`config`]
+//! and [`Frontend`] (this file) assemble the layers into a server. The
+//! binary and the one-process demo live in the `frontend` package, which
+//! alone depends on the `leaf` and `cache` crates.
 
-pub mod admission;
-pub mod api;
-pub mod cache_tier;
 pub mod cluster;
 pub mod config;
-pub mod demo;
-pub mod error;
-pub mod fanout;
 pub mod http;
-pub mod leaf_client;
-pub mod load;
-pub mod membership;
-pub mod merge;
 pub mod metrics;
-pub mod quality;
-pub mod root;
-pub mod stats;
-pub mod topology;
-pub mod web;
+pub mod query;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,18 +37,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::FrontendConfig;
 
-use crate::admission::Admission;
-use crate::cache_tier::CacheTier;
-use crate::fanout::Fanout;
+use crate::cluster::cache_client::CacheTier;
+use crate::cluster::membership::StaticMembership;
+use crate::cluster::topology::{self, Routing};
 use crate::http::AppState;
-use crate::membership::StaticMembership;
 use crate::metrics::Metrics;
-use crate::root::Root;
-use crate::stats::TermStatsCache;
-use crate::topology::Routing;
+use crate::query::admission::Admission;
+use crate::query::fanout::Fanout;
+use crate::query::root::Root;
+use crate::query::term_stats::TermStatsCache;
 
 /// A running frontend.
 pub struct Frontend {
@@ -75,6 +62,9 @@ pub struct Frontend {
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Work that requests leave behind (cache stores, term statistics
+    /// round trips, coalesced fan-outs), drained on shutdown.
+    background: TaskTracker,
 }
 
 impl Frontend {
@@ -88,7 +78,7 @@ impl Frontend {
     ) -> anyhow::Result<Frontend> {
         anyhow::ensure!(config.shards > 0, "--shards must be at least 1");
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).context("metrics")?);
-        metrics.init(&config);
+        init_metrics(&metrics, &config);
         let (membership, registry): (Arc<dyn Membership>, Option<Arc<Registry>>) =
             if let Some(url) = &config.membership {
                 anyhow::ensure!(
@@ -122,16 +112,26 @@ impl Frontend {
             config.fanout.clone(),
             Arc::clone(&metrics),
         ));
-        let cache = config
-            .cache
-            .then(|| Arc::new(CacheTier::new(Arc::clone(&routing), Arc::clone(&metrics))));
-        let root = Arc::new(Root::new(
-            config.root.clone(),
-            fanout,
-            cache,
-            Arc::new(TermStatsCache::new(config.root.stats_cache_bytes, 100_000)),
-            Arc::clone(&metrics),
-        ));
+        let background = TaskTracker::new();
+        let cache = config.cache.then(|| {
+            Arc::new(
+                CacheTier::new(Arc::clone(&routing), Arc::clone(&metrics))
+                    .with_tasks(background.clone()),
+            )
+        });
+        let root = Arc::new(
+            Root::new(
+                config.root.clone(),
+                fanout,
+                cache,
+                Arc::new(
+                    TermStatsCache::new(config.root.stats_cache_bytes, 100_000)
+                        .with_tasks(background.clone()),
+                ),
+                Arc::clone(&metrics),
+            )
+            .with_tasks(background.clone()),
+        );
         let admission = Admission::new(config.admission.clone(), Arc::clone(&metrics));
         let state = AppState {
             root: Arc::clone(&root),
@@ -182,6 +182,7 @@ impl Frontend {
             metrics,
             shutdown,
             tasks,
+            background,
         })
     }
 
@@ -190,8 +191,8 @@ impl Frontend {
         self.shutdown.cancel();
     }
 
-    /// Waits until the servers stop, draining in-flight requests for at
-    /// most `drain`.
+    /// Waits until the servers stop, draining in-flight requests and the
+    /// work they left behind for at most `drain`.
     pub async fn wait(self, drain: Duration) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
         let mut result = Ok(());
@@ -203,6 +204,8 @@ impl Frontend {
                     Err(error) => result = Err(anyhow::anyhow!("server task failed: {error}")),
                 }
             }
+            self.background.close();
+            self.background.wait().await;
         })
         .await;
         if joined.is_err() {
@@ -231,4 +234,67 @@ fn spawn_live_gauge(routing: Arc<Routing>, metrics: Arc<Metrics>, shutdown: Canc
             }
         }
     });
+}
+
+/// Sets what the configuration fixes in the metrics and pre-registers every
+/// series a dashboard reads (each layer registers its own labels), so that
+/// a panel sees zeros rather than no series before the first event.
+pub fn init_metrics(metrics: &Metrics, config: &FrontendConfig) {
+    metrics.init(config.shards, config.admission.latency_target);
+    query::preregister(metrics, config.shards);
+    http::preregister(metrics);
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::proto::MetricType;
+
+    use prometheus::Registry;
+
+    use super::*;
+    use crate::metrics::LATENCY_BUCKETS;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new(Registry::new()).unwrap();
+        init_metrics(&metrics, &FrontendConfig::new(2));
+        for family in metrics.registry.gather() {
+            let name = family.name();
+            assert!(name.starts_with("frontend_"), "{name}");
+            match family.get_field_type() {
+                MetricType::COUNTER => assert!(name.ends_with("_total"), "{name}"),
+                MetricType::HISTOGRAM => assert!(
+                    name.ends_with("_seconds") || name.ends_with("_ratio"),
+                    "{name}"
+                ),
+                _ => assert!(!name.ends_with("_total"), "{name}"),
+            }
+        }
+        assert!(
+            LATENCY_BUCKETS.contains(&0.1),
+            "the objective is a bucket bound"
+        );
+    }
+
+    #[test]
+    fn every_series_a_dashboard_reads_exists_from_the_start() {
+        let metrics = Metrics::new(Registry::new()).unwrap();
+        init_metrics(&metrics, &FrontendConfig::new(2));
+        let text = svc::metrics::encode(&metrics.registry);
+        for series in [
+            "frontend_search_requests_total{outcome=\"partial\"} 0",
+            "frontend_search_requests_total{outcome=\"overloaded\"} 0",
+            "frontend_admission_rejections_total{reason=\"queue_full\"} 0",
+            "frontend_leaf_calls_total{outcome=\"timeout\",shard=\"1\"} 0",
+            "frontend_hedge_wins_total{shard=\"1\"} 0",
+            "frontend_shard_results_total{shard=\"0\",state=\"timed_out\"} 0",
+            "frontend_shard_replicas_live{shard=\"1\"} 0",
+            "frontend_latency_objective_seconds 0.1",
+            "frontend_cache_lookups_total{result=\"hit\"} 0",
+            "frontend_search_duration_seconds_count{cache=\"miss\"} 0",
+            "frontend_leaf_call_duration_seconds_bucket{shard=\"0\",le=\"0.1\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+    }
 }

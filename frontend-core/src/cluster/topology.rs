@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use proto::cache::cache_client::CacheClient;
 use tonic::transport::Channel;
 
-use crate::leaf_client::{lazy_channel, GrpcLeaf, LeafService};
-use crate::load::PeakEwma;
+use crate::cluster::leaf_client::{lazy_channel, GrpcLeaf, LeafService};
+use crate::cluster::load::PeakEwma;
 
 /// One live leaf replica and what the frontend has learned about it.
 pub struct Replica {

@@ -7,24 +7,105 @@
 //! **Invariant:** a partial answer is never stored in the cache, and an
 //! answer served from the cache is one that was complete.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
-use parking_lot::Mutex;
 use proto::cache::{CachedAnswer, CachedHit};
 use proto::leaf::SearchRequest;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
-use crate::api::{CacheResult, HedgeBody, HitBody, SearchBody, SearchParams};
-use crate::cache_tier::CacheTier;
-use crate::error::ApiError;
-use crate::fanout::{Fanout, ShardOutcome};
-use crate::merge::{self, Coverage, Merged};
+use crate::cluster::cache_client::CacheTier;
 use crate::metrics::Metrics;
-use crate::stats::TermStatsCache;
+use crate::query::coalesce::Coalescer;
+use crate::query::error::QueryError;
+use crate::query::fanout::{Fanout, ShardOutcome};
+use crate::query::merge::{self, Coverage, Merged, ShardReport};
+use crate::query::term_stats::{QueryStats, TermStatsCache};
+
+/// A validated search request (`http::api` parses it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchParams {
+    pub q: String,
+    pub k: u32,
+    pub timeout_ms: u64,
+    /// False turns a partial answer into [`QueryError::PartialNotAllowed`].
+    pub allow_partial: bool,
+    /// Skip the cache tier for this request.
+    pub nocache: bool,
+}
+
+/// What the cache tier did for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheResult {
+    /// Answered from the cache.
+    Hit,
+    /// Looked up, not found: fanned out.
+    Miss,
+    /// No cache tier, or the request said `nocache`.
+    Bypass,
+}
+
+impl CacheResult {
+    pub const ALL: &'static [CacheResult] =
+        &[CacheResult::Hit, CacheResult::Miss, CacheResult::Bypass];
+
+    /// The name in responses and metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Bypass => "bypass",
+        }
+    }
+}
+
+/// One hit of an answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnswerHit {
+    pub id: String,
+    pub score: f32,
+    pub title: String,
+    pub snippet: String,
+    pub shard: u32,
+}
+
+/// The answer to one search, as the query layer hands it to the edge.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub hits: Vec<AnswerHit>,
+    pub partial: bool,
+    pub coverage: Coverage,
+    /// Expected fraction of the full answer's top k in `hits`.
+    pub estimated_recall: f64,
+    pub cache: CacheResult,
+    /// From the start of the search to the answer.
+    pub took: Duration,
+    /// True when scores came from corpus-wide term statistics.
+    pub global_stats: bool,
+    pub hedges_sent: u32,
+    pub hedges_won: u32,
+    /// What became of each shard; empty for cache hits.
+    pub shards: Vec<ShardReport>,
+}
+
+impl Answer {
+    /// The request's latency less the time spent waiting for shards that
+    /// never answered: what admission control should judge concurrency by.
+    pub fn service_time(&self) -> Duration {
+        let slowest = |answered_only: bool| {
+            self.shards
+                .iter()
+                .filter(|s| !answered_only || s.state.answered())
+                .map(|s| s.took_ms)
+                .fold(0.0, f64::max)
+        };
+        let waited_in_vain = (slowest(false) - slowest(true)).max(0.0);
+        let took_ms = self.took.as_secs_f64() * 1000.0;
+        Duration::from_secs_f64((took_ms - waited_in_vain).max(0.0) / 1000.0)
+    }
+}
 
 /// Figures of the request path that are not about fan-out.
 #[derive(Clone, Debug)]
@@ -60,8 +141,6 @@ impl Default for RootConfig {
     }
 }
 
-type SharedFanout = Shared<BoxFuture<'static, Option<Arc<Merged>>>>;
-
 pub struct Root {
     pub config: RootConfig,
     pub fanout: Arc<Fanout>,
@@ -71,7 +150,9 @@ pub struct Root {
     /// Last known document count per shard, for coverage of missing shards.
     known_docs: Arc<Vec<AtomicU64>>,
     /// Fan-outs in flight by cache key, so identical misses share one.
-    in_flight: Arc<Mutex<HashMap<String, SharedFanout>>>,
+    in_flight: Coalescer<Arc<Merged>>,
+    /// Coalesced fan-outs run as tasks of their own, drained on shutdown.
+    tasks: TaskTracker,
 }
 
 impl Root {
@@ -90,18 +171,26 @@ impl Root {
             cache,
             stats,
             known_docs: Arc::new((0..shards).map(|_| AtomicU64::new(0)).collect()),
-            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            in_flight: Coalescer::default(),
+            tasks: TaskTracker::new(),
         }
     }
 
+    /// Runs coalesced fan-outs on `tasks` (the server's, drained on
+    /// shutdown).
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
     /// Answers one validated request before its deadline.
-    pub async fn search(&self, params: &SearchParams) -> Result<SearchBody, ApiError> {
+    pub async fn search(&self, params: &SearchParams) -> Result<Answer, QueryError> {
         let started = Instant::now();
         let timeout = Duration::from_millis(params.timeout_ms);
         let deadline = started + timeout;
         let topology = self.fanout.routing().snapshot();
         let generations = topology.generations();
-        let key = crate::cache_tier::cache_key(&params.q, params.k, &generations);
+        let key = crate::cluster::cache_client::cache_key(&params.q, params.k, &generations);
 
         let cache = self.cache.as_ref().filter(|_| !params.nocache);
         let mut cache_result = CacheResult::Bypass;
@@ -123,10 +212,7 @@ impl Root {
             Arc::new(self.fan_out(params.clone(), deadline).await)
         };
         if let Some(message) = &merged.invalid_query {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("query cannot be parsed: {message}"),
-            ));
+            return Err(QueryError::InvalidQuery(message.clone()));
         }
         if let Some(cache) = cache {
             if merged.partial {
@@ -138,22 +224,18 @@ impl Root {
                 cache.store(key, to_cached(&merged));
             }
         }
-        let body = self.body(&merged, cache_result, started);
+        let answer = self.answer(&merged, cache_result, started);
         if merged.coverage.shards_answered == 0 {
-            return Err(
-                ApiError::unavailable("unavailable", "no shard answered in time", 1)
-                    .with_answer(body),
-            );
+            return Err(QueryError::NoShardAnswered {
+                answer: Some(Box::new(answer)),
+            });
         }
         if merged.partial && !params.allow_partial {
-            return Err(ApiError::unavailable(
-                "partial",
-                "the answer is partial and allow_partial is false",
-                1,
-            )
-            .with_answer(body));
+            return Err(QueryError::PartialNotAllowed {
+                answer: Box::new(answer),
+            });
         }
-        Ok(body)
+        Ok(answer)
     }
 
     /// Joins an identical fan-out already in flight, or starts one.
@@ -162,41 +244,20 @@ impl Root {
         key: String,
         params: &SearchParams,
         deadline: Instant,
-    ) -> Result<Arc<Merged>, ApiError> {
-        let (shared, leader) = {
-            let mut in_flight = self.in_flight.lock();
-            match in_flight.get(&key) {
-                Some(shared) => (shared.clone(), false),
-                None => {
-                    let root = self.detached();
-                    let params = params.clone();
-                    let map = Arc::clone(&self.in_flight);
-                    let cleanup_key = key.clone();
-                    // The fan-out runs as its own task so that it finishes
-                    // (and leaves the map) even if every waiter goes away.
-                    let task = tokio::spawn(async move {
-                        let merged = Arc::new(root.fan_out(params, deadline).await);
-                        map.lock().remove(&cleanup_key);
-                        merged
-                    });
-                    let future = async move { task.await.ok() }.boxed().shared();
-                    in_flight.insert(key, future.clone());
-                    (future, true)
-                }
-            }
-        };
+    ) -> Result<Arc<Merged>, QueryError> {
+        let (shared, leader) = self.in_flight.join_or_start(key, &self.tasks, || {
+            let root = self.detached();
+            let params = params.clone();
+            async move { Arc::new(root.fan_out(params, deadline).await) }
+        });
         if !leader {
             self.metrics.cache_coalesced.inc();
         }
         // A follower never waits past its own deadline for the leader's.
         match tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await {
             Ok(Some(merged)) => Ok(merged),
-            Ok(None) => Err(ApiError::internal("the fan-out task failed")),
-            Err(_) => Err(ApiError::unavailable(
-                "unavailable",
-                "no shard answered in time",
-                1,
-            )),
+            Ok(None) => Err(QueryError::Internal("the fan-out task failed".into())),
+            Err(_) => Err(QueryError::NoShardAnswered { answer: None }),
         }
     }
 
@@ -209,7 +270,8 @@ impl Root {
             cache: self.cache.clone(),
             stats: Arc::clone(&self.stats),
             known_docs: Arc::clone(&self.known_docs),
-            in_flight: Arc::clone(&self.in_flight),
+            in_flight: self.in_flight.clone(),
+            tasks: self.tasks.clone(),
         }
     }
 
@@ -230,11 +292,11 @@ impl Root {
                 .for_query(&params.q, self.fanout.routing(), stats_deadline)
                 .await
         } else {
-            crate::stats::QueryStats::local()
+            QueryStats::local()
         };
         self.metrics
             .term_stats
-            .with_label_values(&[query_stats.source])
+            .with_label_values(&[query_stats.source.label()])
             .inc();
         let request = SearchRequest {
             query: params.q.clone(),
@@ -277,13 +339,13 @@ impl Root {
         if merged.partial {
             self.metrics
                 .recall_models
-                .with_label_values(&[merged.recall_model])
+                .with_label_values(&[merged.recall_model.label()])
                 .inc();
         }
         for report in &merged.shards {
             self.metrics
                 .shard_outcomes
-                .with_label_values(&[&report.shard.to_string(), report.state])
+                .with_label_values(&[&report.shard.to_string(), report.state.label()])
                 .inc();
         }
         self.metrics
@@ -292,12 +354,12 @@ impl Root {
         merged
     }
 
-    fn body(&self, merged: &Merged, cache: CacheResult, started: Instant) -> SearchBody {
-        SearchBody {
+    fn answer(&self, merged: &Merged, cache: CacheResult, started: Instant) -> Answer {
+        Answer {
             hits: merged
                 .hits
                 .iter()
-                .map(|h| HitBody {
+                .map(|h| AnswerHit {
                     id: h.id.clone(),
                     score: h.score,
                     title: h.title.clone(),
@@ -309,23 +371,21 @@ impl Root {
             coverage: merged.coverage.clone(),
             estimated_recall: merged.estimated_recall,
             cache,
-            took_ms: elapsed_ms(started),
+            took: started.elapsed(),
             global_stats: merged.global_stats,
-            hedges: HedgeBody {
-                sent: merged.hedges,
-                won: merged.hedges_won,
-            },
+            hedges_sent: merged.hedges,
+            hedges_won: merged.hedges_won,
             shards: merged.shards.clone(),
         }
     }
 
-    fn answer_from_cache(&self, answer: CachedAnswer, started: Instant) -> SearchBody {
+    fn answer_from_cache(&self, answer: CachedAnswer, started: Instant) -> Answer {
         let shards_total = answer.shards_total;
-        SearchBody {
+        Answer {
             hits: answer
                 .hits
                 .into_iter()
-                .map(|h| HitBody {
+                .map(|h| AnswerHit {
                     id: h.id,
                     score: h.score,
                     title: h.title,
@@ -344,16 +404,13 @@ impl Root {
             },
             estimated_recall: 1.0,
             cache: CacheResult::Hit,
-            took_ms: elapsed_ms(started),
+            took: started.elapsed(),
             global_stats: true,
-            hedges: HedgeBody::default(),
+            hedges_sent: 0,
+            hedges_won: 0,
             shards: Vec::new(),
         }
     }
-}
-
-fn elapsed_ms(started: Instant) -> f64 {
-    (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
 /// Only complete answers are turned into cache entries.
@@ -373,5 +430,55 @@ fn to_cached(merged: &Merged) -> CachedAnswer {
             .collect(),
         docs_total: merged.coverage.docs_total,
         shards_total: merged.coverage.shards_total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::merge::ShardState;
+
+    fn shard(shard: u32, state: ShardState, took_ms: f64) -> ShardReport {
+        ShardReport {
+            shard,
+            state,
+            docs_searched: 0,
+            docs_total: 0,
+            took_ms,
+            hedges: 0,
+            hedge_won: false,
+            layout: 0,
+        }
+    }
+
+    #[test]
+    fn service_time_leaves_out_the_wait_for_shards_that_never_answered() {
+        let answer = Answer {
+            hits: Vec::new(),
+            partial: true,
+            coverage: Coverage::default(),
+            estimated_recall: 0.5,
+            cache: CacheResult::Miss,
+            took: Duration::from_millis(152),
+            global_stats: true,
+            hedges_sent: 0,
+            hedges_won: 0,
+            shards: vec![
+                shard(0, ShardState::Answered, 5.0),
+                shard(1, ShardState::TimedOut, 150.0),
+            ],
+        };
+        let time = answer.service_time();
+        assert!((time.as_secs_f64() - 0.007).abs() < 1e-9, "{time:?}");
+        let complete = Answer {
+            partial: false,
+            shards: vec![
+                shard(0, ShardState::Answered, 5.0),
+                shard(1, ShardState::Answered, 9.0),
+            ],
+            took: Duration::from_millis(10),
+            ..answer
+        };
+        assert!((complete.service_time().as_secs_f64() - 0.010).abs() < 1e-9);
     }
 }

@@ -1,31 +1,25 @@
 //! The HTTP API's request parameters and response bodies: parsing and
-//! validation of `GET /search` and `POST /search`, and the JSON shapes.
+//! validation of `GET /search` and `POST /search` into the query layer's
+//! [`SearchParams`], and the JSON shapes of its [`Answer`].
 //!
 //! Every bad input maps to an [`ApiError`] with a stable code; nothing here
 //! panics on any input.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
-use crate::merge::{Coverage, ShardReport};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::query::merge::{Coverage, ShardReport};
+use crate::query::root::Answer;
+pub use crate::query::root::SearchParams;
 
 pub const DEFAULT_K: u32 = 10;
-pub const MAX_K: u32 = 1000;
+pub const MAX_K: u32 = scoring::MAX_K;
 pub const DEFAULT_TIMEOUT_MS: u64 = 100;
 pub const MAX_TIMEOUT_MS: u64 = 10_000;
 pub const MAX_QUERY_BYTES: usize = 2048;
 
-/// A validated search request.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SearchParams {
-    pub q: String,
-    pub k: u32,
-    pub timeout_ms: u64,
-    /// False turns a partial answer into a 503.
-    pub allow_partial: bool,
-    /// True skips the cache tier for this request.
-    pub nocache: bool,
-}
+// The frontend never forwards a query a leaf would refuse for its length.
+const _: () = assert!(MAX_QUERY_BYTES <= scoring::MAX_QUERY_BYTES);
 
 /// The JSON body of `POST /search`.
 #[derive(Deserialize)]
@@ -75,7 +69,10 @@ impl SearchParams {
     /// Parses a JSON body.
     pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
         let body: PostBody = serde_json::from_slice(body).map_err(|error| {
-            ApiError::bad_request("malformed_json", format!("malformed json body: {error}"))
+            ApiError::bad_request(
+                ErrorCode::MalformedJson,
+                format!("malformed json body: {error}"),
+            )
         })?;
         let number =
             |name: &str, value: Option<serde_json::Value>| -> Result<Option<i128>, ApiError> {
@@ -105,11 +102,12 @@ impl SearchParams {
         allow_partial: Option<bool>,
         nocache: Option<bool>,
     ) -> Result<Self, ApiError> {
-        let q =
-            q.ok_or_else(|| ApiError::bad_request("missing_query", "parameter q is required"))?;
+        let q = q.ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::MissingQuery, "parameter q is required")
+        })?;
         if q.len() > MAX_QUERY_BYTES {
             return Err(ApiError::bad_request(
-                "query_too_long",
+                ErrorCode::QueryTooLong,
                 format!(
                     "q is {} bytes, at most {MAX_QUERY_BYTES} are allowed",
                     q.len()
@@ -117,14 +115,17 @@ impl SearchParams {
             ));
         }
         if q.trim().is_empty() {
-            return Err(ApiError::bad_request("empty_query", "q must not be empty"));
+            return Err(ApiError::bad_request(
+                ErrorCode::EmptyQuery,
+                "q must not be empty",
+            ));
         }
         let k = match k {
             None => DEFAULT_K,
             Some(k) if (1..=i128::from(MAX_K)).contains(&k) => k as u32,
             Some(k) => {
                 return Err(ApiError::bad_request(
-                    "invalid_k",
+                    ErrorCode::InvalidK,
                     format!("k must be between 1 and {MAX_K}, got {k}"),
                 ))
             }
@@ -134,7 +135,7 @@ impl SearchParams {
             Some(t) if (1..=i128::from(MAX_TIMEOUT_MS)).contains(&t) => t as u64,
             Some(t) => {
                 return Err(ApiError::bad_request(
-                    "invalid_timeout",
+                    ErrorCode::InvalidTimeout,
                     format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, got {t}"),
                 ))
             }
@@ -151,9 +152,9 @@ impl SearchParams {
 
 fn invalid_number(name: &str) -> ApiError {
     let code = if name == "k" {
-        "invalid_k"
+        ErrorCode::InvalidK
     } else {
-        "invalid_timeout"
+        ErrorCode::InvalidTimeout
     };
     ApiError::bad_request(code, format!("{name} must be an integer"))
 }
@@ -161,9 +162,9 @@ fn invalid_number(name: &str) -> ApiError {
 fn parse_number(name: &str, value: &str) -> Result<i128, ApiError> {
     value.trim().parse::<i128>().map_err(|_| {
         let code = if name == "k" {
-            "invalid_k"
+            ErrorCode::InvalidK
         } else {
-            "invalid_timeout"
+            ErrorCode::InvalidTimeout
         };
         ApiError::bad_request(code, format!("{name} must be an integer, got {value:?}"))
     })
@@ -174,7 +175,7 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
         "" | "1" | "true" | "yes" => Ok(true),
         "0" | "false" | "no" => Ok(false),
         _ => Err(ApiError::bad_request(
-            "invalid_parameter",
+            ErrorCode::InvalidParameter,
             format!("{name} must be true or false, got {value:?}"),
         )),
     }
@@ -197,7 +198,7 @@ fn decode(component: &str) -> Result<String, ApiError> {
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| {
                         ApiError::bad_request(
-                            "invalid_encoding",
+                            ErrorCode::InvalidEncoding,
                             "malformed percent-encoding in query string",
                         )
                     })?;
@@ -208,8 +209,9 @@ fn decode(component: &str) -> Result<String, ApiError> {
         }
         i += 1;
     }
-    String::from_utf8(out)
-        .map_err(|_| ApiError::bad_request("invalid_utf8", "query string is not valid utf-8"))
+    String::from_utf8(out).map_err(|_| {
+        ApiError::bad_request(ErrorCode::InvalidUtf8, "query string is not valid utf-8")
+    })
 }
 
 /// One hit as the client sees it.
@@ -222,18 +224,65 @@ pub struct HitBody {
     pub shard: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheResult {
-    Hit,
-    Miss,
-    Bypass,
-}
-
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HedgeBody {
     pub sent: u32,
     pub won: u32,
+}
+
+/// How complete an answer is ([`Coverage`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CoverageBody {
+    pub shards_total: u32,
+    pub shards_answered: u32,
+    pub shards_timed_out: u32,
+    pub shards_failed: u32,
+    pub shards_unavailable: u32,
+    pub docs_total: u64,
+    pub docs_searched: u64,
+    pub percent: f64,
+}
+
+impl From<&Coverage> for CoverageBody {
+    fn from(c: &Coverage) -> Self {
+        CoverageBody {
+            shards_total: c.shards_total,
+            shards_answered: c.shards_answered,
+            shards_timed_out: c.shards_timed_out,
+            shards_failed: c.shards_failed,
+            shards_unavailable: c.shards_unavailable,
+            docs_total: c.docs_total,
+            docs_searched: c.docs_searched,
+            percent: c.percent,
+        }
+    }
+}
+
+/// What became of one shard ([`ShardReport`], without its layout).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShardBody {
+    pub shard: u32,
+    /// `answered`, `partial` (cut short), `timed_out`, `failed`, `unavailable`.
+    pub state: &'static str,
+    pub docs_searched: u64,
+    pub docs_total: u64,
+    pub took_ms: f64,
+    pub hedges: u32,
+    pub hedge_won: bool,
+}
+
+impl From<&ShardReport> for ShardBody {
+    fn from(r: &ShardReport) -> Self {
+        ShardBody {
+            shard: r.shard,
+            state: r.state.label(),
+            docs_searched: r.docs_searched,
+            docs_total: r.docs_total,
+            took_ms: r.took_ms,
+            hedges: r.hedges,
+            hedge_won: r.hedge_won,
+        }
+    }
 }
 
 /// The answer of a search, also the body of 503s that carry an answer.
@@ -241,17 +290,52 @@ pub struct HedgeBody {
 pub struct SearchBody {
     pub hits: Vec<HitBody>,
     pub partial: bool,
-    pub coverage: Coverage,
+    pub coverage: CoverageBody,
     /// Expected fraction of the full answer's top k in `hits`.
     pub estimated_recall: f64,
-    pub cache: CacheResult,
+    /// `hit`, `miss` or `bypass`.
+    pub cache: &'static str,
     pub took_ms: f64,
     /// True when scores came from corpus-wide term statistics, so that they
     /// are comparable across shards.
     pub global_stats: bool,
     pub hedges: HedgeBody,
     /// What became of each shard; empty for cache hits.
-    pub shards: Vec<ShardReport>,
+    pub shards: Vec<ShardBody>,
+}
+
+impl From<&Answer> for SearchBody {
+    fn from(answer: &Answer) -> Self {
+        SearchBody {
+            hits: answer
+                .hits
+                .iter()
+                .map(|h| HitBody {
+                    id: h.id.clone(),
+                    score: h.score,
+                    title: h.title.clone(),
+                    snippet: h.snippet.clone(),
+                    shard: h.shard,
+                })
+                .collect(),
+            partial: answer.partial,
+            coverage: CoverageBody::from(&answer.coverage),
+            estimated_recall: answer.estimated_recall,
+            cache: answer.cache.label(),
+            took_ms: millis(answer.took),
+            global_stats: answer.global_stats,
+            hedges: HedgeBody {
+                sent: answer.hedges_sent,
+                won: answer.hedges_won,
+            },
+            shards: answer.shards.iter().map(ShardBody::from).collect(),
+        }
+    }
+}
+
+/// Milliseconds, rounded to the microsecond.
+fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]
