@@ -3,7 +3,7 @@
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 #[derive(Serialize)]
 pub struct ClusterView {

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::http::api::SearchBody;
+use crate::http::response::SearchBody;
 use crate::query::QueryError;
 
 /// The stable `error.code` of every failure the API reports.
@@ -241,7 +241,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::admission::Rejection;
+    use crate::query::error::Rejection;
 
     #[test]
     fn every_code_has_a_distinct_label() {

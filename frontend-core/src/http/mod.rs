@@ -11,9 +11,11 @@
 pub mod api;
 pub mod cluster_view;
 pub mod error;
+pub mod response;
+pub mod state;
 pub mod web;
 
-use std::sync::Arc;
+pub use state::AppState;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{RawQuery, Request, State};
@@ -27,8 +29,7 @@ use crate::http::api::{SearchBody, SearchParams};
 use crate::http::cluster_view::cluster_view;
 use crate::http::error::{ApiError, ErrorCode, RequestOutcome};
 use crate::metrics::Metrics;
-use crate::query::admission::Admission;
-use crate::query::root::{Answer, CacheResult, Root};
+use crate::query::answer::{Answer, CacheResult};
 
 /// Largest accepted `POST /search` body.
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -37,14 +38,6 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 /// with an immediate 503 instead of queueing (searches are further limited
 /// by admission control, which adapts to latency).
 const MAX_HTTP_IN_FLIGHT: usize = 4096;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub root: Arc<Root>,
-    pub admission: Arc<Admission>,
-    pub metrics: Arc<Metrics>,
-    pub membership: Arc<dyn lease::Membership>,
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()

@@ -29,7 +29,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 /// The search page.
 const INDEX_HTML: &str = include_str!("../../assets/index.html");

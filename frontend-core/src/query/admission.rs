@@ -77,6 +77,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::query::error::QueryError;
+pub use crate::query::error::Rejection;
 
 /// Seconds a shed client is told to wait before it retries.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -237,33 +238,6 @@ impl Drop for Permit {
             .service_time
             .unwrap_or_else(|| now.saturating_duration_since(self.admitted_at));
         self.shared.release(Some(latency), now);
-    }
-}
-
-/// Why a request was shed; the label of `admission_rejections`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rejection {
-    QueueFull,
-    QueueTimeout,
-}
-
-impl Rejection {
-    pub const ALL: &'static [Rejection] = &[Rejection::QueueFull, Rejection::QueueTimeout];
-
-    /// The name in metric labels.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Rejection::QueueFull => "queue_full",
-            Rejection::QueueTimeout => "queue_timeout",
-        }
-    }
-
-    /// What the client is told.
-    pub fn message(&self) -> &'static str {
-        match self {
-            Rejection::QueueFull => "too many requests in flight and queued; retry later",
-            Rejection::QueueTimeout => "no capacity freed up in time; retry later",
-        }
     }
 }
 

@@ -2,8 +2,7 @@
 //! answer the client asked for. `http::error` alone decides which status
 //! and code each one becomes.
 
-use crate::query::admission::Rejection;
-use crate::query::root::Answer;
+use crate::query::answer::Answer;
 
 /// Why a search has no acceptable answer.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -31,3 +30,30 @@ pub enum QueryError {
 
 /// The query layer's result type.
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;
+
+/// Why a request was shed; the label of `admission_rejections`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    QueueFull,
+    QueueTimeout,
+}
+
+impl Rejection {
+    pub const ALL: &'static [Rejection] = &[Rejection::QueueFull, Rejection::QueueTimeout];
+
+    /// The name in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "queue_full",
+            Rejection::QueueTimeout => "queue_timeout",
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "too many requests in flight and queued; retry later",
+            Rejection::QueueTimeout => "no capacity freed up in time; retry later",
+        }
+    }
+}

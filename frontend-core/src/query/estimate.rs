@@ -19,8 +19,7 @@ use std::sync::Arc;
 use proto::leaf::Hit;
 use scoring::{bm25_idf, BM25_K1};
 
-use crate::query::merge::{ShardReport, ShardState};
-use crate::query::term_stats::PairStats;
+use crate::query::coverage::{ShardReport, ShardState};
 use scoring::Champion;
 
 /// What the frontend knows about a query's terms on every shard when it
@@ -33,6 +32,30 @@ pub struct Evidence {
     /// One model per (field, term) pair, when the query is a plain sum of
     /// its pairs: the champion-list model.
     pub impacts: Option<Vec<PairModel>>,
+}
+
+/// One (field, term) pair on every shard, in shard order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PairStats {
+    /// Document frequency per shard.
+    pub freqs: Vec<u64>,
+    /// Champion list per shard (the leaf's best documents for the term,
+    /// best first); empty for a shard without the term or one that sent
+    /// none.
+    pub top: Vec<Box<[Champion]>>,
+    /// Per shard, the layout (scan-order fingerprint) of the replica that
+    /// made the list; positions compare only within one layout.
+    pub layouts: Vec<u64>,
+}
+
+impl PairStats {
+    /// Bytes the pair holds, for the cache's weigher.
+    pub fn weight(&self) -> u32 {
+        let lists: usize = self.top.iter().map(|list| list.len()).sum();
+        (64 + self.freqs.len() * 24 + lists * std::mem::size_of::<Champion>())
+            .try_into()
+            .unwrap_or(u32::MAX)
+    }
 }
 
 /// How a term takes part in a query, as tantivy's parser reads it.

@@ -23,7 +23,7 @@ use crate::cluster::load::LatencyWindow;
 use crate::cluster::topology::{Replica, Routing};
 use crate::metrics::Metrics;
 use crate::query::hedge::{sleep_until_opt, HedgeBudget};
-use crate::query::replica;
+use crate::query::replica::{self, ReplicaPolicy};
 
 /// Switches and figures of the tail-tolerance mechanisms; each can be
 /// turned off so that its effect can be measured.
@@ -100,6 +100,7 @@ pub struct Fanout {
     config: FanoutConfig,
     windows: Vec<LatencyWindow>,
     budget: HedgeBudget,
+    policy: ReplicaPolicy,
     metrics: Arc<Metrics>,
 }
 
@@ -109,8 +110,17 @@ impl Fanout {
             .map(|_| LatencyWindow::new(1000, config.hedge_quantile))
             .collect();
         let budget = HedgeBudget::new(config.hedge_budget_ratio, config.hedge_budget_floor);
+        let policy = ReplicaPolicy {
+            replica_choice: config.replica_choice,
+            probation: config.probation,
+            probation_factor: config.probation_factor,
+            probation_min_gap: config.probation_min_gap,
+            probation_time: config.probation_time,
+            probe_fraction: config.probe_fraction,
+        };
         Fanout {
             routing,
+            policy,
             config,
             windows,
             budget,
@@ -163,7 +173,7 @@ impl Fanout {
         let mut tried = vec![false; replicas.len()];
         let mut pending: Vec<(usize, Instant)> = Vec::new();
         let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
-        let Some(primary) = replica::choose(&self.config, &self.metrics, replicas, &tried) else {
+        let Some(primary) = replica::choose(&self.policy, &self.metrics, replicas, &tried) else {
             return result(ShardOutcome::Unavailable, 0, false);
         };
         self.budget.deposit();
@@ -211,7 +221,7 @@ impl Fanout {
                                 && deadline.saturating_duration_since(Instant::now())
                                     > Duration::from_millis(1);
                             if retry {
-                                if let Some(next) = replica::choose(&self.config, &self.metrics, replicas, &tried) {
+                                if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried) {
                                     self.launch(replicas, next, request, deadline, &mut tried, &mut pending, &mut calls);
                                 }
                             }
@@ -228,7 +238,7 @@ impl Fanout {
                 () = sleep_until_opt(hedge_at), if can_hedge => {
                     hedge_at = None;
                     if self.budget.try_withdraw() {
-                        if let Some(next) = replica::choose(&self.config, &self.metrics, replicas, &tried) {
+                        if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried) {
                             hedges += 1;
                             self.metrics.hedge_sent(shard);
                             self.launch(replicas, next, request, deadline, &mut tried, &mut pending, &mut calls);

@@ -13,7 +13,9 @@
 //! Rust types and do not derive `Serialize`.
 
 pub mod admission;
+pub mod answer;
 pub mod coalesce;
+pub mod coverage;
 pub mod error;
 pub mod estimate;
 pub mod fanout;
@@ -32,7 +34,7 @@ use crate::metrics::Metrics;
 pub fn preregister(metrics: &Metrics, shards: u32) {
     for shard in 0..shards {
         let shard = shard.to_string();
-        for state in merge::ShardState::ALL {
+        for state in coverage::ShardState::ALL {
             metrics
                 .shard_outcomes
                 .with_label_values(&[&shard, state.label()]);
@@ -47,7 +49,7 @@ pub fn preregister(metrics: &Metrics, shards: u32) {
             metrics.recall_models.with_label_values(&[model.label()]);
         }
     }
-    for reason in admission::Rejection::ALL {
+    for reason in error::Rejection::ALL {
         metrics
             .admission_rejections
             .with_label_values(&[reason.label()]);

@@ -13,19 +13,30 @@ use tokio::time::Instant;
 
 use crate::cluster::topology::Replica;
 use crate::metrics::Metrics;
-use crate::query::fanout::FanoutConfig;
+
+/// The figures of replica choice and probation (from the fan-out's
+/// configuration, `FanoutConfig`, which documents each).
+#[derive(Clone, Debug)]
+pub struct ReplicaPolicy {
+    pub replica_choice: bool,
+    pub probation: bool,
+    pub probation_factor: f64,
+    pub probation_min_gap: Duration,
+    pub probation_time: Duration,
+    pub probe_fraction: f64,
+}
 
 /// Picks an untried replica: power of two choices among those not on
 /// probation (a small fraction of calls probe one that is).
 pub fn choose(
-    config: &FanoutConfig,
+    policy: &ReplicaPolicy,
     metrics: &Metrics,
     replicas: &[Arc<Replica>],
     tried: &[bool],
 ) -> Option<usize> {
     let now = Instant::now();
-    if config.probation {
-        update_probation(config, metrics, replicas, now);
+    if policy.probation {
+        update_probation(policy, metrics, replicas, now);
     }
     let untried: Vec<usize> = (0..replicas.len()).filter(|&i| !tried[i]).collect();
     if untried.is_empty() {
@@ -36,7 +47,7 @@ pub fn choose(
         .iter()
         .partition(|&&i| !replicas[i].probation.active(now));
     let candidates = if healthy.is_empty()
-        || (!on_probation.is_empty() && rng.random_bool(config.probe_fraction.clamp(0.0, 1.0)))
+        || (!on_probation.is_empty() && rng.random_bool(policy.probe_fraction.clamp(0.0, 1.0)))
     {
         if !healthy.is_empty() {
             metrics.probe();
@@ -46,7 +57,7 @@ pub fn choose(
         healthy
     };
     let pick = |rng: &mut rand::rngs::ThreadRng| candidates[rng.random_range(0..candidates.len())];
-    if !config.replica_choice || candidates.len() == 1 {
+    if !policy.replica_choice || candidates.len() == 1 {
         return Some(pick(&mut rng));
     }
     let a = pick(&mut rng);
@@ -64,7 +75,7 @@ pub fn choose(
 /// Puts a replica much slower than the best of its peers on probation,
 /// and lifts probation from one that has recovered.
 pub fn update_probation(
-    config: &FanoutConfig,
+    policy: &ReplicaPolicy,
     metrics: &Metrics,
     replicas: &[Arc<Replica>],
     now: Instant,
@@ -81,8 +92,8 @@ pub fn update_probation(
             .map(|(_, &e)| e)
             .min()
             .unwrap_or_default();
-        let slow = estimates[i].as_secs_f64() > best_peer.as_secs_f64() * config.probation_factor
-            && estimates[i] > best_peer + config.probation_min_gap;
+        let slow = estimates[i].as_secs_f64() > best_peer.as_secs_f64() * policy.probation_factor
+            && estimates[i] > best_peer + policy.probation_min_gap;
         if replica.probation.expired(now) {
             // Time served: the replica gets a fresh estimate and real
             // traffic again; one slow answer puts it back.
@@ -97,7 +108,7 @@ pub fn update_probation(
             .enumerate()
             .any(|(j, r)| j != i && !r.probation.active(now));
         if slow && !active && others_healthy {
-            replica.probation.put_on(now + config.probation_time);
+            replica.probation.put_on(now + policy.probation_time);
             metrics.probation_started();
             tracing::warn!(
                 address = %replica.member.address,

@@ -112,20 +112,7 @@ type Pair = (String, String);
 /// (field, term) → its statistics on every shard.
 type PerTerm = BTreeMap<Pair, Arc<PairStats>>;
 
-/// One (field, term) pair on every shard, in shard order.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PairStats {
-    /// Document frequency per shard.
-    pub freqs: Vec<u64>,
-    /// Champion list per shard (the leaf's best documents for the term,
-    /// best first); empty for a shard without the term or one that sent
-    /// none.
-    pub top: Vec<Box<[Champion]>>,
-    /// Per shard, the layout (scan-order fingerprint) of the replica that
-    /// made the list; positions compare only within one layout.
-    pub layouts: Vec<u64>,
-}
-
+pub use crate::query::estimate::PairStats;
 /// One entry of a champion list ([`Impact`]) as the cache keeps it; the
 /// packing is part of the scoring contract.
 pub use scoring::Champion;
@@ -133,15 +120,6 @@ pub use scoring::Champion;
 /// Packs a leaf's champion-list entry.
 fn champion(impact: &Impact) -> Champion {
     Champion::pack(impact.doc, impact.term_freq, impact.field_length)
-}
-
-impl PairStats {
-    fn weight(&self) -> u32 {
-        let lists: usize = self.top.iter().map(|list| list.len()).sum();
-        (64 + self.freqs.len() * 24 + lists * std::mem::size_of::<Champion>())
-            .try_into()
-            .unwrap_or(u32::MAX)
-    }
 }
 
 /// Per-shard totals of one generation set.
@@ -158,6 +136,9 @@ struct Totals {
 /// so that the next query with these terms is warm even under deadlines too
 /// short for a round trip.
 const FETCH_BUDGET: Duration = Duration::from_secs(1);
+
+/// Bytes of per-term statistics kept unless configured otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// Cheap to clone: the clones share the caches.
 #[derive(Clone)]
@@ -176,10 +157,7 @@ pub struct TermStatsCache {
 
 impl Default for TermStatsCache {
     fn default() -> Self {
-        Self::new(
-            crate::query::root::RootConfig::default().stats_cache_bytes,
-            100_000,
-        )
+        Self::new(DEFAULT_CACHE_BYTES, 100_000)
     }
 }
 
