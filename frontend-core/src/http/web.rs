@@ -2,7 +2,7 @@
 //! cluster page at `/status`.
 //!
 //! There is no build step and nothing is fetched from elsewhere: the HTML,
-//! the vanilla JavaScript and the stylesheet live in `frontend/assets/` and
+//! the vanilla JavaScript and the stylesheet live in `frontend-core/assets/` and
 //! are compiled into the binary with `include_str!`. The pages only call the
 //! frontend's own JSON and text endpoints:
 //!
