@@ -15,22 +15,52 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Label values exported from startup, so that a dashboard or an alert sees
-/// a zero rather than no series before the first event of a kind. The
-/// labels that are states of a layer (shard states, statistics sources,
-/// recall models, request outcomes, cache results) are that layer's enums
-/// and are pre-registered by it (`query::preregister`,
-/// `http::preregister`); these are the plumbing's.
-/// The `outcome` label of `frontend_leaf_calls_total`.
-pub const LEAF_CALL_OUTCOMES: &[&str] = &[
-    "ok",
-    "timeout",
-    "error",
-    "rejected",
-    "unavailable",
-    "invalid",
-    "cancelled",
-];
+// Label values are exported from startup, so that a dashboard or an alert
+// sees a zero rather than no series before the first event of a kind. The
+// labels that are states of a layer (shard states, statistics sources,
+// recall models, request outcomes, cache results) are that layer's enums
+// and are pre-registered by it (`query::preregister`, `http::preregister`);
+// the ones below are the plumbing's.
+
+/// How one call to a leaf ended; the `outcome` label of
+/// `frontend_leaf_calls_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LeafCallOutcome {
+    Ok,
+    Timeout,
+    Error,
+    Rejected,
+    /// No replica to call, or the replica could not be reached.
+    Unavailable,
+    Invalid,
+    /// Abandoned because another replica answered first.
+    Cancelled,
+}
+
+impl LeafCallOutcome {
+    pub const ALL: &'static [LeafCallOutcome] = &[
+        LeafCallOutcome::Ok,
+        LeafCallOutcome::Timeout,
+        LeafCallOutcome::Error,
+        LeafCallOutcome::Rejected,
+        LeafCallOutcome::Unavailable,
+        LeafCallOutcome::Invalid,
+        LeafCallOutcome::Cancelled,
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            LeafCallOutcome::Ok => "ok",
+            LeafCallOutcome::Timeout => "timeout",
+            LeafCallOutcome::Error => "error",
+            LeafCallOutcome::Rejected => "rejected",
+            LeafCallOutcome::Unavailable => "unavailable",
+            LeafCallOutcome::Invalid => "invalid",
+            LeafCallOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 const CACHE_LOOKUP_RESULTS: &[&str] = &[
     "hit",
     "miss",
@@ -278,8 +308,9 @@ impl Metrics {
         self.latency_objective.set(latency_objective.as_secs_f64());
         for shard in 0..shards {
             let shard = shard.to_string();
-            for outcome in LEAF_CALL_OUTCOMES {
-                self.leaf_calls.with_label_values(&[&shard, *outcome]);
+            for outcome in LeafCallOutcome::ALL {
+                self.leaf_calls
+                    .with_label_values(&[&shard, outcome.label()]);
             }
             self.leaf_duration.with_label_values(&[&shard]);
             self.hedges.with_label_values(&[&shard]);
@@ -288,10 +319,12 @@ impl Metrics {
         }
     }
 
-    pub fn leaf_call(&self, shard: u32, outcome: &str, latency: Duration) {
+    pub fn leaf_call(&self, shard: u32, outcome: LeafCallOutcome, latency: Duration) {
         let shard = shard.to_string();
-        self.leaf_calls.with_label_values(&[&shard, outcome]).inc();
-        if outcome != "unavailable" {
+        self.leaf_calls
+            .with_label_values(&[&shard, outcome.label()])
+            .inc();
+        if outcome != LeafCallOutcome::Unavailable {
             self.leaf_duration
                 .with_label_values(&[&shard])
                 .observe(latency.as_secs_f64());

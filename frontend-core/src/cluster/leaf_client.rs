@@ -1,6 +1,7 @@
 //! The fan-out talks to leaves through [`LeafService`]; a client is either
 //! gRPC ([`GrpcLeaf`]) or, in unit tests, an in-process fake.
 
+use crate::metrics::LeafCallOutcome;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,15 +35,20 @@ impl CallError {
         !matches!(self, CallError::InvalidQuery(_))
     }
 
+    /// The call's outcome for metrics.
+    pub fn outcome(&self) -> LeafCallOutcome {
+        match self {
+            CallError::Timeout => LeafCallOutcome::Timeout,
+            CallError::Unavailable(_) => LeafCallOutcome::Unavailable,
+            CallError::Rejected(_) => LeafCallOutcome::Rejected,
+            CallError::InvalidQuery(_) => LeafCallOutcome::Invalid,
+            CallError::Failed(_) => LeafCallOutcome::Error,
+        }
+    }
+
     /// A bounded label for metrics.
     pub fn label(&self) -> &'static str {
-        match self {
-            CallError::Timeout => "timeout",
-            CallError::Unavailable(_) => "unavailable",
-            CallError::Rejected(_) => "rejected",
-            CallError::InvalidQuery(_) => "invalid",
-            CallError::Failed(_) => "error",
-        }
+        self.outcome().label()
     }
 }
 

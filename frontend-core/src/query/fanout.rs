@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::cluster::leaf_client::CallError;
 use crate::cluster::load::LatencyWindow;
 use crate::cluster::topology::{Replica, Routing};
-use crate::metrics::Metrics;
+use crate::metrics::{LeafCallOutcome, Metrics};
 use crate::query::hedge::{sleep_until_opt, HedgeBudget};
 use crate::query::replica::{self, ReplicaPolicy};
 
@@ -167,7 +167,8 @@ impl Fanout {
             latency: started.elapsed(),
         };
         if replicas.is_empty() {
-            self.metrics.leaf_call(shard, "unavailable", Duration::ZERO);
+            self.metrics
+                .leaf_call(shard, LeafCallOutcome::Unavailable, Duration::ZERO);
             return result(ShardOutcome::Unavailable, 0, false);
         }
         let mut tried = vec![false; replicas.len()];
@@ -205,16 +206,16 @@ impl Fanout {
                     self.observe(shard, &replicas[index], latency);
                     match outcome {
                         Ok(response) => {
-                            self.metrics.leaf_call(shard, "ok", latency);
+                            self.metrics.leaf_call(shard, LeafCallOutcome::Ok, latency);
                             let hedge_won = hedges > 0 && index != primary;
                             if hedge_won {
                                 self.metrics.hedge_won(shard);
                             }
-                            self.abandon(shard, replicas, &pending, "cancelled");
+                            self.abandon(shard, replicas, &pending, LeafCallOutcome::Cancelled);
                             return result(ShardOutcome::Answered(response), hedges, hedge_won);
                         }
                         Err(error) => {
-                            self.metrics.leaf_call(shard, error.label(), latency);
+                            self.metrics.leaf_call(shard, error.outcome(), latency);
                             let retry = self.config.retry
                                 && error.retryable()
                                 && error != CallError::Timeout
@@ -248,7 +249,7 @@ impl Fanout {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    self.abandon(shard, replicas, &pending, "timeout");
+                    self.abandon(shard, replicas, &pending, LeafCallOutcome::Timeout);
                     return result(ShardOutcome::TimedOut, hedges, false);
                 }
             }
@@ -286,12 +287,12 @@ impl Fanout {
         shard: u32,
         replicas: &[Arc<Replica>],
         pending: &[(usize, Instant)],
-        label: &str,
+        outcome: LeafCallOutcome,
     ) {
         for &(index, started) in pending {
             let latency = started.elapsed();
             self.observe(shard, &replicas[index], latency);
-            self.metrics.leaf_call(shard, label, latency);
+            self.metrics.leaf_call(shard, outcome, latency);
         }
     }
 
