@@ -1,6 +1,7 @@
 //! The HTTP API's request parameters and response bodies: parsing and
 //! validation of `GET /search` and `POST /search` into the query layer's
-//! [`SearchParams`], and the JSON shapes of its [`Answer`].
+//! [`SearchParams`], and the JSON shapes of its
+//! [`Answer`](crate::query::answer::Answer).
 //!
 //! Every bad input maps to an [`ApiError`] with a stable code; nothing here
 //! panics on any input.

@@ -12,7 +12,8 @@ pub struct SearchParams {
     pub q: String,
     pub k: u32,
     pub timeout_ms: u64,
-    /// False turns a partial answer into [`QueryError::PartialNotAllowed`].
+    /// False turns a partial answer into
+    /// [`QueryError::PartialNotAllowed`](crate::query::QueryError::PartialNotAllowed).
     pub allow_partial: bool,
     /// Skip the cache tier for this request.
     pub nocache: bool,

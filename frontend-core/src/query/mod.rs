@@ -6,8 +6,9 @@
 //! [`term_stats`], then [`fanout`] sends one call per shard (the replica
 //! picked by [`replica`] choice and probation, a [`hedge`] within budget),
 //! and [`merge`] builds one top-k with exact coverage and an [`estimate`]
-//! of its recall. Failures are a [`QueryError`]; only `http/` turns them
-//! into status codes.
+//! of its recall. A request is an [`answer::SearchParams`], a result an
+//! [`answer::Answer`] (with its [`coverage`]); failures are a
+//! [`QueryError`]; only `http/` turns them into JSON and status codes.
 //!
 //! **Invariant:** nothing here imports `crate::http`; results are plain
 //! Rust types and do not derive `Serialize`.
