@@ -13,8 +13,8 @@ use clap::Args;
 use rand::Rng;
 use tokio::net::TcpListener;
 
-use crate::config::SearchFlags;
-use crate::Frontend;
+use frontend_core::config::SearchFlags;
+use frontend_core::Frontend;
 
 #[derive(Args, Clone, Debug)]
 pub struct DemoFlags {

@@ -1,14 +1,16 @@
 //! `frontend serve` runs the root frontend; `frontend demo` runs a whole
 //! cluster (frontend, leaves with replicas, cache servers) in one process.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::demo::DemoFlags;
 use clap::{Parser, Subcommand};
-use frontend::config::SearchFlags;
-use frontend::demo::DemoFlags;
-use frontend::Frontend;
+use frontend_core::config::SearchFlags;
+use frontend_core::Frontend;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -61,7 +63,7 @@ async fn main() -> ExitCode {
     svc::telemetry::init(cli.log_json);
     let result = match cli.command {
         Command::Serve(flags) => serve(flags).await,
-        Command::Demo(flags) => frontend::demo::run(flags).await,
+        Command::Demo(flags) => demo::run(flags).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

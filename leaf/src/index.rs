@@ -26,8 +26,7 @@ use crate::error::{LeafError, Result};
 /// Version of the schema and payload; an index of another format is not
 /// reopened.
 const INDEX_FORMAT: u32 = 1;
-/// How much more a title match weighs than a body match.
-pub const TITLE_BOOST: f32 = 2.0;
+pub use scoring::TITLE_BOOST;
 /// tantivy's minimum memory budget per indexing thread.
 const MIN_HEAP_PER_THREAD: usize = 15_000_000;
 /// How often (in documents read) the build checks the clock and the

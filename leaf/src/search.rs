@@ -30,10 +30,8 @@ use crate::error::{LeafError, Result};
 use crate::index::ShardIndex;
 use crate::stats::GlobalStatistics;
 
-/// Largest `k` a search accepts.
-pub const MAX_K: u32 = 1000;
-/// Longest query text accepted, in bytes.
-pub const MAX_QUERY_BYTES: usize = 4096;
+pub use scoring::MAX_K;
+pub use scoring::MAX_QUERY_BYTES;
 /// Deepest parenthesis nesting accepted; the parser recurses on it.
 const MAX_NESTING: usize = 32;
 /// Matching documents scored between two budget checks.

@@ -74,30 +74,14 @@ impl ShardIndex {
     }
 }
 
-/// How many documents a `TermStats` answer lists per term (its champion
-/// list, [`ShardIndex::impacts`]).
-pub const IMPACT_DEPTH: usize = 64;
+pub use scoring::IMPACT_DEPTH;
 
-/// BM25's term-frequency saturation, as tantivy scores.
-pub const BM25_K1: f32 = 1.2;
-/// BM25's length normalisation, as tantivy scores.
-pub const BM25_B: f32 = 0.75;
+pub use scoring::BM25_B;
+pub use scoring::BM25_K1;
 
-/// The BM25 term-frequency factor of a document, `tf / (tf + K1 (1 − B + B
-/// len / avg_len))`, in tantivy's arithmetic. A term's contribution to a
-/// score is `boost × idf × (1 + K1) × factor`.
-pub fn bm25_tf_factor(term_freq: u32, field_length: u32, avg_field_length: f32) -> f32 {
-    let term_freq = term_freq as f32;
-    let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * field_length as f32 / avg_field_length);
-    term_freq / (term_freq + norm)
-}
+pub use scoring::bm25_tf_factor;
 
-/// BM25 inverse document frequency, in tantivy's arithmetic.
-pub fn bm25_idf(doc_freq: u64, num_docs: u64) -> f32 {
-    let doc_freq = doc_freq.min(num_docs);
-    let x = ((num_docs - doc_freq) as f32 + 0.5) / (doc_freq as f32 + 0.5);
-    (1.0 + x).ln()
-}
+pub use scoring::bm25_idf;
 
 impl ShardIndex {
     /// The `depth` documents of this shard with the largest BM25 factor for

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use frontend::FrontendConfig;
+use frontend_core::FrontendConfig;
 use tests::bench::{self, ExtraFrontend, Load, Pick, Sample};
 
 fn within(samples: &[Sample], objective_ms: f64) -> usize {

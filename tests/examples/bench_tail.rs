@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use frontend::FrontendConfig;
+use frontend_core::FrontendConfig;
 use tests::bench::{self, ExtraFrontend, Load, Pick};
 
 #[tokio::main]

@@ -40,11 +40,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use frontend::fanout::{ShardOutcome, ShardResult};
-use frontend::merge::{self, Merged};
-use frontend::quality;
-use frontend::stats::QueryStats;
-use frontend::{Frontend, FrontendConfig};
+use frontend_core::query::estimate as quality;
+use frontend_core::query::fanout::{ShardOutcome, ShardResult};
+use frontend_core::query::merge::{self, Merged};
+use frontend_core::query::term_stats::QueryStats;
+use frontend_core::{Frontend, FrontendConfig};
 use leaf::builtin::SplitMix64;
 use leaf::{Budget, Document, SearchOutput, ShardIndex};
 use proto::leaf::CorpusStats;

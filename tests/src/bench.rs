@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use frontend::{Frontend, FrontendConfig};
+use frontend_core::{Frontend, FrontendConfig};
 use leaf::Document;
 use tokio_util::sync::CancellationToken;
 

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use frontend::{Frontend, FrontendConfig};
+use frontend_core::{Frontend, FrontendConfig};
 use leaf::{CorpusSource, Document, LeafConfig, LeafHandle, LeaseConfig};
 use lease::testing::EtcdServer;
 use tokio_util::sync::CancellationToken;

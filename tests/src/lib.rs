@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use frontend::{Frontend, FrontendConfig};
+use frontend_core::{Frontend, FrontendConfig};
 use leaf::{CorpusSource, Document, LeafConfig, LeafHandle, LeaseConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,162 @@
+//! The fan-out talks to leaves through [`LeafService`]; a client is either
+//! gRPC ([`GrpcLeaf`]) or, in unit tests, an in-process fake.
+
+use crate::metrics::LeafCallOutcome;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proto::leaf::leaf_client::LeafClient;
+use proto::leaf::{
+    InfoRequest, InfoResponse, SearchRequest, SearchResponse, TermStatsRequest, TermStatsResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// How one call to one replica ended, when it did not answer.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    #[error("deadline exceeded")]
+    Timeout,
+    /// The replica could not be reached or answered unavailable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The replica shed the call (resource exhausted): another may take it.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The query itself is bad; every replica would say the same.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl CallError {
+    /// Whether trying another replica may help.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, CallError::InvalidQuery(_))
+    }
+
+    /// The call's outcome for metrics.
+    pub fn outcome(&self) -> LeafCallOutcome {
+        match self {
+            CallError::Timeout => LeafCallOutcome::Timeout,
+            CallError::Unavailable(_) => LeafCallOutcome::Unavailable,
+            CallError::Rejected(_) => LeafCallOutcome::Rejected,
+            CallError::InvalidQuery(_) => LeafCallOutcome::Invalid,
+            CallError::Failed(_) => LeafCallOutcome::Error,
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        self.outcome().label()
+    }
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => CallError::Timeout,
+            tonic::Code::Unavailable => CallError::Unavailable(message),
+            tonic::Code::ResourceExhausted => CallError::Rejected(message),
+            tonic::Code::InvalidArgument => CallError::InvalidQuery(message),
+            _ => CallError::Failed(format!("{:?}: {message}", status.code())),
+        }
+    }
+}
+
+/// One leaf replica, seen from the frontend.
+#[async_trait]
+pub trait LeafService: Send + Sync + 'static {
+    /// Searches the shard; `budget` is sent as the gRPC deadline.
+    async fn search(
+        &self,
+        request: SearchRequest,
+        budget: Duration,
+    ) -> Result<SearchResponse, CallError>;
+    async fn term_stats(
+        &self,
+        query: &str,
+        budget: Duration,
+    ) -> Result<TermStatsResponse, CallError>;
+    async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError>;
+}
+
+/// A gRPC leaf client over one lazily connected HTTP/2 channel.
+#[derive(Clone)]
+pub struct GrpcLeaf {
+    client: LeafClient<Channel>,
+}
+
+impl GrpcLeaf {
+    /// Builds a client for `addr` (`host:port` or a URL) without connecting.
+    pub fn new(addr: &str) -> Result<Self, CallError> {
+        Ok(GrpcLeaf {
+            client: LeafClient::new(lazy_channel(addr)?),
+        })
+    }
+}
+
+/// A lazily connected channel to `addr`, shared by every call to it.
+pub fn lazy_channel(addr: &str) -> Result<Channel, CallError> {
+    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|error| CallError::Unavailable(format!("bad address {addr}: {error}")))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// Runs `call` with `budget` as both the gRPC deadline the server sees and a
+/// local bound, so a hung connection cannot hold the caller past it.
+pub async fn with_deadline<T, F>(budget: Duration, call: F) -> Result<T, CallError>
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match tokio::time::timeout(budget, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status.into()),
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
+fn request<T>(message: T, budget: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(budget);
+    request
+}
+
+#[async_trait]
+impl LeafService for GrpcLeaf {
+    async fn search(
+        &self,
+        message: SearchRequest,
+        budget: Duration,
+    ) -> Result<SearchResponse, CallError> {
+        let mut client = self.client.clone();
+        with_deadline(budget, client.search(request(message, budget))).await
+    }
+
+    async fn term_stats(
+        &self,
+        query: &str,
+        budget: Duration,
+    ) -> Result<TermStatsResponse, CallError> {
+        let mut client = self.client.clone();
+        let message = TermStatsRequest {
+            query: query.to_string(),
+        };
+        with_deadline(budget, client.term_stats(request(message, budget))).await
+    }
+
+    async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
+        let mut client = self.client.clone();
+        with_deadline(budget, client.info(request(InfoRequest {}, budget))).await
+    }
+}

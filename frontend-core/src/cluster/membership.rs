@@ -1,0 +1,89 @@
+//! A fixed list of leaves (`frontend serve --leaf ADDR …`), for clusters
+//! run without leases. Each leaf is asked for its shard once it answers;
+//! a static leaf stays routed whether or not it is alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lease::{Member, MemberStatus, MemberView, Membership, Role};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::leaf_client::{GrpcLeaf, LeafService};
+
+pub struct StaticMembership {
+    members: watch::Sender<Arc<Vec<Member>>>,
+    known: Mutex<Vec<Member>>,
+}
+
+impl StaticMembership {
+    /// Starts discovering the shard of every address in `leaves`.
+    pub fn start(leaves: Vec<String>, shutdown: CancellationToken) -> Arc<Self> {
+        let (members, _) = watch::channel(Arc::new(Vec::new()));
+        let membership = Arc::new(StaticMembership {
+            members,
+            known: Mutex::new(Vec::new()),
+        });
+        for (index, address) in leaves.into_iter().enumerate() {
+            let membership = Arc::clone(&membership);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let client = match GrpcLeaf::new(&address) {
+                    Ok(client) => client,
+                    Err(error) => {
+                        tracing::error!(%address, %error, "bad leaf address");
+                        return;
+                    }
+                };
+                loop {
+                    match client.info(Duration::from_secs(1)).await {
+                        Ok(info) => {
+                            tracing::info!(%address, shard = info.shard, docs = info.num_docs, "static leaf found");
+                            membership.add(Member {
+                                lease_id: index as u64 + 1,
+                                role: Role::Leaf,
+                                shard: info.shard,
+                                address,
+                                generation: info.generation,
+                            });
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%address, %error, "static leaf not answering yet");
+                        }
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+            });
+        }
+        membership
+    }
+
+    fn add(&self, member: Member) {
+        let mut known = self.known.lock();
+        known.push(member);
+        self.members.send_replace(Arc::new(known.clone()));
+    }
+}
+
+impl Membership for StaticMembership {
+    fn watch(&self) -> MemberView {
+        self.members.subscribe()
+    }
+
+    fn status(&self) -> Vec<MemberStatus> {
+        self.known
+            .lock()
+            .iter()
+            .map(|member| MemberStatus {
+                member: member.clone(),
+                ttl_left: Duration::ZERO,
+                since_renewal: Duration::ZERO,
+            })
+            .collect()
+    }
+}

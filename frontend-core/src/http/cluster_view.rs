@@ -1,0 +1,110 @@
+//! `GET /cluster`: the live holders and every shard's state, as JSON.
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::http::state::AppState;
+
+#[derive(Serialize)]
+pub struct ClusterView {
+    /// `connected` is false when the membership backend cannot be reached
+    /// and routing uses the last membership seen.
+    pub membership_connected: bool,
+    pub holders: Vec<HolderView>,
+    pub shards: Vec<ShardView>,
+    pub caches: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct HolderView {
+    pub role: &'static str,
+    pub shard: u32,
+    pub address: String,
+    pub lease_id: u64,
+    pub ttl_left_ms: u64,
+    pub since_renewal_ms: u64,
+    pub generation: u64,
+}
+
+#[derive(Serialize)]
+pub struct ShardView {
+    pub shard: u32,
+    /// `ok` or `unavailable` (no live replica).
+    pub state: &'static str,
+    pub replicas_live: usize,
+    pub replicas: Vec<ReplicaView>,
+    /// The current hedge delay, when enough latencies are known.
+    pub hedge_after_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct ReplicaView {
+    pub address: String,
+    pub lease_id: u64,
+    pub generation: u64,
+    pub latency_ms: f64,
+    pub in_flight: usize,
+    pub probation_ms: Option<u64>,
+}
+
+pub fn cluster_view(app: &AppState) -> ClusterView {
+    let now = Instant::now();
+    let holders = app
+        .membership
+        .status()
+        .into_iter()
+        .map(|status| HolderView {
+            role: match status.member.role {
+                lease::Role::Leaf => "leaf",
+                lease::Role::Cache => "cache",
+                lease::Role::Unspecified => "unspecified",
+            },
+            shard: status.member.shard,
+            address: status.member.address,
+            lease_id: status.member.lease_id,
+            ttl_left_ms: status.ttl_left.as_millis() as u64,
+            since_renewal_ms: status.since_renewal.as_millis() as u64,
+            generation: status.member.generation,
+        })
+        .collect();
+    let fanout = &app.root.fanout;
+    let topology = fanout.routing().snapshot();
+    let shards = topology
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(shard, replicas)| ShardView {
+            shard: shard as u32,
+            state: if replicas.is_empty() {
+                "unavailable"
+            } else {
+                "ok"
+            },
+            replicas_live: replicas.len(),
+            replicas: replicas
+                .iter()
+                .map(|r| ReplicaView {
+                    address: r.member.address.clone(),
+                    lease_id: r.member.lease_id,
+                    generation: r.member.generation,
+                    latency_ms: r.load.estimate().as_secs_f64() * 1000.0,
+                    in_flight: r.load.in_flight(),
+                    probation_ms: r.probation.remaining(now).map(|d| d.as_millis() as u64),
+                })
+                .collect(),
+            hedge_after_ms: fanout
+                .hedge_delay(shard as u32)
+                .map(|d| d.as_secs_f64() * 1000.0),
+        })
+        .collect();
+    ClusterView {
+        membership_connected: app.membership.connected(),
+        holders,
+        shards,
+        caches: topology
+            .caches
+            .iter()
+            .map(|c| c.member.address.clone())
+            .collect(),
+    }
+}

@@ -1,0 +1,355 @@
+//! Every metric the frontend exports, in one place. Names follow the
+//! Prometheus conventions (units in names, `_total` counters, `_seconds`
+//! histograms); labels are bounded (a shard id or an outcome, never a query).
+
+use std::time::Duration;
+
+use prometheus::{
+    histogram_opts, opts, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Registry,
+};
+
+/// Latency buckets, dense around the default 100 ms objective.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+// Label values are exported from startup, so that a dashboard or an alert
+// sees a zero rather than no series before the first event of a kind. The
+// labels that are states of a layer (shard states, statistics sources,
+// recall models, request outcomes, cache results) are that layer's enums
+// and are pre-registered by it (`query::preregister`, `http::preregister`);
+// the ones below are the plumbing's.
+
+/// How one call to a leaf ended; the `outcome` label of
+/// `frontend_leaf_calls_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LeafCallOutcome {
+    Ok,
+    Timeout,
+    Error,
+    Rejected,
+    /// No replica to call, or the replica could not be reached.
+    Unavailable,
+    Invalid,
+    /// Abandoned because another replica answered first.
+    Cancelled,
+}
+
+impl LeafCallOutcome {
+    pub const ALL: &'static [LeafCallOutcome] = &[
+        LeafCallOutcome::Ok,
+        LeafCallOutcome::Timeout,
+        LeafCallOutcome::Error,
+        LeafCallOutcome::Rejected,
+        LeafCallOutcome::Unavailable,
+        LeafCallOutcome::Invalid,
+        LeafCallOutcome::Cancelled,
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            LeafCallOutcome::Ok => "ok",
+            LeafCallOutcome::Timeout => "timeout",
+            LeafCallOutcome::Error => "error",
+            LeafCallOutcome::Rejected => "rejected",
+            LeafCallOutcome::Unavailable => "unavailable",
+            LeafCallOutcome::Invalid => "invalid",
+            LeafCallOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+const CACHE_LOOKUP_RESULTS: &[&str] = &[
+    "hit",
+    "miss",
+    "error",
+    "timeout",
+    "undecodable",
+    "no_server",
+];
+const CACHE_STORE_RESULTS: &[&str] = &["stored", "skipped_partial", "error"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub coverage: Histogram,
+    pub estimated_recall: Histogram,
+    pub overhead: Histogram,
+    pub leaf_calls: IntCounterVec,
+    pub leaf_duration: HistogramVec,
+    pub shard_outcomes: IntCounterVec,
+    pub hedges: IntCounterVec,
+    pub hedge_wins: IntCounterVec,
+    pub hedges_denied: IntCounter,
+    pub probes: IntCounter,
+    pub probations: IntCounter,
+    pub cache_lookups: IntCounterVec,
+    pub cache_stores: IntCounterVec,
+    pub cache_coalesced: IntCounter,
+    pub term_stats: IntCounterVec,
+    pub recall_models: IntCounterVec,
+    pub admission_limit: IntGauge,
+    /// The latency objective as configured, for dashboards to draw.
+    pub latency_objective: Gauge,
+    pub admission_in_flight: IntGauge,
+    pub admission_queue: IntGauge,
+    pub admission_rejections: IntCounterVec,
+    pub shards_live: prometheus::IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new(registry: Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            opts!(
+                "frontend_search_requests_total",
+                "Search requests answered, by outcome (complete, partial, bad_request, unavailable, overloaded, error)."
+            ),
+            &["outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            histogram_opts!(
+                "frontend_search_duration_seconds",
+                "Time from receiving a search request to its answer, by cache result.",
+                LATENCY_BUCKETS.to_vec()
+            ),
+            &["cache"],
+        )?;
+        let coverage = Histogram::with_opts(histogram_opts!(
+            "frontend_search_coverage_ratio",
+            "Fraction of documents searched per answer.",
+            vec![0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
+        ))?;
+        let estimated_recall = Histogram::with_opts(histogram_opts!(
+            "frontend_search_estimated_recall_ratio",
+            "Estimated recall@k of each answer (1 when complete).",
+            vec![0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
+        ))?;
+        let overhead = Histogram::with_opts(histogram_opts!(
+            "frontend_overhead_seconds",
+            "Frontend latency minus the slowest leaf call it waited on.",
+            vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]
+        ))?;
+        let leaf_calls = IntCounterVec::new(
+            opts!(
+                "frontend_leaf_calls_total",
+                "Calls to leaf replicas by shard and outcome (ok, timeout, error, rejected, unavailable, invalid, cancelled)."
+            ),
+            &["shard", "outcome"],
+        )?;
+        let leaf_duration = HistogramVec::new(
+            histogram_opts!(
+                "frontend_leaf_call_duration_seconds",
+                "Duration of calls to leaf replicas by shard, losers and timeouts included.",
+                LATENCY_BUCKETS.to_vec()
+            ),
+            &["shard"],
+        )?;
+        let shard_outcomes = IntCounterVec::new(
+            opts!(
+                "frontend_shard_results_total",
+                "How each shard's part of a query ended (answered, partial, timed_out, failed, unavailable)."
+            ),
+            &["shard", "state"],
+        )?;
+        let hedges = IntCounterVec::new(
+            opts!("frontend_hedges_total", "Hedged requests sent, by shard."),
+            &["shard"],
+        )?;
+        let hedge_wins = IntCounterVec::new(
+            opts!(
+                "frontend_hedge_wins_total",
+                "Hedged requests that answered first, by shard."
+            ),
+            &["shard"],
+        )?;
+        let hedges_denied = IntCounter::new(
+            "frontend_hedges_denied_total",
+            "Hedges not sent because the hedge budget was spent.",
+        )?;
+        let probes = IntCounter::new(
+            "frontend_probation_probes_total",
+            "Calls sent to a replica on probation to see whether it recovered.",
+        )?;
+        let probations = IntCounter::new(
+            "frontend_probations_total",
+            "Replicas put on probation for being much slower than their peers.",
+        )?;
+        let cache_lookups = IntCounterVec::new(
+            opts!(
+                "frontend_cache_lookups_total",
+                "Result cache lookups by result (hit, miss, error, timeout, undecodable, no_server)."
+            ),
+            &["result"],
+        )?;
+        let cache_stores = IntCounterVec::new(
+            opts!(
+                "frontend_cache_stores_total",
+                "Result cache stores by result (stored, skipped_partial, error)."
+            ),
+            &["result"],
+        )?;
+        let cache_coalesced = IntCounter::new(
+            "frontend_cache_coalesced_total",
+            "Requests answered by joining an identical fan-out already in flight.",
+        )?;
+        let term_stats = IntCounterVec::new(
+            opts!(
+                "frontend_term_stats_total",
+                "Global term statistics per query by source (warm, fetched, partial, local)."
+            ),
+            &["source"],
+        )?;
+        let recall_models = IntCounterVec::new(
+            opts!(
+                "frontend_recall_estimates_total",
+                "Partial answers by the model that estimated their recall (champion, share, documents)."
+            ),
+            &["model"],
+        )?;
+        let admission_limit = IntGauge::new(
+            "frontend_admission_limit",
+            "Current adaptive concurrency limit.",
+        )?;
+        let latency_objective = Gauge::new(
+            "frontend_latency_objective_seconds",
+            "The latency objective that admission control holds (--latency-target).",
+        )?;
+        let admission_in_flight = IntGauge::new(
+            "frontend_admission_in_flight",
+            "Admitted search requests in flight.",
+        )?;
+        let admission_queue = IntGauge::new(
+            "frontend_admission_queue_depth",
+            "Search requests waiting for admission.",
+        )?;
+        let admission_rejections = IntCounterVec::new(
+            opts!(
+                "frontend_admission_rejections_total",
+                "Search requests shed by admission control, by reason (queue_full, queue_timeout)."
+            ),
+            &["reason"],
+        )?;
+        let shards_live = prometheus::IntGaugeVec::new(
+            opts!(
+                "frontend_shard_replicas_live",
+                "Live replicas (holding a lease) per shard."
+            ),
+            &["shard"],
+        )?;
+        let metrics = Metrics {
+            registry,
+            requests,
+            duration,
+            coverage,
+            estimated_recall,
+            overhead,
+            leaf_calls,
+            leaf_duration,
+            shard_outcomes,
+            hedges,
+            hedge_wins,
+            hedges_denied,
+            probes,
+            probations,
+            cache_lookups,
+            cache_stores,
+            cache_coalesced,
+            term_stats,
+            recall_models,
+            admission_limit,
+            latency_objective,
+            admission_in_flight,
+            admission_queue,
+            admission_rejections,
+            shards_live,
+        };
+        let r = &metrics.registry;
+        r.register(Box::new(metrics.requests.clone()))?;
+        r.register(Box::new(metrics.duration.clone()))?;
+        r.register(Box::new(metrics.coverage.clone()))?;
+        r.register(Box::new(metrics.estimated_recall.clone()))?;
+        r.register(Box::new(metrics.overhead.clone()))?;
+        r.register(Box::new(metrics.leaf_calls.clone()))?;
+        r.register(Box::new(metrics.leaf_duration.clone()))?;
+        r.register(Box::new(metrics.shard_outcomes.clone()))?;
+        r.register(Box::new(metrics.hedges.clone()))?;
+        r.register(Box::new(metrics.hedge_wins.clone()))?;
+        r.register(Box::new(metrics.hedges_denied.clone()))?;
+        r.register(Box::new(metrics.probes.clone()))?;
+        r.register(Box::new(metrics.probations.clone()))?;
+        r.register(Box::new(metrics.cache_lookups.clone()))?;
+        r.register(Box::new(metrics.cache_stores.clone()))?;
+        r.register(Box::new(metrics.cache_coalesced.clone()))?;
+        r.register(Box::new(metrics.term_stats.clone()))?;
+        r.register(Box::new(metrics.recall_models.clone()))?;
+        r.register(Box::new(metrics.admission_limit.clone()))?;
+        r.register(Box::new(metrics.latency_objective.clone()))?;
+        r.register(Box::new(metrics.admission_in_flight.clone()))?;
+        r.register(Box::new(metrics.admission_queue.clone()))?;
+        r.register(Box::new(metrics.admission_rejections.clone()))?;
+        r.register(Box::new(metrics.shards_live.clone()))?;
+        for result in CACHE_LOOKUP_RESULTS {
+            metrics.cache_lookups.with_label_values(&[*result]);
+        }
+        for result in CACHE_STORE_RESULTS {
+            metrics.cache_stores.with_label_values(&[*result]);
+        }
+        Ok(metrics)
+    }
+
+    /// Sets what the configuration fixes: the latency objective, and every
+    /// per-shard series of its shards, exported from the start as zeros so
+    /// that per-shard panels and rates never miss a series merely because
+    /// nothing happened to a shard yet.
+    pub fn init(&self, shards: u32, latency_objective: Duration) {
+        self.latency_objective.set(latency_objective.as_secs_f64());
+        for shard in 0..shards {
+            let shard = shard.to_string();
+            for outcome in LeafCallOutcome::ALL {
+                self.leaf_calls
+                    .with_label_values(&[&shard, outcome.label()]);
+            }
+            self.leaf_duration.with_label_values(&[&shard]);
+            self.hedges.with_label_values(&[&shard]);
+            self.hedge_wins.with_label_values(&[&shard]);
+            self.shards_live.with_label_values(&[&shard]);
+        }
+    }
+
+    pub fn leaf_call(&self, shard: u32, outcome: LeafCallOutcome, latency: Duration) {
+        let shard = shard.to_string();
+        self.leaf_calls
+            .with_label_values(&[&shard, outcome.label()])
+            .inc();
+        if outcome != LeafCallOutcome::Unavailable {
+            self.leaf_duration
+                .with_label_values(&[&shard])
+                .observe(latency.as_secs_f64());
+        }
+    }
+
+    pub fn hedge_sent(&self, shard: u32) {
+        self.hedges.with_label_values(&[&shard.to_string()]).inc();
+    }
+
+    pub fn hedge_won(&self, shard: u32) {
+        self.hedge_wins
+            .with_label_values(&[&shard.to_string()])
+            .inc();
+    }
+
+    pub fn hedge_denied(&self) {
+        self.hedges_denied.inc();
+    }
+
+    pub fn probe(&self) {
+        self.probes.inc();
+    }
+
+    pub fn probation_started(&self) {
+        self.probations.inc();
+    }
+}

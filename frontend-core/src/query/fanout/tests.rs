@@ -1,0 +1,324 @@
+//! Fan-out behaviour over in-process fake leaves and logical time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lease::{Member, Role};
+use proto::leaf::{Hit, InfoResponse, SearchRequest, SearchResponse, TermStatsResponse};
+use tokio::time::Instant;
+
+use super::*;
+use crate::cluster::leaf_client::{CallError, LeafService};
+use crate::cluster::topology::{ClientFactory, Routing};
+
+#[derive(Default)]
+struct Fake {
+    delay: parking_lot::Mutex<Duration>,
+    hang: std::sync::atomic::AtomicBool,
+    fail: parking_lot::Mutex<Option<CallError>>,
+    calls: AtomicUsize,
+    cancelled: AtomicUsize,
+}
+
+struct CancelGuard<'a>(&'a AtomicUsize, bool);
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl LeafService for Fake {
+    async fn search(
+        &self,
+        request: SearchRequest,
+        _budget: Duration,
+    ) -> Result<SearchResponse, CallError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut guard = CancelGuard(&self.cancelled, false);
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let delay = *self.delay.lock();
+        tokio::time::sleep(delay).await;
+        guard.1 = true;
+        if let Some(error) = self.fail.lock().clone() {
+            return Err(error);
+        }
+        Ok(SearchResponse {
+            hits: vec![Hit {
+                id: format!("doc-{}", request.query),
+                score: 1.0,
+                ..Hit::default()
+            }],
+            docs_searched: 10,
+            docs_total: 10,
+            ..SearchResponse::default()
+        })
+    }
+
+    async fn term_stats(&self, _: &str, _: Duration) -> Result<TermStatsResponse, CallError> {
+        Err(CallError::Failed("not used".into()))
+    }
+
+    async fn info(&self, _: Duration) -> Result<InfoResponse, CallError> {
+        Err(CallError::Failed("not used".into()))
+    }
+}
+
+/// A cluster of fakes: `shards` × `replicas`, addressed `s{shard}r{replica}`.
+fn cluster(
+    shards: u32,
+    replicas: u32,
+    config: FanoutConfig,
+) -> (Fanout, HashMap<String, Arc<Fake>>) {
+    let mut fakes = HashMap::new();
+    let mut members = Vec::new();
+    for shard in 0..shards {
+        for replica in 0..replicas {
+            let address = format!("s{shard}r{replica}");
+            fakes.insert(address.clone(), Arc::new(Fake::default()));
+            members.push(Member {
+                lease_id: u64::from(shard * 100 + replica + 1),
+                role: Role::Leaf,
+                shard,
+                address,
+                generation: 1,
+            });
+        }
+    }
+    let lookup = fakes.clone();
+    let factory: ClientFactory = Arc::new(move |member: &Member| {
+        lookup
+            .get(&member.address)
+            .map(|fake| Arc::clone(fake) as Arc<dyn LeafService>)
+    });
+    let routing = Routing::new(shards, factory);
+    routing.apply(&members);
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
+    (Fanout::new(routing, config, metrics), fakes)
+}
+
+fn request() -> SearchRequest {
+    SearchRequest {
+        query: "q".into(),
+        k: 10,
+        stats: None,
+    }
+}
+
+fn set_delay(fake: &Fake, delay: Duration) {
+    *fake.delay.lock() = delay;
+}
+
+/// Sends `n` queries so that every shard has a latency percentile.
+async fn warm_up(fanout: &Fanout, n: usize) {
+    for _ in 0..n {
+        fanout
+            .search(&request(), Instant::now() + Duration::from_secs(1))
+            .await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_replica_is_answered_by_the_hedge() {
+    let config = FanoutConfig {
+        replica_choice: false,
+        probation: false,
+        hedge_budget_floor: 1000.0,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(1, 2, config);
+    for fake in fakes.values() {
+        set_delay(fake, Duration::from_millis(2));
+    }
+    warm_up(&fanout, 40).await;
+    fakes["s0r0"].hang.store(true, Ordering::SeqCst);
+    let mut hedge_wins = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let results = fanout
+            .search(&request(), started + Duration::from_millis(100))
+            .await;
+        let result = &results[0];
+        assert!(
+            matches!(result.outcome, ShardOutcome::Answered(_)),
+            "{result:?}"
+        );
+        // Answered long before the deadline: after the hedge delay plus the
+        // hedge's own latency.
+        assert!(
+            started.elapsed() < Duration::from_millis(20),
+            "{:?}",
+            started.elapsed()
+        );
+        hedge_wins += u32::from(result.hedge_won);
+    }
+    assert!(hedge_wins > 0);
+    // Every call that reached the hanging replica was cancelled by the win.
+    let hung = &fakes["s0r0"];
+    assert_eq!(hung.cancelled.load(Ordering::SeqCst), hedge_wins as usize);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hedge_budget_holds_when_every_replica_slows_down() {
+    let config = FanoutConfig {
+        probation: false,
+        hedge_budget_ratio: 0.05,
+        hedge_budget_floor: 0.0,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(2, 2, config);
+    for fake in fakes.values() {
+        set_delay(fake, Duration::from_millis(2));
+    }
+    warm_up(&fanout, 40).await;
+    for fake in fakes.values() {
+        set_delay(fake, Duration::from_millis(30));
+    }
+    let mut hedges = 0;
+    let queries = 400;
+    for _ in 0..queries {
+        let results = fanout
+            .search(&request(), Instant::now() + Duration::from_millis(100))
+            .await;
+        hedges += results.iter().map(|r| r.hedges).sum::<u32>();
+    }
+    let primaries = queries * 2;
+    // 5% of primary calls plus the initial balance of one token.
+    assert!(
+        hedges as f64 <= 0.05 * primaries as f64 + 1.0,
+        "{hedges} hedges for {primaries} calls"
+    );
+    assert!(hedges > 0, "the budget should allow some hedges");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_without_replicas_is_unavailable_at_once() {
+    let (fanout, _fakes) = cluster(2, 1, FanoutConfig::default());
+    fanout.routing().apply(&[Member {
+        lease_id: 1,
+        role: Role::Leaf,
+        shard: 0,
+        address: "s0r0".into(),
+        generation: 1,
+    }]);
+    let started = Instant::now();
+    let results = fanout
+        .search(&request(), started + Duration::from_millis(100))
+        .await;
+    assert!(matches!(results[0].outcome, ShardOutcome::Answered(_)));
+    assert!(matches!(results[1].outcome, ShardOutcome::Unavailable));
+    assert!(started.elapsed() < Duration::from_millis(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_shard_is_abandoned_at_the_deadline() {
+    let config = FanoutConfig {
+        hedging: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(2, 1, config);
+    set_delay(&fakes["s1r0"], Duration::from_secs(5));
+    let started = Instant::now();
+    let results = fanout
+        .search(&request(), started + Duration::from_millis(50))
+        .await;
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert!(matches!(results[0].outcome, ShardOutcome::Answered(_)));
+    assert!(matches!(results[1].outcome, ShardOutcome::TimedOut));
+    assert_eq!(fakes["s1r0"].cancelled.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_call_is_retried_on_another_replica() {
+    let config = FanoutConfig {
+        hedging: false,
+        replica_choice: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(1, 2, config);
+    *fakes["s0r0"].fail.lock() = Some(CallError::Rejected("full".into()));
+    for _ in 0..20 {
+        let results = fanout
+            .search(&request(), Instant::now() + Duration::from_millis(50))
+            .await;
+        assert!(
+            matches!(results[0].outcome, ShardOutcome::Answered(_)),
+            "{:?}",
+            results[0]
+        );
+    }
+    // With retries off, the failure shows.
+    let config = FanoutConfig {
+        hedging: false,
+        retry: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(1, 1, config);
+    *fakes["s0r0"].fail.lock() = Some(CallError::Unavailable("down".into()));
+    let results = fanout
+        .search(&request(), Instant::now() + Duration::from_millis(50))
+        .await;
+    assert!(matches!(
+        results[0].outcome,
+        ShardOutcome::Failed(CallError::Unavailable(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_replica_goes_on_probation_and_comes_back() {
+    // Random choice, so that the slow replica gets calls at first.
+    let config = FanoutConfig {
+        hedging: false,
+        replica_choice: false,
+        probation_time: Duration::from_secs(5),
+        probe_fraction: 0.0,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(1, 2, config);
+    set_delay(&fakes["s0r0"], Duration::from_millis(1));
+    set_delay(&fakes["s0r1"], Duration::from_millis(60));
+    for _ in 0..30 {
+        fanout
+            .search(&request(), Instant::now() + Duration::from_millis(200))
+            .await;
+    }
+    let topology = fanout.routing().snapshot();
+    let slow = topology.shards[0]
+        .iter()
+        .find(|r| r.member.address == "s0r1")
+        .unwrap()
+        .clone();
+    assert!(
+        slow.probation.active(Instant::now()),
+        "the slow replica is on probation"
+    );
+    let before = fakes["s0r1"].calls.load(Ordering::SeqCst);
+    for _ in 0..50 {
+        fanout
+            .search(&request(), Instant::now() + Duration::from_millis(200))
+            .await;
+    }
+    assert_eq!(
+        fakes["s0r1"].calls.load(Ordering::SeqCst),
+        before,
+        "no primary calls while on probation"
+    );
+    // It recovers; after its probation it serves again and stays restored.
+    set_delay(&fakes["s0r1"], Duration::from_millis(1));
+    tokio::time::advance(Duration::from_secs(6)).await;
+    for _ in 0..100 {
+        fanout
+            .search(&request(), Instant::now() + Duration::from_millis(200))
+            .await;
+    }
+    assert!(fakes["s0r1"].calls.load(Ordering::SeqCst) > before + 10);
+    assert!(!slow.probation.active(Instant::now()));
+}

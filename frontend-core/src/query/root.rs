@@ -1,0 +1,352 @@
+//! The root search: everything between an admitted request and its answer.
+//!
+//! cache lookup (own small budget) → coalesce identical misses → global term
+//! statistics (warm cache or one round trip) → fan-out under the deadline →
+//! merge → answer, and store complete answers in the cache tier.
+//!
+//! **Invariant:** a partial answer is never stored in the cache, and an
+//! answer served from the cache is one that was complete.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::cache::{CachedAnswer, CachedHit};
+use proto::leaf::SearchRequest;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::cache_client::CacheTier;
+use crate::metrics::Metrics;
+use crate::query::answer::{Answer, AnswerHit, CacheResult, SearchParams};
+use crate::query::coalesce::Coalescer;
+use crate::query::error::QueryError;
+use crate::query::fanout::{Fanout, ShardOutcome};
+use crate::query::merge::{self, Coverage, Merged};
+use crate::query::term_stats::{QueryStats, TermStatsCache};
+
+/// Figures of the request path that are not about fan-out.
+#[derive(Clone, Debug)]
+pub struct RootConfig {
+    /// Time kept back from the deadline for merging and answering.
+    pub merge_margin_max: Duration,
+    /// The cache lookup's share of the deadline…
+    pub cache_budget_fraction: f64,
+    /// …capped at this.
+    pub cache_budget_max: Duration,
+    /// The term statistics round trip's share of the deadline.
+    pub stats_budget_fraction: f64,
+    /// Send corpus-wide term statistics with every query.
+    pub global_stats: bool,
+    /// Wait for every shard, ignoring the deadline (a baseline for
+    /// benchmarks; never use in production).
+    pub wait_for_all: bool,
+    /// Bytes of per-term statistics (frequencies and champion lists) kept.
+    pub stats_cache_bytes: u64,
+}
+
+impl Default for RootConfig {
+    fn default() -> Self {
+        RootConfig {
+            merge_margin_max: Duration::from_millis(3),
+            cache_budget_fraction: 0.1,
+            cache_budget_max: Duration::from_millis(10),
+            stats_budget_fraction: 0.3,
+            global_stats: true,
+            wait_for_all: false,
+            stats_cache_bytes: crate::query::term_stats::DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+pub struct Root {
+    pub config: RootConfig,
+    pub fanout: Arc<Fanout>,
+    pub metrics: Arc<Metrics>,
+    pub cache: Option<Arc<CacheTier>>,
+    pub stats: Arc<TermStatsCache>,
+    /// Last known document count per shard, for coverage of missing shards.
+    known_docs: Arc<Vec<AtomicU64>>,
+    /// Fan-outs in flight by cache key, so identical misses share one.
+    in_flight: Coalescer<Arc<Merged>>,
+    /// Coalesced fan-outs run as tasks of their own, drained on shutdown.
+    tasks: TaskTracker,
+}
+
+impl Root {
+    pub fn new(
+        config: RootConfig,
+        fanout: Arc<Fanout>,
+        cache: Option<Arc<CacheTier>>,
+        stats: Arc<TermStatsCache>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let shards = fanout.routing().shards() as usize;
+        Root {
+            config,
+            fanout,
+            metrics,
+            cache,
+            stats,
+            known_docs: Arc::new((0..shards).map(|_| AtomicU64::new(0)).collect()),
+            in_flight: Coalescer::default(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Runs coalesced fan-outs on `tasks` (the server's, drained on
+    /// shutdown).
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
+    /// Answers one validated request before its deadline.
+    pub async fn search(&self, params: &SearchParams) -> Result<Answer, QueryError> {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(params.timeout_ms);
+        let deadline = started + timeout;
+        let topology = self.fanout.routing().snapshot();
+        let generations = topology.generations();
+        let key = crate::cluster::cache_client::cache_key(&params.q, params.k, &generations);
+
+        let cache = self.cache.as_ref().filter(|_| !params.nocache);
+        let mut cache_result = CacheResult::Bypass;
+        if let Some(cache) = cache {
+            let budget = timeout
+                .mul_f64(self.config.cache_budget_fraction)
+                .min(self.config.cache_budget_max);
+            if let Some(answer) = cache.lookup(&key, budget).await {
+                if answer.shards_total as usize == generations.len() {
+                    return Ok(self.answer_from_cache(answer, started));
+                }
+            }
+            cache_result = CacheResult::Miss;
+        }
+
+        let merged = if cache.is_some() {
+            self.coalesced(key.clone(), params, deadline).await?
+        } else {
+            Arc::new(self.fan_out(params.clone(), deadline).await)
+        };
+        if let Some(message) = &merged.invalid_query {
+            return Err(QueryError::InvalidQuery(message.clone()));
+        }
+        if let Some(cache) = cache {
+            if merged.partial {
+                self.metrics
+                    .cache_stores
+                    .with_label_values(&["skipped_partial"])
+                    .inc();
+            } else if merged.generations == generations {
+                cache.store(key, to_cached(&merged));
+            }
+        }
+        let answer = self.answer(&merged, cache_result, started);
+        if merged.coverage.shards_answered == 0 {
+            return Err(QueryError::NoShardAnswered {
+                answer: Some(Box::new(answer)),
+            });
+        }
+        if merged.partial && !params.allow_partial {
+            return Err(QueryError::PartialNotAllowed {
+                answer: Box::new(answer),
+            });
+        }
+        Ok(answer)
+    }
+
+    /// Joins an identical fan-out already in flight, or starts one.
+    async fn coalesced(
+        &self,
+        key: String,
+        params: &SearchParams,
+        deadline: Instant,
+    ) -> Result<Arc<Merged>, QueryError> {
+        let (shared, leader) = self.in_flight.join_or_start(key, &self.tasks, || {
+            let root = self.detached();
+            let params = params.clone();
+            async move { Arc::new(root.fan_out(params, deadline).await) }
+        });
+        if !leader {
+            self.metrics.cache_coalesced.inc();
+        }
+        // A follower never waits past its own deadline for the leader's.
+        match tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await {
+            Ok(Some(merged)) => Ok(merged),
+            Ok(None) => Err(QueryError::Internal("the fan-out task failed".into())),
+            Err(_) => Err(QueryError::NoShardAnswered { answer: None }),
+        }
+    }
+
+    /// A handle on the shared parts that a spawned fan-out can own.
+    fn detached(&self) -> Root {
+        Root {
+            config: self.config.clone(),
+            fanout: Arc::clone(&self.fanout),
+            metrics: Arc::clone(&self.metrics),
+            cache: self.cache.clone(),
+            stats: Arc::clone(&self.stats),
+            known_docs: Arc::clone(&self.known_docs),
+            in_flight: self.in_flight.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+
+    /// Statistics, fan-out and merge; never fails, a missing shard is
+    /// reported in the coverage.
+    pub async fn fan_out(&self, params: SearchParams, deadline: Instant) -> Merged {
+        let started = Instant::now();
+        let budget = deadline.saturating_duration_since(started);
+        let margin = (budget / 10).min(self.config.merge_margin_max);
+        let gather_until = if self.config.wait_for_all {
+            started + Duration::from_secs(3600)
+        } else {
+            deadline - margin
+        };
+        let query_stats = if self.config.global_stats {
+            let stats_deadline = started + budget.mul_f64(self.config.stats_budget_fraction);
+            self.stats
+                .for_query(&params.q, self.fanout.routing(), stats_deadline)
+                .await
+        } else {
+            QueryStats::local()
+        };
+        self.metrics
+            .term_stats
+            .with_label_values(&[query_stats.source.label()])
+            .inc();
+        let request = SearchRequest {
+            query: params.q.clone(),
+            k: params.k,
+            stats: query_stats.stats.clone(),
+        };
+        let results = self.fanout.search(&request, gather_until).await;
+        let slowest = results
+            .iter()
+            .filter(|r| matches!(r.outcome, ShardOutcome::Answered(_)))
+            .map(|r| r.latency)
+            .max()
+            .unwrap_or_default();
+        for (shard, &docs) in query_stats.shard_docs.iter().enumerate() {
+            if let (Some(slot), true) = (self.known_docs.get(shard), docs > 0) {
+                slot.store(docs, Ordering::Relaxed);
+            }
+        }
+        for result in &results {
+            if let ShardOutcome::Answered(response) = &result.outcome {
+                if let Some(slot) = self.known_docs.get(result.shard as usize) {
+                    slot.store(response.docs_total, Ordering::Relaxed);
+                }
+            }
+        }
+        let known: Vec<u64> = self
+            .known_docs
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect();
+        let mut merged = merge::merge(
+            results,
+            params.k as usize,
+            &known,
+            query_stats.evidence.as_deref(),
+        );
+        if !query_stats.complete() {
+            merged.global_stats = false;
+        }
+        if merged.partial {
+            self.metrics
+                .recall_models
+                .with_label_values(&[merged.recall_model.label()])
+                .inc();
+        }
+        for report in &merged.shards {
+            self.metrics
+                .shard_outcomes
+                .with_label_values(&[&report.shard.to_string(), report.state.label()])
+                .inc();
+        }
+        self.metrics
+            .overhead
+            .observe(started.elapsed().saturating_sub(slowest).as_secs_f64());
+        merged
+    }
+
+    fn answer(&self, merged: &Merged, cache: CacheResult, started: Instant) -> Answer {
+        Answer {
+            hits: merged
+                .hits
+                .iter()
+                .map(|h| AnswerHit {
+                    id: h.id.clone(),
+                    score: h.score,
+                    title: h.title.clone(),
+                    snippet: h.snippet.clone(),
+                    shard: h.shard,
+                })
+                .collect(),
+            partial: merged.partial,
+            coverage: merged.coverage.clone(),
+            estimated_recall: merged.estimated_recall,
+            cache,
+            took: started.elapsed(),
+            global_stats: merged.global_stats,
+            hedges_sent: merged.hedges,
+            hedges_won: merged.hedges_won,
+            shards: merged.shards.clone(),
+        }
+    }
+
+    fn answer_from_cache(&self, answer: CachedAnswer, started: Instant) -> Answer {
+        let shards_total = answer.shards_total;
+        Answer {
+            hits: answer
+                .hits
+                .into_iter()
+                .map(|h| AnswerHit {
+                    id: h.id,
+                    score: h.score,
+                    title: h.title,
+                    snippet: h.snippet,
+                    shard: h.shard,
+                })
+                .collect(),
+            partial: false,
+            coverage: Coverage {
+                shards_total,
+                shards_answered: shards_total,
+                docs_total: answer.docs_total,
+                docs_searched: answer.docs_total,
+                percent: 100.0,
+                ..Coverage::default()
+            },
+            estimated_recall: 1.0,
+            cache: CacheResult::Hit,
+            took: started.elapsed(),
+            global_stats: true,
+            hedges_sent: 0,
+            hedges_won: 0,
+            shards: Vec::new(),
+        }
+    }
+}
+
+/// Only complete answers are turned into cache entries.
+fn to_cached(merged: &Merged) -> CachedAnswer {
+    debug_assert!(!merged.partial);
+    CachedAnswer {
+        hits: merged
+            .hits
+            .iter()
+            .map(|h| CachedHit {
+                id: h.id.clone(),
+                score: h.score,
+                title: h.title.clone(),
+                snippet: h.snippet.clone(),
+                shard: h.shard,
+            })
+            .collect(),
+        docs_total: merged.coverage.docs_total,
+        shards_total: merged.coverage.shards_total,
+    }
+}

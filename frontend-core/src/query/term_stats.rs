@@ -1,0 +1,731 @@
+//! Corpus-wide term statistics, so that BM25 scores are comparable across
+//! shards and a merge of all shards equals one unsharded index.
+//!
+//! For a query the frontend needs each term's document frequency summed
+//! over shards, plus the corpus's document and token counts. Those come from
+//! the leaves' `TermStats` RPC and are cached here per term and per set of
+//! index generations (a reindexed shard changes the set, which makes every
+//! old entry unreachable). A query seen before, or whose terms are all known,
+//! costs no extra round trip. When statistics cannot be had in time, the
+//! query is scored with shard-local statistics and the answer says so; the
+//! round trip goes on in the background and fills the cache, so that short
+//! deadlines do not keep a query cold.
+//!
+//! Per-shard frequencies and champion lists are kept too: they tell the
+//! accuracy estimate what each shard would add to the answer (the
+//! [`Evidence`] used by [`crate::query::estimate`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::sync::Cache;
+use proto::leaf::{CorpusStats, FieldStats, Impact, TermStat};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::cluster::topology::Routing;
+use crate::query::estimate::{Evidence, Occur, PairModel};
+
+/// The fields the leaves search; their terms are looked up locally.
+const FIELDS: [&str; 2] = scoring::SEARCH_FIELDS;
+use scoring::MAX_TOKEN_BYTES;
+
+/// Where a query's statistics came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatsSource {
+    /// All from the cache, no round trip.
+    Warm,
+    /// One round trip that every shard answered.
+    Fetched,
+    /// A round trip that some shard did not answer (or answered from
+    /// another generation): scored with what came back.
+    Partial,
+    /// None in time: shard-local statistics.
+    Local,
+}
+
+impl StatsSource {
+    pub const ALL: &'static [StatsSource] = &[
+        StatsSource::Warm,
+        StatsSource::Fetched,
+        StatsSource::Partial,
+        StatsSource::Local,
+    ];
+
+    /// The name in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StatsSource::Warm => "warm",
+            StatsSource::Fetched => "fetched",
+            StatsSource::Partial => "partial",
+            StatsSource::Local => "local",
+        }
+    }
+}
+
+/// Statistics for one query.
+#[derive(Clone, Debug)]
+pub struct QueryStats {
+    /// Summed statistics to send to the leaves; `None` means local scoring.
+    pub stats: Option<CorpusStats>,
+    /// What the accuracy estimate knows about the query's terms on every
+    /// shard; `None` unless the statistics cover every shard.
+    pub evidence: Option<Arc<Evidence>>,
+    /// Where the statistics came from, for metrics.
+    pub source: StatsSource,
+    /// Documents per shard as the statistics saw them (0: unknown).
+    pub shard_docs: Vec<u64>,
+}
+
+impl QueryStats {
+    pub fn local() -> Self {
+        QueryStats {
+            stats: None,
+            evidence: None,
+            source: StatsSource::Local,
+            shard_docs: Vec::new(),
+        }
+    }
+
+    /// What the frontend makes of every shard's own statistics for `query`
+    /// (each shard's `TermStats` answer, in shard order): their sum to score
+    /// with, and the evidence for the accuracy estimate. The server's code
+    /// path, public so that offline tools (the calibration benchmark)
+    /// compute the same figures.
+    pub fn from_shards(query: &str, parts: &[CorpusStats]) -> QueryStats {
+        let (totals, per_term, _) = gather(parts.iter().map(Some));
+        let mut result = assemble(&totals, &per_term, clauses(query));
+        result.source = StatsSource::Fetched;
+        result
+    }
+
+    /// True when the statistics cover every shard.
+    pub fn complete(&self) -> bool {
+        matches!(self.source, StatsSource::Warm | StatsSource::Fetched)
+    }
+}
+
+/// A (field, term) pair.
+type Pair = (String, String);
+/// (field, term) → its statistics on every shard.
+type PerTerm = BTreeMap<Pair, Arc<PairStats>>;
+
+pub use crate::query::estimate::PairStats;
+/// One entry of a champion list ([`Impact`]) as the cache keeps it; the
+/// packing is part of the scoring contract.
+pub use scoring::Champion;
+
+/// Packs a leaf's champion-list entry.
+fn champion(impact: &Impact) -> Champion {
+    Champion::pack(impact.doc, impact.term_freq, impact.field_length)
+}
+
+/// Per-shard totals of one generation set.
+#[derive(Clone, Debug)]
+struct Totals {
+    docs: Vec<u64>,
+    /// Field name → total tokens per shard.
+    tokens: BTreeMap<String, Vec<u64>>,
+}
+
+/// How long a `TermStats` round trip may take. The request waits for it only
+/// until its own statistics deadline; past that it is scored with
+/// shard-local statistics while the round trip goes on and fills the cache,
+/// so that the next query with these terms is warm even under deadlines too
+/// short for a round trip.
+const FETCH_BUDGET: Duration = Duration::from_secs(1);
+
+/// Bytes of per-term statistics kept unless configured otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// Cheap to clone: the clones share the caches.
+#[derive(Clone)]
+pub struct TermStatsCache {
+    /// (generation set, field, term) → the pair's statistics per shard,
+    /// bounded by bytes (champion lists make up most of them).
+    terms: Cache<(u64, String, String), Arc<PairStats>>,
+    /// (generation set, normalized query) → the (field, term) pairs the
+    /// leaves reported for it.
+    queries: Cache<(u64, String), Arc<Vec<Pair>>>,
+    /// Generation set → per-shard totals.
+    totals: Cache<u64, Arc<Totals>>,
+    /// Round trips that outlive their request, drained on shutdown.
+    tasks: TaskTracker,
+}
+
+impl Default for TermStatsCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CACHE_BYTES, 100_000)
+    }
+}
+
+impl TermStatsCache {
+    /// A cache of at most `max_bytes` of per-term statistics (about 4 KiB
+    /// per (field, term) pair on 8 shards) and `max_queries` queries' term lists.
+    pub fn new(max_bytes: u64, max_queries: u64) -> Self {
+        TermStatsCache {
+            terms: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_, pair: &Arc<PairStats>| pair.weight())
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            queries: Cache::builder()
+                .max_capacity(max_queries)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            totals: Cache::builder().max_capacity(64).build(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Tracks background round trips on `tasks` (the server's, drained on
+    /// shutdown).
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
+    /// Statistics for `query`, from the cache or from one round trip to one
+    /// replica of every shard if it ends by `deadline` (see
+    /// [`FETCH_BUDGET`]).
+    pub async fn for_query(&self, query: &str, routing: &Routing, deadline: Instant) -> QueryStats {
+        let topology = routing.snapshot();
+        let generations = topology.generations();
+        let set = xxh3_64(
+            &generations
+                .iter()
+                .flat_map(|g| g.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        let normalized = crate::cluster::cache_client::normalize(query);
+        if let Some(warm) = self.warm(set, &normalized, query) {
+            return warm;
+        }
+        let cache = self.clone();
+        let owned = query.to_string();
+        let fetch = self.tasks.spawn(async move {
+            cache
+                .fetch(&owned, &topology.shards, &generations, set, normalized)
+                .await
+        });
+        match tokio::time::timeout_at(deadline, fetch).await {
+            Ok(Ok(stats)) => stats,
+            // Out of time: the fetch goes on and fills the cache.
+            Ok(Err(_)) | Err(_) => QueryStats::local(),
+        }
+    }
+
+    /// One `TermStats` round trip to one replica of every shard, within
+    /// [`FETCH_BUDGET`]; complete answers go into the cache.
+    async fn fetch(
+        &self,
+        query: &str,
+        shards: &[Vec<Arc<crate::cluster::topology::Replica>>],
+        generations: &[u64],
+        set: u64,
+        normalized: String,
+    ) -> QueryStats {
+        // One replica per shard; the first live one (stats are identical
+        // across replicas of one generation).
+        let calls = shards.iter().map(|replicas| {
+            let replica = replicas.first().cloned();
+            async move { replica?.client.term_stats(query, FETCH_BUDGET).await.ok() }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let complete = answers.iter().all(|a| {
+            a.as_ref()
+                .is_some_and(|a| generations.get(a.shard as usize) == Some(&a.generation))
+        });
+        let (totals, per_term, answered) = gather(
+            answers
+                .iter()
+                .map(|answer| answer.as_ref().and_then(|a| a.stats.as_ref())),
+        );
+        if answered == 0 {
+            return QueryStats::local();
+        }
+        if complete {
+            self.totals.insert(set, Arc::new(totals.clone()));
+            for ((field, term), pair) in &per_term {
+                self.terms
+                    .insert((set, field.clone(), term.clone()), Arc::clone(pair));
+            }
+            self.queries.insert(
+                (set, normalized),
+                Arc::new(per_term.keys().cloned().collect()),
+            );
+        }
+        let mut result = assemble(&totals, &per_term, clauses(query));
+        result.source = if complete {
+            StatsSource::Fetched
+        } else {
+            StatsSource::Partial
+        };
+        if !complete {
+            result.evidence = None;
+        }
+        result
+    }
+
+    /// Statistics from the cache alone, if every piece is there.
+    fn warm(&self, set: u64, normalized: &str, query: &str) -> Option<QueryStats> {
+        let totals = self.totals.get(&set)?;
+        let pairs = match self.queries.get(&(set, normalized.to_string())) {
+            Some(pairs) => pairs,
+            None => Arc::new(local_terms(query)?),
+        };
+        let mut per_term = BTreeMap::new();
+        for (field, term) in pairs.iter() {
+            let pair = self.terms.get(&(set, field.clone(), term.clone()))?;
+            per_term.insert((field.clone(), term.clone()), pair);
+        }
+        let mut result = assemble(&totals, &per_term, clauses(query));
+        result.source = StatsSource::Warm;
+        Some(result)
+    }
+}
+
+/// Per-shard totals and document frequencies from the shards' answers (in
+/// shard order; `None` for a shard that did not answer), and how many did.
+fn gather<'a>(
+    answers: impl ExactSizeIterator<Item = Option<&'a CorpusStats>>,
+) -> (Totals, PerTerm, usize) {
+    let shards = answers.len();
+    let mut docs = vec![0u64; shards];
+    let mut tokens: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut pairs: BTreeMap<Pair, PairStats> = BTreeMap::new();
+    let mut answered = 0;
+    for (shard, stats) in answers.enumerate() {
+        let Some(stats) = stats else {
+            continue;
+        };
+        answered += 1;
+        docs[shard] = stats.num_docs;
+        for field in &stats.fields {
+            tokens
+                .entry(field.field.clone())
+                .or_insert_with(|| vec![0; shards])[shard] = field.total_tokens;
+        }
+        for term in &stats.terms {
+            let pair = pairs
+                .entry((term.field.clone(), term.term.clone()))
+                .or_insert_with(|| PairStats {
+                    freqs: vec![0; shards],
+                    top: vec![Box::default(); shards],
+                    layouts: vec![0; shards],
+                });
+            pair.freqs[shard] = term.doc_freq;
+            pair.layouts[shard] = stats.layout;
+            pair.top[shard] = term.top.iter().map(champion).collect();
+        }
+    }
+    let per_term = pairs
+        .into_iter()
+        .map(|(pair, stats)| (pair, Arc::new(stats)))
+        .collect();
+    (Totals { docs, tokens }, per_term, answered)
+}
+
+/// The summed statistics of a query and its evidence; champion lists enter
+/// the evidence only for a query of plain words (see [`clauses`]).
+fn assemble(
+    totals: &Totals,
+    per_term: &PerTerm,
+    clauses: Option<BTreeMap<String, Occur>>,
+) -> QueryStats {
+    let stats = CorpusStats {
+        num_docs: totals.docs.iter().sum(),
+        fields: totals
+            .tokens
+            .iter()
+            .map(|(field, per_shard)| FieldStats {
+                field: field.clone(),
+                total_tokens: per_shard.iter().sum(),
+            })
+            .collect(),
+        terms: per_term
+            .iter()
+            .map(|((field, term), pair)| TermStat {
+                field: field.clone(),
+                term: term.clone(),
+                doc_freq: pair.freqs.iter().sum(),
+                top: Vec::new(),
+            })
+            .collect(),
+        layout: 0,
+    };
+    let evidence = (!per_term.is_empty()).then(|| {
+        let impacts = clauses.and_then(|clauses| {
+            per_term
+                .iter()
+                .map(|((field, term), pair)| {
+                    let occur = *clauses.get(term)?;
+                    let tokens = totals
+                        .tokens
+                        .get(field)
+                        .map_or(0, |per_shard| per_shard.iter().sum::<u64>());
+                    Some(PairModel::new(
+                        occur,
+                        field_weight(field) as f32,
+                        pair.freqs.iter().sum(),
+                        stats.num_docs,
+                        tokens,
+                        Arc::clone(pair),
+                    ))
+                })
+                .collect()
+        });
+        Arc::new(Evidence {
+            share: answer_share(&totals.docs, per_term),
+            impacts,
+        })
+    });
+    QueryStats {
+        stats: Some(stats),
+        evidence,
+        source: StatsSource::Warm,
+        shard_docs: totals.docs.clone(),
+    }
+}
+
+/// How many of a query's best documents [`answer_share`] places: a first
+/// page. The share barely depends on it (on the npm benchmark, one to
+/// three pages give the same per-query error within 0.002), so it is fixed
+/// rather than taken from each request's `k`.
+const ANSWER_DEPTH: f64 = 10.0;
+
+/// Weight of a match in `field`, as the leaves score it: the leaf's title
+/// boost; other fields weigh 1.
+fn field_weight(field: &str) -> f64 {
+    f64::from(scoring::field_boost(field))
+}
+
+/// Each shard's expected share of the query's best [`ANSWER_DEPTH`]
+/// documents, from per-shard document frequencies of its (field, term)
+/// pairs.
+///
+/// Documents lie in shards by a hash of their id, so a shard holds a pair's
+/// documents in proportion to its document frequency. Which pairs the best
+/// documents carry follows BM25: a rare term in a boosted field scores
+/// highest. So the places of the answer are filled pair by pair, the
+/// highest-weighted first (field weight × BM25 idf), each pair taking as
+/// many places as it has documents and spreading them over shards in
+/// proportion to its per-shard frequencies. A query whose rare term is in
+/// ten documents thus puts its answer where those ten are, not where the
+/// common terms are. A shard with none of the pairs gets no share; when no
+/// shard has any, every share is zero (nothing can be missing).
+fn answer_share(totals_docs: &[u64], per_term: &PerTerm) -> Vec<f64> {
+    let shards = totals_docs.len();
+    let num_docs = totals_docs.iter().sum::<u64>() as f64;
+    let mut pairs: Vec<(f64, u64, &Vec<u64>)> = per_term
+        .iter()
+        .map(|((field, _), pair)| {
+            let per_shard = &pair.freqs;
+            let df: u64 = per_shard.iter().take(shards).sum();
+            let idf = scoring::bm25_idf_f64(df as f64, num_docs);
+            (field_weight(field) * idf, df, per_shard)
+        })
+        .filter(|&(_, df, _)| df > 0)
+        .collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut places = vec![0.0; shards];
+    let mut left = ANSWER_DEPTH;
+    for (_, df, per_shard) in pairs {
+        if left <= 0.0 {
+            break;
+        }
+        let taken = left.min(df as f64);
+        for (place, &freq) in places.iter_mut().zip(per_shard) {
+            *place += taken * freq as f64 / df as f64;
+        }
+        left -= taken;
+    }
+    let filled: f64 = places.iter().sum();
+    if filled <= 0.0 {
+        return vec![0.0; shards];
+    }
+    places.iter().map(|p| p / filled).collect()
+}
+
+/// The words of `query` and how each occurs, when the query is made of
+/// plain words only: each a single token (a hyphenated word is a phrase),
+/// optionally `+`required or `-`excluded, no phrases, fields or groups.
+/// Champion lists can predict the scores of such a query only.
+fn clauses(query: &str) -> Option<BTreeMap<String, Occur>> {
+    let mut words: BTreeMap<String, Occur> = BTreeMap::new();
+    let mut required = 0u8;
+    for word in query.split_whitespace() {
+        let (occur, text) = match word.as_bytes()[0] {
+            b'+' => (Occur::Must(required), &word[1..]),
+            b'-' => (Occur::MustNot, &word[1..]),
+            _ => (Occur::Should, word),
+        };
+        if text.is_empty()
+            || text.len() > MAX_TOKEN_BYTES
+            || !text.chars().all(char::is_alphanumeric)
+            || matches!(text, "AND" | "OR" | "NOT" | "IN")
+        {
+            return None;
+        }
+        match words.entry(text.to_lowercase()) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                if let Occur::Must(_) = occur {
+                    // Required words are told apart by a bit of a u32.
+                    if required == 32 {
+                        return None;
+                    }
+                    required += 1;
+                }
+                entry.insert(occur);
+            }
+            std::collections::btree_map::Entry::Occupied(entry) => {
+                let same = matches!(
+                    (entry.get(), occur),
+                    (Occur::Should, Occur::Should)
+                        | (Occur::Must(_), Occur::Must(_))
+                        | (Occur::MustNot, Occur::MustNot)
+                );
+                if !same {
+                    return None;
+                }
+            }
+        }
+    }
+    (!words.is_empty()).then_some(words)
+}
+
+/// The (field, term) pairs tantivy's default tokenizer would make of a
+/// plain query, or `None` when the query uses syntax that only the leaf's
+/// parser understands (field names, ranges, grouping).
+fn local_terms(query: &str) -> Option<Vec<(String, String)>> {
+    if query.contains([':', '(', ')', '[', ']', '{', '}', '^', '*', '~']) {
+        return None;
+    }
+    let mut terms: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
+        .map(str::to_lowercase)
+        .collect();
+    terms.sort();
+    terms.dedup();
+    if terms.is_empty() {
+        return None;
+    }
+    Some(
+        FIELDS
+            .iter()
+            .flat_map(|field| terms.iter().map(move |t| (field.to_string(), t.clone())))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_terms_fold_case_and_split_like_the_default_tokenizer() {
+        let terms = local_terms("+JSON -parser \"fast-stream\"").unwrap();
+        let body: Vec<&str> = terms
+            .iter()
+            .filter(|(f, _)| f == "body")
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert_eq!(body, ["fast", "json", "parser", "stream"]);
+        assert!(local_terms("title:json").is_none());
+    }
+
+    /// A leaf whose `TermStats` takes `delay` and reports `json` in five
+    /// of its hundred documents.
+    struct SlowStats {
+        shard: u32,
+        delay: Duration,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::cluster::leaf_client::LeafService for SlowStats {
+        async fn search(
+            &self,
+            _: proto::leaf::SearchRequest,
+            _: Duration,
+        ) -> Result<proto::leaf::SearchResponse, crate::cluster::leaf_client::CallError> {
+            Err(crate::cluster::leaf_client::CallError::Failed(
+                "not used".into(),
+            ))
+        }
+
+        async fn term_stats(
+            &self,
+            _: &str,
+            _: Duration,
+        ) -> Result<proto::leaf::TermStatsResponse, crate::cluster::leaf_client::CallError>
+        {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let term = |field: &str| TermStat {
+                field: field.to_string(),
+                term: "json".to_string(),
+                doc_freq: 5,
+                top: Vec::new(),
+            };
+            Ok(proto::leaf::TermStatsResponse {
+                shard: self.shard,
+                generation: 1,
+                stats: Some(CorpusStats {
+                    num_docs: 100,
+                    fields: ["body", "title"]
+                        .map(|field| FieldStats {
+                            field: field.to_string(),
+                            total_tokens: 1000,
+                        })
+                        .into(),
+                    terms: vec![term("body"), term("title")],
+                    layout: 1,
+                }),
+            })
+        }
+
+        async fn info(
+            &self,
+            _: Duration,
+        ) -> Result<proto::leaf::InfoResponse, crate::cluster::leaf_client::CallError> {
+            Err(crate::cluster::leaf_client::CallError::Failed(
+                "not used".into(),
+            ))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_trip_cut_off_by_the_deadline_still_warms_the_cache() {
+        let leaves: Vec<Arc<SlowStats>> = (0..2)
+            .map(|shard| {
+                Arc::new(SlowStats {
+                    shard,
+                    delay: Duration::from_millis(50),
+                    calls: Default::default(),
+                })
+            })
+            .collect();
+        let lookup = leaves.clone();
+        let factory: crate::cluster::topology::ClientFactory =
+            Arc::new(move |member: &lease::Member| {
+                let leaf = Arc::clone(&lookup[member.shard as usize]);
+                Some(leaf as Arc<dyn crate::cluster::leaf_client::LeafService>)
+            });
+        let routing = Routing::new(2, factory);
+        routing.apply(
+            &(0..2)
+                .map(|shard| lease::Member {
+                    lease_id: u64::from(shard) + 1,
+                    role: lease::Role::Leaf,
+                    shard,
+                    address: format!("leaf{shard}"),
+                    generation: 1,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let cache = TermStatsCache::default();
+        let deadline = || Instant::now() + Duration::from_millis(10);
+
+        // The round trip takes longer than the query may wait: local
+        // scoring, said so.
+        let first = cache.for_query("json", &routing, deadline()).await;
+        assert_eq!(first.source.label(), "local");
+        assert!(first.stats.is_none());
+
+        // It went on, and the next query with the term is warm without
+        // another round trip.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = cache.for_query("JSON", &routing, deadline()).await;
+        assert_eq!(second.source.label(), "warm");
+        let stats = second.stats.unwrap();
+        assert_eq!(stats.num_docs, 200);
+        assert!(stats.terms.iter().all(|term| term.doc_freq == 10));
+        let calls: usize = leaves
+            .iter()
+            .map(|leaf| leaf.calls.load(std::sync::atomic::Ordering::SeqCst))
+            .sum();
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn plain_words_and_operators_become_clauses_and_other_syntax_does_not() {
+        let words = clauses("+React router -vue +hooks").unwrap();
+        assert_eq!(words["react"], Occur::Must(0));
+        assert_eq!(words["router"], Occur::Should);
+        assert_eq!(words["vue"], Occur::MustNot);
+        assert_eq!(words["hooks"], Occur::Must(1));
+        for query in [
+            "\"http server\"",
+            "title:json",
+            "fast-stream",
+            "node.js",
+            "json AND parser",
+            "+",
+            "json -json",
+            "(json)",
+            "   ",
+        ] {
+            assert_eq!(clauses(query), None, "{query}");
+        }
+    }
+
+    /// Per-term statistics from document frequencies alone.
+    fn freqs<const N: usize>(pairs: [((&str, &str), Vec<u64>); N]) -> PerTerm {
+        pairs
+            .into_iter()
+            .map(|((field, term), freqs)| {
+                let top = vec![Box::default(); freqs.len()];
+                let layouts = vec![0; freqs.len()];
+                let stats = PairStats {
+                    freqs,
+                    top,
+                    layouts,
+                };
+                ((field.to_string(), term.to_string()), Arc::new(stats))
+            })
+            .collect()
+    }
+
+    fn approx(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-9)
+    }
+
+    #[test]
+    fn match_share_follows_document_frequencies() {
+        let totals = Totals {
+            docs: vec![100, 100],
+            tokens: BTreeMap::from([("body".to_string(), vec![1000, 1000])]),
+        };
+        let per_term = freqs([(("body", "a"), vec![3, 0]), (("body", "b"), vec![1, 1])]);
+        let stats = assemble(&totals, &per_term, clauses("a b"));
+        // The rarer b fills two places, one per shard; a fills three, all
+        // in shard 0.
+        assert!(approx(&stats.evidence.unwrap().share, &[0.8, 0.2]));
+        let corpus = stats.stats.unwrap();
+        assert_eq!(corpus.num_docs, 200);
+        assert_eq!(corpus.fields[0].total_tokens, 2000);
+        assert_eq!(corpus.terms.len(), 2);
+        assert_eq!(corpus.terms[0].doc_freq, 3);
+    }
+
+    #[test]
+    fn a_rare_term_decides_where_the_answer_is() {
+        let docs = [10_000, 10_000];
+        let per_term = freqs([
+            (("body", "common"), vec![500, 500]),
+            (("body", "rare"), vec![0, 4]),
+        ]);
+        // Four places go where the rare term is, six are spread evenly.
+        assert!(approx(&answer_share(&docs, &per_term), &[0.3, 0.7]));
+        // A title match outweighs a body match of the same frequency.
+        let per_term = freqs([(("body", "x"), vec![0, 20]), (("title", "x"), vec![20, 0])]);
+        assert!(approx(&answer_share(&docs, &per_term), &[1.0, 0.0]));
+        // No shard with any match: nothing to lose anywhere.
+        let per_term = freqs([(("body", "none"), vec![0, 0])]);
+        assert_eq!(answer_share(&docs, &per_term), vec![0.0, 0.0]);
+    }
+}
