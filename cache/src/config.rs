@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(config.advertise.as_deref(), Some("cache-1:7400"));
         let lease = config.lease.unwrap();
         assert_eq!(
-            lease.endpoints,
+            lease.frontends,
             ["127.0.0.1:7000", "127.0.0.1:7001", "http://127.0.0.1:7002"]
         );
         assert_eq!(lease.token.as_deref(), Some("t"));
