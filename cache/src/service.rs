@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::metrics::Op;
 use crate::store::{Store, MAX_KEY_BYTES};
 
-/// The tonic service over a [`Store`].
+/// The tonic service over the cache's store.
 #[derive(Clone)]
 pub struct CacheService {
     store: Store,
