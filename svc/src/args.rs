@@ -190,6 +190,23 @@ mod tests {
     }
 
     #[test]
+    fn an_old_variable_is_read_when_only_it_is_set() {
+        // Names of this test alone, so that no other test sees them.
+        std::env::set_var("SVC_ARGS_LEGACY_TEST_FRONTENDS", "old:1");
+        let legacy = [(
+            "SVC_ARGS_LEGACY_TEST_FRONTEND",
+            "SVC_ARGS_LEGACY_TEST_FRONTENDS",
+        )];
+        let command = with_env(Demo::command(), "SVC_ARGS_LEGACY_TEST", &legacy);
+        assert_eq!(
+            env_of(&command, "frontends").as_deref(),
+            Some("SVC_ARGS_LEGACY_TEST_FRONTENDS")
+        );
+        let demo: Demo = try_parse_from("SVC_ARGS_LEGACY_TEST", &legacy, ["demo"]).unwrap();
+        assert_eq!(demo.holder.frontends, ["old:1"]);
+    }
+
+    #[test]
     fn optional_endpoints_are_off_and_old_spellings_still_parse() {
         let demo: Demo = try_parse_from("DEMO_ARGS_TEST", &[], ["demo"]).unwrap();
         assert_eq!(demo.server.metrics, None);
