@@ -1,6 +1,8 @@
-//! Configuration of the `cache` binary: flags first, then `CACHE_…`
-//! environment variables (and `SEARCH_CLUSTER_TOKEN` for the token), then the
-//! defaults below. Durations carry units (`100ms`, `3s`), sizes too
+//! Configuration of the `cache` server as plain data ([`CacheConfig`]) and
+//! the command line of the `cache` binary ([`Args`]): flags first, then
+//! `CACHE_…` environment variables (and `SEARCH_CLUSTER_TOKEN` for the
+//! token), then the defaults below; the flags every server shares come from
+//! `svc::ServerArgs` and `svc::HolderArgs`. Durations carry units (`100ms`, `3s`), sizes too
 //! (`256MiB`, `64KiB`, or plain bytes).
 
 use std::net::SocketAddr;
@@ -8,9 +10,43 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::{CacheConfig, LeaseConfig};
+use lease::LeaseConfig;
+use svc::{HolderArgs, ServerArgs};
 
-/// The command line of `cache`.
+/// What a cache server needs to know.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// The byte bound of keys plus values.
+    pub max_bytes: u64,
+    /// How long an entry lives after it is stored.
+    pub ttl: Duration,
+    /// The lease to hold with the frontends; none when unset.
+    pub lease: Option<LeaseConfig>,
+    /// The `host:port` the frontends should call, when it differs from the
+    /// gRPC listener's address (e.g. behind NAT or when bound to 0.0.0.0).
+    pub advertise: Option<String>,
+    /// How long in-flight calls may take to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            ttl: Duration::from_secs(60),
+            lease: None,
+            advertise: None,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The prefix of the `cache` binary's environment variables.
+pub const ENV_PREFIX: &str = "CACHE";
+
+/// The command line of `cache`. Parse it with [`Args::from_env`], which
+/// applies the environment rule of `svc::args` (`--foo-bar` reads
+/// `CACHE_FOO_BAR`).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "cache",
@@ -18,62 +54,39 @@ use crate::{CacheConfig, LeaseConfig};
 )]
 pub struct Args {
     /// Address of the gRPC server (Get, Put, health).
-    #[arg(long, env = "CACHE_GRPC", default_value = "127.0.0.1:7400")]
+    #[arg(long, default_value = "127.0.0.1:7400")]
     pub grpc: SocketAddr,
 
-    /// Address of the HTTP server for /metrics, /healthz and /readyz.
-    #[arg(long, env = "CACHE_METRICS", default_value = "127.0.0.1:9400")]
-    pub metrics: SocketAddr,
-
     /// The byte bound of the cache (keys plus values), e.g. 256MiB.
-    #[arg(long, env = "CACHE_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     pub max_bytes: u64,
 
     /// How long an entry lives after it is stored.
-    #[arg(long, env = "CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
 
-    /// gRPC addresses of the frontends to hold a lease with (repeat the flag,
-    /// or separate with commas), or etcd://HOST:PORT[,HOST:PORT…] to hold it
-    /// on etcd. Without one, the server holds no lease.
-    #[arg(long = "frontend", alias = "membership", env = "CACHE_FRONTEND", value_delimiter = ',', num_args = 1..)]
-    pub frontends: Vec<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 
-    /// The cluster token for the lease registry.
-    #[arg(long, env = "SEARCH_CLUSTER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-
-    /// The lease term asked of the frontends.
-    #[arg(long, env = "CACHE_LEASE_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub lease_ttl: Duration,
-
-    /// The `host:port` the frontends should call; the gRPC address by default.
-    #[arg(long, env = "CACHE_ADVERTISE")]
-    pub advertise: Option<String>,
-
-    /// How long in-flight calls may take to finish on shutdown.
-    #[arg(long, env = "CACHE_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
-
-    /// Logs one JSON object per line.
-    #[arg(long, env = "CACHE_LOG_JSON")]
-    pub log_json: bool,
+    #[command(flatten)]
+    pub holder: HolderArgs,
 }
 
 impl Args {
+    /// The flags of this process, with `CACHE_…` variables for flags not
+    /// given; exits 2 on bad flags.
+    pub fn from_env() -> Args {
+        svc::args::parse(ENV_PREFIX, &[])
+    }
+
     /// The server configuration these arguments describe.
     pub fn config(&self) -> CacheConfig {
-        let lease = (!self.frontends.is_empty()).then(|| LeaseConfig {
-            endpoints: self.frontends.clone(),
-            token: self.token.clone().filter(|token| !token.is_empty()),
-            ttl: self.lease_ttl,
-        });
         CacheConfig {
             max_bytes: self.max_bytes,
             ttl: self.ttl,
-            lease,
-            advertise: self.advertise.clone(),
-            drain_timeout: self.drain_timeout,
+            lease: self.holder.lease(&self.server),
+            advertise: self.holder.advertise.clone(),
+            drain_timeout: self.server.drain_timeout,
         }
     }
 }
@@ -150,7 +163,7 @@ mod tests {
         assert_eq!(config.advertise.as_deref(), Some("cache-1:7400"));
         let lease = config.lease.unwrap();
         assert_eq!(
-            lease.endpoints,
+            lease.frontends,
             ["127.0.0.1:7000", "127.0.0.1:7001", "http://127.0.0.1:7002"]
         );
         assert_eq!(lease.token.as_deref(), Some("t"));
@@ -163,6 +176,30 @@ mod tests {
         assert!(args.config().lease.is_none());
         assert_eq!(args.grpc.to_string(), "127.0.0.1:7400");
         assert_eq!(args.max_bytes, 256 << 20);
+        // Optional endpoints are off unless asked for: two caches with only
+        // distinct --grpc addresses never compete for a metrics port.
+        assert_eq!(args.server.metrics, None);
+    }
+
+    #[test]
+    fn flags_read_cache_variables_and_keep_old_spellings() {
+        let command =
+            svc::args::with_env(<Args as clap::CommandFactory>::command(), ENV_PREFIX, &[]);
+        let env = |id: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .and_then(clap::Arg::get_env)
+                .map(|env| env.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("log_json").as_deref(), Some("CACHE_LOG_JSON"));
+        assert_eq!(env("frontends").as_deref(), Some("CACHE_FRONTEND"));
+        assert_eq!(env("drain_timeout").as_deref(), Some("CACHE_DRAIN_TIMEOUT"));
+        assert_eq!(env("token").as_deref(), Some("SEARCH_CLUSTER_TOKEN"));
+        let args =
+            Args::try_parse_from(["cache", "--drain", "1s", "--membership", "etcd://h:1"]).unwrap();
+        assert_eq!(args.config().drain_timeout, Duration::from_secs(1));
+        assert_eq!(args.config().lease.unwrap().frontends, ["etcd://h:1"]);
     }
 
     #[test]

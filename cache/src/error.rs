@@ -1,6 +1,8 @@
 //! The cache crate's errors, and the one place that maps them to gRPC codes
 //! and HTTP statuses.
 
+use crate::metrics::Rejection;
+
 /// What went wrong in the cache server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,12 +16,9 @@ pub enum Error {
     Config(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("grpc server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("grpc server stopped unexpectedly")]
-    ServerStopped,
-    #[error("server task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    /// The server stopped other than by a graceful stop.
+    #[error(transparent)]
+    Serve(#[from] svc::ServeError),
 }
 
 /// The cache crate's result.
@@ -32,11 +31,7 @@ impl Error {
             Error::EmptyKey | Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => {
                 tonic::Code::InvalidArgument
             }
-            Error::Config(_)
-            | Error::Io(_)
-            | Error::Transport(_)
-            | Error::ServerStopped
-            | Error::Task(_) => tonic::Code::Internal,
+            Error::Config(_) | Error::Io(_) | Error::Serve(_) => tonic::Code::Internal,
         }
     }
 
@@ -48,13 +43,14 @@ impl Error {
         }
     }
 
-    /// The bounded label under which a rejected request is counted.
-    pub(crate) fn reason(&self) -> &'static str {
+    /// The reason under which a rejected request is counted; none for
+    /// errors that are not the caller's.
+    pub(crate) fn rejection(&self) -> Option<Rejection> {
         match self {
-            Error::EmptyKey => "empty_key",
-            Error::KeyTooLarge { .. } => "key_too_large",
-            Error::ValueTooLarge { .. } => "value_too_large",
-            _ => "internal",
+            Error::EmptyKey => Some(Rejection::EmptyKey),
+            Error::KeyTooLarge { .. } => Some(Rejection::KeyTooLarge),
+            Error::ValueTooLarge { .. } => Some(Rejection::ValueTooLarge),
+            _ => None,
         }
     }
 }

@@ -1,22 +1,29 @@
 //! The `cache` binary: parse the config, start tracing, bind, run until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM. Exit codes follow `svc::exit`: 0 after a clean
+//! shutdown, 1 when the server fails while serving, 2 for bad flags or
+//! configuration, 3 when it cannot start (a bind error, for instance).
 
-use anyhow::Context;
-use clap::Parser;
-use tokio::net::TcpListener;
+use std::process::ExitCode;
+
+use svc::Failure;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = cache::config::Args::parse();
-    svc::telemetry::init(args.log_json);
+async fn main() -> ExitCode {
+    let args = cache::config::Args::from_env();
+    svc::telemetry::init(args.server.log_json);
+    svc::main_exit(serve(args).await)
+}
+
+async fn serve(args: cache::config::Args) -> Result<(), Failure> {
     let config = args.config();
-    let grpc = TcpListener::bind(args.grpc)
-        .await
-        .with_context(|| format!("cannot bind grpc address {}", args.grpc))?;
-    let metrics = TcpListener::bind(args.metrics)
-        .await
-        .with_context(|| format!("cannot bind metrics address {}", args.metrics))?;
+    let grpc = svc::net::bind("grpc", &args.grpc.to_string()).await?;
+    let metrics = svc::net::bind_optional("metrics", args.server.metrics.as_deref()).await?;
     let shutdown = svc::shutdown::on_signal();
-    cache::run(config, grpc, metrics, shutdown).await?;
-    Ok(())
+    let handle = cache::start(config, grpc, metrics, shutdown)
+        .await
+        .map_err(|error| match error {
+            cache::Error::Config(_) => Failure::config(error),
+            error => Failure::startup(error),
+        })?;
+    handle.wait().await.map_err(Failure::runtime)
 }

@@ -9,7 +9,75 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 
-use crate::store::Entries;
+/// Why an entry left the cache, the `cause` label of
+/// `cache_evictions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum EvictionCause {
+    /// Over the byte bound.
+    Size,
+    /// Past the time to live.
+    Expired,
+}
+
+impl EvictionCause {
+    pub const ALL: &'static [EvictionCause] = &[EvictionCause::Size, EvictionCause::Expired];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            EvictionCause::Size => "size",
+            EvictionCause::Expired => "expired",
+        }
+    }
+}
+
+/// Why a request was refused as invalid, the `reason` label of
+/// `cache_rejections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Rejection {
+    EmptyKey,
+    KeyTooLarge,
+    ValueTooLarge,
+}
+
+impl Rejection {
+    pub const ALL: &'static [Rejection] = &[
+        Rejection::EmptyKey,
+        Rejection::KeyTooLarge,
+        Rejection::ValueTooLarge,
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::EmptyKey => "empty_key",
+            Rejection::KeyTooLarge => "key_too_large",
+            Rejection::ValueTooLarge => "value_too_large",
+        }
+    }
+}
+
+/// A cache call, the `op` label of `cache_request_duration_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Op {
+    Get,
+    Put,
+}
+
+impl Op {
+    pub const ALL: &'static [Op] = &[Op::Get, Op::Put];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "put",
+        }
+    }
+}
+
+/// What the size gauges read on every scrape: (entries, weighted bytes).
+/// The store implements it, so that this module knows nothing of moka.
+pub(crate) trait SizeSource: Send + Sync + 'static {
+    fn counts(&self) -> (u64, u64);
+}
 
 /// Latency buckets of a cache call: tens of microseconds to 100 ms.
 const DURATION_BUCKETS: &[f64] = &[
@@ -66,14 +134,14 @@ impl CacheMetrics {
         registry.register(Box::new(metrics.capacity.clone()))?;
         // Export every series from the start, so that rates see zeros rather
         // than absent series.
-        for cause in ["size", "expired"] {
-            metrics.evictions.with_label_values(&[cause]);
+        for cause in EvictionCause::ALL {
+            metrics.evictions.with_label_values(&[cause.label()]);
         }
-        for reason in ["empty_key", "key_too_large", "value_too_large"] {
-            metrics.rejections.with_label_values(&[reason]);
+        for reason in Rejection::ALL {
+            metrics.rejections.with_label_values(&[reason.label()]);
         }
-        for op in ["get", "put"] {
-            metrics.duration.with_label_values(&[op]);
+        for op in Op::ALL {
+            metrics.duration.with_label_values(&[op.label()]);
         }
         Ok(metrics)
     }
@@ -83,18 +151,21 @@ impl CacheMetrics {
 pub(crate) struct SizeCollector {
     entries: IntGauge,
     bytes: IntGauge,
-    source: Entries,
+    source: Box<dyn SizeSource>,
 }
 
 impl SizeCollector {
-    pub fn register(registry: &prometheus::Registry, source: Entries) -> prometheus::Result<()> {
+    pub fn register(
+        registry: &prometheus::Registry,
+        source: impl SizeSource,
+    ) -> prometheus::Result<()> {
         let collector = Self {
             entries: IntGauge::new("cache_entries", "Entries in the cache.")?,
             bytes: IntGauge::new(
                 "cache_bytes",
                 "Weighted size of the cache: key plus value bytes of every entry.",
             )?,
-            source,
+            source: Box::new(source),
         };
         registry.register(Box::new(collector))
     }

@@ -5,9 +5,10 @@ use proto::cache::cache_server::{Cache, CacheServer};
 use proto::cache::{GetRequest, GetResponse, PutRequest, PutResponse};
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Op;
 use crate::store::{Store, MAX_KEY_BYTES};
 
-/// The tonic service over a [`Store`].
+/// The tonic service over the cache's store.
 #[derive(Clone)]
 pub struct CacheService {
     store: Store,
@@ -35,7 +36,7 @@ impl Cache for CacheService {
             .store
             .metrics()
             .duration
-            .with_label_values(&["get"])
+            .with_label_values(&[Op::Get.label()])
             .start_timer();
         let value = self.store.get(&request.get_ref().key).await?;
         let response = match value {
@@ -57,7 +58,7 @@ impl Cache for CacheService {
             .store
             .metrics()
             .duration
-            .with_label_values(&["put"])
+            .with_label_values(&[Op::Put.label()])
             .start_timer();
         let PutRequest { key, value } = request.into_inner();
         self.store.put(key, Bytes::from(value)).await?;

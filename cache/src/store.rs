@@ -9,7 +9,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 
 use crate::error::{Error, Result};
-use crate::metrics::CacheMetrics;
+use crate::metrics::{CacheMetrics, EvictionCause, SizeSource};
 
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
@@ -36,8 +36,8 @@ pub(crate) struct Store {
 impl Store {
     pub fn new(max_bytes: u64, ttl: Duration, metrics: CacheMetrics) -> Self {
         let evictions = metrics.evictions.clone();
-        let size = evictions.with_label_values(&["size"]);
-        let expired = evictions.with_label_values(&["expired"]);
+        let size = evictions.with_label_values(&[EvictionCause::Size.label()]);
+        let expired = evictions.with_label_values(&[EvictionCause::Expired.label()]);
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, value: &Bytes| {
@@ -120,10 +120,12 @@ impl Store {
     }
 
     fn rejected(&self, error: Error) -> Error {
-        self.metrics
-            .rejections
-            .with_label_values(&[error.reason()])
-            .inc();
+        if let Some(rejection) = error.rejection() {
+            self.metrics
+                .rejections
+                .with_label_values(&[rejection.label()])
+                .inc();
+        }
         tracing::debug!(%error, "cache request rejected");
         error
     }
@@ -132,9 +134,9 @@ impl Store {
 /// Entry count and weighted size of a cache, as moka last counted them.
 pub(crate) struct Entries(Cache<String, Bytes>);
 
-impl Entries {
+impl SizeSource for Entries {
     /// (entries, weighted bytes).
-    pub fn counts(&self) -> (u64, u64) {
+    fn counts(&self) -> (u64, u64) {
         (self.0.entry_count(), self.0.weighted_size())
     }
 }

@@ -132,7 +132,7 @@ pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
     for index in 0..flags.caches {
         let cache_config = cache::CacheConfig {
             lease: Some(cache::LeaseConfig {
-                endpoints: vec![registry.clone()],
+                frontends: vec![registry.clone()],
                 token: Some(token.clone()),
                 ttl: flags.lease_ttl,
             }),

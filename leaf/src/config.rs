@@ -1,14 +1,19 @@
 //! Configuration as plain data ([`LeafConfig`]) and the command line that
 //! fills it ([`Cli`]).
 //!
-//! Order: a flag wins over its environment variable (`LEAF_…`, and
-//! `SEARCH_CLUSTER_TOKEN` for the token), which wins over the default.
-//! Durations take units (`50ms`, `3s`). There is no config file.
+//! Order: a flag wins over its environment variable (`--foo-bar` reads
+//! `LEAF_FOO_BAR`, and `SEARCH_CLUSTER_TOKEN` for the token; see
+//! `svc::args`), which wins over the default. Durations take units (`50ms`,
+//! `3s`). There is no config file. The flags every server shares (logs,
+//! metrics, drain timeout, token, frontends, lease term, advertised
+//! address) come from `svc::ServerArgs` and `svc::HolderArgs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+pub use lease::LeaseConfig;
+use svc::{HolderArgs, ServerArgs};
 
 use crate::corpus::CorpusSource;
 use crate::error::{LeafError, Result};
@@ -33,16 +38,6 @@ pub struct LeafConfig {
     /// Time kept in reserve after scoring to load hits and reply, on top of
     /// a small per-hit allowance.
     pub reply_margin: Duration,
-}
-
-/// Lease holding towards the frontends' registries.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LeaseConfig {
-    /// gRPC addresses of the frontends, one lease each.
-    pub frontends: Vec<String>,
-    /// The cluster token, sent as `authorization: Bearer …`.
-    pub token: Option<String>,
-    pub ttl: Duration,
 }
 
 impl LeafConfig {
@@ -110,90 +105,67 @@ impl Default for LeafConfig {
 #[command(name = "leaf", version, about)]
 pub struct Cli {
     /// JSONL corpus (plain or gzip), or `builtin` for the generated corpus.
-    #[arg(long, env = "LEAF_CORPUS", value_name = "FILE|builtin")]
+    #[arg(long, value_name = "FILE|builtin")]
     pub corpus: String,
     /// This leaf's shard, in 0..shards.
-    #[arg(long, env = "LEAF_SHARD")]
+    #[arg(long)]
     pub shard: u32,
     /// Number of shards the corpus is split into.
-    #[arg(long, env = "LEAF_SHARDS", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub shards: u32,
     /// gRPC listen address (port 0 picks a free port).
-    #[arg(
-        long,
-        env = "LEAF_GRPC",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:0"
-    )]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub grpc: String,
-    /// Serve /metrics, /healthz and /readyz here; not served when absent.
-    #[arg(long, env = "LEAF_METRICS", value_name = "ADDR")]
-    pub metrics: Option<String>,
     /// Keep the index on disk and reopen it on restart (default: in RAM).
-    #[arg(long, env = "LEAF_INDEX_DIR", value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub index_dir: Option<PathBuf>,
     /// Rebuild the index in --index-dir even when it could be reopened.
-    #[arg(long, env = "LEAF_REBUILD")]
+    #[arg(long)]
     pub rebuild: bool,
     /// Indexing threads. With one, every replica of a shard scans its
     /// documents in the same order, which lets the frontend place a search
     /// cut short by its deadline exactly when it estimates recall; more
     /// threads build big shards faster, in an order of their own.
-    #[arg(long, env = "LEAF_INDEX_THREADS", default_value_t = 1)]
+    #[arg(long, default_value_t = 1)]
     pub index_threads: usize,
     /// Indexing memory budget in MiB, across all indexing threads.
-    #[arg(long, env = "LEAF_INDEX_HEAP_MB", default_value_t = 128)]
+    #[arg(long, default_value_t = 128)]
     pub index_heap_mb: usize,
-    /// Frontend (lease registry) gRPC address; repeat for several. Or
-    /// etcd://HOST:PORT[,HOST:PORT…] to hold the lease on etcd.
-    #[arg(
-        long = "frontend",
-        alias = "membership",
-        env = "LEAF_FRONTENDS",
-        value_name = "ADDR",
-        value_delimiter = ','
-    )]
-    pub frontends: Vec<String>,
-    /// Cluster token for the lease registries.
-    #[arg(long, env = "SEARCH_CLUSTER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Lease term asked for.
-    #[arg(long, env = "LEAF_LEASE_TTL", value_parser = humantime::parse_duration, default_value = "3s")]
-    pub lease_ttl: Duration,
-    /// Address announced to frontends (default: the bound gRPC address).
-    #[arg(long, env = "LEAF_ADVERTISE", value_name = "HOST:PORT")]
-    pub advertise: Option<String>,
     /// Searches running at once (default: twice the cores).
-    #[arg(long, env = "LEAF_MAX_CONCURRENT", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_concurrent: Option<u64>,
     /// Searches waiting for a slot before new ones are rejected.
-    #[arg(long, env = "LEAF_MAX_QUEUE", default_value_t = 64)]
+    #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
     /// Longest wait for a slot when the call's deadline is later.
-    #[arg(long, env = "LEAF_MAX_QUEUE_WAIT", value_parser = humantime::parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub max_queue_wait: Duration,
-    /// How long a graceful stop waits for in-flight calls.
-    #[arg(long, env = "LEAF_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
-    pub drain_timeout: Duration,
     /// Fault: latency added to --fault-delay-fraction of searches.
-    #[arg(long, env = "LEAF_FAULT_DELAY", value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub fault_delay: Duration,
     /// Fault: fraction (0..=1) of searches delayed.
-    #[arg(long, env = "LEAF_FAULT_DELAY_FRACTION", value_parser = parse_fraction, default_value_t = 0.0)]
+    #[arg(long, value_parser = parse_fraction, default_value_t = 0.0)]
     pub fault_delay_fraction: f64,
     /// Fault: fraction (0..=1) of searches answered UNAVAILABLE.
-    #[arg(long, env = "LEAF_FAULT_ERROR_FRACTION", value_parser = parse_fraction, default_value_t = 0.0)]
+    #[arg(long, value_parser = parse_fraction, default_value_t = 0.0)]
     pub fault_error_fraction: f64,
     /// Fault: searches never answer until the caller gives up.
-    #[arg(long, env = "LEAF_FAULT_HANG")]
+    #[arg(long)]
     pub fault_hang: bool,
     /// Fault: time added at every budget check of a search's scoring loop.
-    #[arg(long, env = "LEAF_FAULT_SLOW_SCAN", value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub fault_slow_scan: Duration,
-    /// Log one JSON object per line.
-    #[arg(long, env = "LEAF_LOG_JSON")]
-    pub log_json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub holder: HolderArgs,
 }
+
+/// The prefix of the `leaf` binary's environment variables.
+pub const ENV_PREFIX: &str = "LEAF";
+
+/// Old environment names still read: `(new, old)`.
+pub const LEGACY_ENV: &[(&str, &str)] = &[("LEAF_FRONTEND", "LEAF_FRONTENDS")];
 
 /// What `main` needs from the command line.
 #[derive(Clone, Debug)]
@@ -205,6 +177,12 @@ pub struct Settings {
 }
 
 impl Cli {
+    /// The flags of this process, with `LEAF_…` variables for flags not
+    /// given; exits 2 on bad flags.
+    pub fn from_env() -> Cli {
+        svc::args::parse(ENV_PREFIX, LEGACY_ENV)
+    }
+
     /// Turns flags into validated settings.
     pub fn settings(&self) -> Result<Settings> {
         let mut limits = Limits {
@@ -215,11 +193,7 @@ impl Cli {
         if let Some(max) = self.max_concurrent {
             limits.max_concurrent = usize::try_from(max).unwrap_or(usize::MAX);
         }
-        let lease = (!self.frontends.is_empty()).then(|| LeaseConfig {
-            frontends: self.frontends.clone(),
-            token: self.token.clone().filter(|token| !token.is_empty()),
-            ttl: self.lease_ttl,
-        });
+        let lease = self.holder.lease(&self.server);
         let config = LeafConfig {
             index: IndexConfig {
                 dir: self.index_dir.clone(),
@@ -236,8 +210,8 @@ impl Cli {
                 slow_scan: self.fault_slow_scan,
             },
             lease,
-            advertise: self.advertise.clone(),
-            drain_timeout: self.drain_timeout,
+            advertise: self.holder.advertise.clone(),
+            drain_timeout: self.server.drain_timeout,
             ..LeafConfig::new(self.shard, self.shards)
         };
         config.validate()?;
@@ -245,7 +219,7 @@ impl Cli {
             config,
             corpus: CorpusSource::from_arg(&self.corpus),
             grpc: self.grpc.clone(),
-            metrics: self.metrics.clone(),
+            metrics: self.server.metrics.clone(),
         })
     }
 }
@@ -306,6 +280,29 @@ mod tests {
         assert_eq!(lease.frontends.len(), 2);
         assert_eq!(lease.ttl, Duration::from_secs(2));
         assert_eq!(lease.token.as_deref(), Some("secret"));
+        assert_eq!(settings.metrics, None);
+    }
+
+    #[test]
+    fn flags_read_leaf_variables() {
+        let command =
+            svc::args::with_env(<Cli as clap::CommandFactory>::command(), ENV_PREFIX, &[]);
+        let env = |id: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .and_then(clap::Arg::get_env)
+                .map(|env| env.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("log_json").as_deref(), Some("LEAF_LOG_JSON"));
+        assert_eq!(env("corpus").as_deref(), Some("LEAF_CORPUS"));
+        assert_eq!(
+            env("max_queue_wait").as_deref(),
+            Some("LEAF_MAX_QUEUE_WAIT")
+        );
+        assert_eq!(env("frontends").as_deref(), Some("LEAF_FRONTEND"));
+        assert_eq!(env("drain_timeout").as_deref(), Some("LEAF_DRAIN_TIMEOUT"));
+        assert_eq!(env("token").as_deref(), Some("SEARCH_CLUSTER_TOKEN"));
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use tonic::{Code, Status};
 
+use crate::metrics::SearchOutcome;
+
 /// Everything that can go wrong in the leaf, from a bad query to a broken
 /// index directory.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,9 @@ pub enum LeafError {
     Io(std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The gRPC server stopped other than by a graceful stop.
+    #[error(transparent)]
+    Serve(#[from] svc::ServeError),
 }
 
 // The messages above already include their cause, so the causes are not
@@ -82,7 +87,8 @@ impl LeafError {
             | LeafError::IndexMismatch { .. }
             | LeafError::Index(_)
             | LeafError::Io(_)
-            | LeafError::Internal(_) => Code::Internal,
+            | LeafError::Internal(_)
+            | LeafError::Serve(_) => Code::Internal,
         }
     }
 
@@ -99,15 +105,20 @@ impl LeafError {
         }
     }
 
+    /// The outcome of a call that failed with this error.
+    pub fn search_outcome(&self) -> SearchOutcome {
+        match self {
+            LeafError::InvalidArgument(_) | LeafError::InvalidQuery(_) => SearchOutcome::Invalid,
+            LeafError::DeadlineExceeded => SearchOutcome::DeadlineExceeded,
+            LeafError::Cancelled => SearchOutcome::Cancelled,
+            LeafError::Overloaded(_) => SearchOutcome::Rejected,
+            _ => SearchOutcome::Error,
+        }
+    }
+
     /// The bounded label used for the `outcome` of request metrics.
     pub(crate) fn outcome(&self) -> &'static str {
-        match self {
-            LeafError::InvalidArgument(_) | LeafError::InvalidQuery(_) => "invalid",
-            LeafError::DeadlineExceeded => "deadline_exceeded",
-            LeafError::Cancelled => "cancelled",
-            LeafError::Overloaded(_) => "rejected",
-            _ => "error",
-        }
+        self.search_outcome().label()
     }
 }
 
@@ -116,9 +127,10 @@ impl From<LeafError> for Status {
         // Internal details (paths, tantivy errors) stay in the logs; callers
         // get a stable, short message.
         let message = match &error {
-            LeafError::Index(_) | LeafError::Io(_) | LeafError::Internal(_) => {
-                "internal error".to_string()
-            }
+            LeafError::Index(_)
+            | LeafError::Io(_)
+            | LeafError::Internal(_)
+            | LeafError::Serve(_) => "internal error".to_string(),
             other => other.to_string(),
         };
         Status::new(error.grpc_code(), message)

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{LeafError, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{FaultKind, Metrics};
 
 /// The fault knobs as plain data (flags, or a snapshot of [`Faults`]).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -131,7 +131,7 @@ impl Faults {
     ) -> Result<()> {
         let mut hang = self.inner.hang.subscribe();
         if *hang.borrow_and_update() {
-            metrics.fault("hang");
+            metrics.fault(FaultKind::Hang);
             tracing::debug!("injected fault: hanging");
             tokio::select! {
                 // The sender lives as long as `self`, so this only returns
@@ -143,7 +143,7 @@ impl Faults {
 
         let config = self.config();
         if !config.delay.is_zero() && roll(config.delay_fraction) {
-            metrics.fault("delay");
+            metrics.fault(FaultKind::Delay);
             let delay = match deadline {
                 Some(deadline) => config
                     .delay
@@ -158,7 +158,7 @@ impl Faults {
         }
 
         if roll(config.error_fraction) {
-            metrics.fault("error");
+            metrics.fault(FaultKind::Error);
             tracing::debug!("injected fault: error");
             return Err(LeafError::InjectedFault);
         }

@@ -1,47 +1,35 @@
-//! `leaf`: parse flags, start tracing, bind, and hand over to [`leaf::run`].
+//! `leaf`: parse flags, start tracing, bind, and hand over to
+//! [`leaf::start`].
 //!
-//! Exit codes: 0 after a clean shutdown, 2 for bad flags or configuration
-//! (with a message on stderr, as clap does), 1 when the server fails.
+//! Exit codes follow `svc::exit`: 0 after a clean shutdown (also when
+//! stopped while building the index), 1 when the server fails while
+//! serving, 2 for bad flags or configuration (with a message on stderr, as
+//! clap does), 3 when it cannot start (a bind error, an unusable index).
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
-use tokio::net::TcpListener;
+use leaf::LeafError;
+use svc::Failure;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = leaf::Cli::parse();
-    svc::telemetry::init(cli.log_json);
-    let settings = match cli.settings() {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    match serve(settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "leaf failed");
-            ExitCode::FAILURE
-        }
-    }
+    let cli = leaf::Cli::from_env();
+    svc::telemetry::init(cli.server.log_json);
+    svc::main_exit(serve(&cli).await)
 }
 
-async fn serve(settings: leaf::config::Settings) -> anyhow::Result<()> {
-    let grpc = TcpListener::bind(&settings.grpc)
-        .await
-        .with_context(|| format!("cannot bind grpc address {}", settings.grpc))?;
-    let metrics = match &settings.metrics {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind metrics address {addr}"))?,
-        ),
-        None => None,
-    };
+async fn serve(cli: &leaf::Cli) -> Result<(), Failure> {
+    let settings = cli.settings().map_err(Failure::config)?;
+    let grpc = svc::net::bind("grpc", &settings.grpc).await?;
+    let metrics = svc::net::bind_optional("metrics", settings.metrics.as_deref()).await?;
     let shutdown = svc::shutdown::on_signal();
-    leaf::run(settings.config, settings.corpus, grpc, metrics, shutdown).await?;
-    Ok(())
+    let handle = match leaf::start(settings.config, settings.corpus, grpc, metrics, shutdown).await
+    {
+        Ok(handle) => handle,
+        // Asked to stop while building: a clean exit.
+        Err(LeafError::ShuttingDown) => return Ok(()),
+        Err(error @ LeafError::Config(_)) => return Err(Failure::config(error)),
+        Err(error) => return Err(Failure::startup(error)),
+    };
+    handle.join().await.map_err(Failure::runtime)
 }

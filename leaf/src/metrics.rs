@@ -11,16 +11,75 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Outcomes of a search call, the label values of `leaf_search_requests_total`.
-pub const SEARCH_OUTCOMES: &[&str] = &[
-    "ok",
-    "early_stop",
-    "deadline_exceeded",
-    "invalid",
-    "error",
-    "rejected",
-    "cancelled",
-];
+/// The outcome of a search call, the `outcome` label of
+/// `leaf_search_requests_total` (and, for the values a term-statistics
+/// call can have, of `leaf_term_stats_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SearchOutcome {
+    Ok,
+    /// Answered with the hits found before the deadline.
+    EarlyStop,
+    DeadlineExceeded,
+    Invalid,
+    Error,
+    /// Refused by admission (no slot, queue full).
+    Rejected,
+    Cancelled,
+}
+
+impl SearchOutcome {
+    pub const ALL: &'static [SearchOutcome] = &[
+        SearchOutcome::Ok,
+        SearchOutcome::EarlyStop,
+        SearchOutcome::DeadlineExceeded,
+        SearchOutcome::Invalid,
+        SearchOutcome::Error,
+        SearchOutcome::Rejected,
+        SearchOutcome::Cancelled,
+    ];
+
+    /// The outcomes of a term-statistics call (it is never stopped early
+    /// nor rejected).
+    pub const TERM_STATS: &'static [SearchOutcome] = &[
+        SearchOutcome::Ok,
+        SearchOutcome::Invalid,
+        SearchOutcome::Error,
+        SearchOutcome::DeadlineExceeded,
+        SearchOutcome::Cancelled,
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            SearchOutcome::Ok => "ok",
+            SearchOutcome::EarlyStop => "early_stop",
+            SearchOutcome::DeadlineExceeded => "deadline_exceeded",
+            SearchOutcome::Invalid => "invalid",
+            SearchOutcome::Error => "error",
+            SearchOutcome::Rejected => "rejected",
+            SearchOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// An injected fault, the `kind` label of `leaf_faults_injected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    Delay,
+    Error,
+    Hang,
+}
+
+impl FaultKind {
+    pub const ALL: &'static [FaultKind] = &[FaultKind::Delay, FaultKind::Error, FaultKind::Hang];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            FaultKind::Delay => "delay",
+            FaultKind::Error => "error",
+            FaultKind::Hang => "hang",
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -135,25 +194,31 @@ impl Metrics {
         registry.register(Box::new(metrics.index_build_duration.clone()))?;
         registry.register(Box::new(metrics.corpus_bad_lines.clone()))?;
         // Every outcome shows up as 0 from the start, so rates work at once.
-        for outcome in SEARCH_OUTCOMES {
-            metrics.search_requests.with_label_values(&[*outcome]);
+        for outcome in SearchOutcome::ALL {
+            metrics
+                .search_requests
+                .with_label_values(&[outcome.label()]);
         }
-        for outcome in ["ok", "invalid", "error", "deadline_exceeded", "cancelled"] {
-            metrics.term_stats_requests.with_label_values(&[outcome]);
+        for outcome in SearchOutcome::TERM_STATS {
+            metrics
+                .term_stats_requests
+                .with_label_values(&[outcome.label()]);
         }
-        for kind in ["delay", "error", "hang"] {
-            metrics.faults_injected.with_label_values(&[kind]);
+        for kind in FaultKind::ALL {
+            metrics.faults_injected.with_label_values(&[kind.label()]);
         }
         Ok(metrics)
     }
 
-    /// Counts one search call with `outcome` (one of [`SEARCH_OUTCOMES`]).
+    /// Counts one search call with `outcome` (a [`SearchOutcome`] label).
     pub fn search_outcome(&self, outcome: &str) {
         self.search_requests.with_label_values(&[outcome]).inc();
     }
 
-    pub fn fault(&self, kind: &str) {
-        self.faults_injected.with_label_values(&[kind]).inc();
+    pub fn fault(&self, kind: FaultKind) {
+        self.faults_injected
+            .with_label_values(&[kind.label()])
+            .inc();
     }
 }
 

@@ -1,30 +1,24 @@
-//! Starting, running and stopping one leaf server.
+//! Starting, running and stopping one leaf server, on the lifecycle of
+//! `svc::server`.
 //!
-//! [`start`] builds (or reopens) the index on a blocking thread, then serves
-//! gRPC (the `Leaf` service and standard health) on the given listener,
-//! marks itself ready, takes its leases, and returns a [`LeafHandle`].
-//! Shutdown, from the token or [`LeafHandle::stop`], is one path: revoke
-//! leases, report NOT_SERVING, stop accepting, drain in-flight calls under
-//! `drain_timeout`, then reset whatever is left. [`LeafHandle::kill`]
-//! simulates a crash: connections are reset and leases are left to expire.
+//! [`start`] serves `/metrics` (when given a listener) while it builds (or
+//! reopens) the index on a blocking thread, then serves gRPC (the `Leaf`
+//! service and standard health) on the given listener, takes its leases,
+//! and returns a [`LeafHandle`]. Shutdown, from the token or
+//! [`LeafHandle::stop`], is `svc`'s one order: report NOT_SERVING, revoke
+//! leases, drain in-flight calls under `drain_timeout` (hung calls answer
+//! at once), then reset whatever is left. [`LeafHandle::kill`] simulates a
+//! crash: connections are reset and leases are left to expire.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use lease::{HolderInfo, Role};
 use prometheus::Registry;
 use proto::leaf::leaf_server::LeafServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
+use svc::{Lifecycle, ServerHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::LeafConfig;
 use crate::corpus::CorpusSource;
@@ -35,10 +29,6 @@ use crate::limits::Admission;
 use crate::metrics::Metrics;
 use crate::service::{ArrivalLayer, Counters, LeafService, LeafStats, Shared};
 
-/// The lease holder, shared by the handle (whose `kill` drops it without
-/// revoking) and the supervisor (which revokes it on a graceful stop).
-type Holders = Arc<parking_lot::Mutex<Option<lease::holder::HolderSet>>>;
-
 /// A running leaf.
 pub struct LeafHandle {
     addr: SocketAddr,
@@ -47,14 +37,8 @@ pub struct LeafHandle {
     faults: Faults,
     counters: Arc<Counters>,
     registry: Registry,
-    /// Starts the graceful shutdown (a child of the caller's token).
-    stop: CancellationToken,
-    /// Resets every open connection.
-    kill: CancellationToken,
-    holders: Holders,
-    supervisor: JoinHandle<Result<()>>,
-    server: tokio::task::AbortHandle,
-    metrics_server: Option<tokio::task::AbortHandle>,
+    /// The lifecycle: stop, wait, kill, leases.
+    server: ServerHandle,
 }
 
 impl LeafHandle {
@@ -102,24 +86,22 @@ impl LeafHandle {
 
     /// The state of the lease at each frontend (empty without leases).
     pub fn lease_status(&self) -> Vec<lease::holder::EndpointStatus> {
-        self.holders
-            .lock()
-            .as_ref()
-            .map(lease::holder::HolderSet::status)
-            .unwrap_or_default()
+        self.server.lease_status()
     }
 
     /// True when a lease is held at every frontend (false without leases).
     pub fn leases_held(&self) -> bool {
-        self.holders
-            .lock()
-            .as_ref()
-            .is_some_and(lease::holder::HolderSet::is_held)
+        self.server.leases_held()
     }
 
-    /// Stops gracefully (revoke leases, NOT_SERVING, drain) and waits.
+    /// The address of `/metrics`, when served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.metrics_addr()
+    }
+
+    /// Stops gracefully (NOT_SERVING, revoke leases, drain) and waits.
     pub async fn stop(self) {
-        self.stop.cancel();
+        self.server.begin_stop();
         self.wait().await;
     }
 
@@ -134,23 +116,14 @@ impl LeafHandle {
     /// aborted, and leases are not revoked (their keep-alives stop, so they
     /// expire at the end of their term).
     pub fn kill(self) {
-        if let Some(holders) = self.holders.lock().take() {
-            holders.abort();
-        }
-        self.kill.cancel();
-        self.supervisor.abort();
-        self.server.abort();
-        if let Some(metrics) = &self.metrics_server {
-            metrics.abort();
-        }
+        self.server.kill();
         tracing::info!(shard = self.index.shard(), "leaf killed");
     }
 
-    async fn join(self) -> Result<()> {
-        match self.supervisor.await {
-            Ok(result) => result,
-            Err(error) => Err(LeafError::Internal(format!("supervisor failed: {error}"))),
-        }
+    /// Waits until the leaf has shut down, with the reason when it stopped
+    /// on its own (what `main` turns into its exit code).
+    pub async fn join(mut self) -> Result<()> {
+        Ok(self.server.wait().await?)
     }
 }
 
@@ -172,8 +145,8 @@ pub async fn run(
 }
 
 /// Builds (or reopens) the index off the runtime, starts serving on `grpc`
-/// (and `/metrics` on `metrics`), and returns once the leaf is ready and
-/// holds its leases.
+/// (and `/metrics` on `metrics`), and returns once the leaf is ready; its
+/// leases are granted in the background (see [`LeafHandle::leases_held`]).
 pub async fn start(
     config: LeafConfig,
     corpus: CorpusSource,
@@ -186,36 +159,21 @@ pub async fn start(
     let registry = Registry::new();
     let leaf_metrics = Metrics::new(&registry, config.shard)
         .map_err(|error| LeafError::Internal(format!("cannot register metrics: {error}")))?;
-    let ready = svc::metrics::Ready::default();
-    let stop = shutdown.child_token();
-
+    // Dropped on any error below, which stops the metrics endpoint.
+    let mut lifecycle = Lifecycle::new("leaf", registry.clone(), config.drain_timeout, &shutdown);
     // Metrics are served while the index builds, with /readyz saying no.
-    let metrics_token = CancellationToken::new();
-    let metrics_server = metrics.map(|listener| {
-        let (registry, ready, token) = (registry.clone(), ready.clone(), metrics_token.clone());
-        tokio::spawn(async move {
-            if let Err(error) = svc::metrics::serve(listener, registry, ready, token).await {
-                tracing::error!(%error, "metrics endpoint failed");
-            }
-        })
-    });
+    lifecycle.serve_metrics(metrics);
 
     let index = {
         let (shard, shards, index_config) = (config.shard, config.shards, config.index.clone());
-        let cancel = stop.clone();
+        let cancel = lifecycle.stop_requested();
         tokio::task::spawn_blocking(move || {
             ShardIndex::open_or_build(shard, shards, &index_config, &corpus, &cancel)
         })
         .await
         .map_err(|error| LeafError::Internal(format!("index build task failed: {error}")))
     };
-    let index = match index.and_then(|built| built) {
-        Ok(index) => Arc::new(index),
-        Err(error) => {
-            metrics_token.cancel();
-            return Err(error);
-        }
-    };
+    let index = Arc::new(index.and_then(|built| built)?);
     let report = index.build_report();
     leaf_metrics
         .index_documents
@@ -232,63 +190,41 @@ pub async fn start(
 
     let faults = Faults::new(&config.faults);
     let counters = Arc::new(Counters::default());
-    let stopping = CancellationToken::new();
     let shared = Arc::new(Shared {
         index: Arc::clone(&index),
         faults: faults.clone(),
         admission: Admission::new(config.limits.clone(), leaf_metrics.clone()),
         metrics: leaf_metrics,
         counters: Arc::clone(&counters),
-        stopping: stopping.clone(),
+        // Hung calls answer once the drain starts.
+        stopping: lifecycle.draining(),
         reply_margin: config.reply_margin,
     });
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<LeafServer<LeafService>>().await;
-    let kill = CancellationToken::new();
-    let server_stop = CancellationToken::new();
-    let incoming = {
-        let kill = kill.clone();
-        TcpListenerStream::new(grpc).map(move |accepted| {
-            accepted.map(|stream| {
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set tcp nodelay");
-                }
-                KillableStream::new(stream, kill.clone())
-            })
-        })
-    };
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(ArrivalLayer)
-            .add_service(health_service)
-            .add_service(LeafServer::new(LeafService::new(shared)))
-            .serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned()),
-    );
-    ready.set(true);
+    let health = lifecycle.health_service::<LeafServer<LeafService>>().await;
+    let grpc = tonic::transport::Server::builder()
+        .layer(ArrivalLayer)
+        .add_service(health)
+        .add_service(LeafServer::new(LeafService::new(shared)))
+        .serve_with_incoming_shutdown(
+            lifecycle.incoming(grpc),
+            lifecycle.draining().cancelled_owned(),
+        );
 
     let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     if config.advertise.is_none() && addr.ip().is_unspecified() {
         tracing::warn!(%addr, "advertising an unspecified address; set --advertise");
     }
-    // The holder revokes when this token is cancelled; the supervisor calls
-    // `revoke_all` instead, and `kill` drops the holder, so it never is.
-    let lease_token = CancellationToken::new();
-    let holders = config.lease.as_ref().map(|lease| {
-        let holder = lease::holder::HolderConfig {
-            endpoints: lease.frontends.clone(),
-            token: lease.token.clone(),
-            ttl: lease.ttl,
-            info: lease::holder::HolderInfo {
-                role: lease::Role::Leaf,
-                shard: config.shard,
-                address: advertised.clone(),
-                generation: index.generation(),
-            },
-        };
-        lease::holder::spawn(holder, &registry, lease_token)
-    });
-    let holders: Holders = Arc::new(parking_lot::Mutex::new(holders));
+    lifecycle.hold_leases(
+        config.lease.as_ref(),
+        HolderInfo {
+            role: Role::Leaf,
+            shard: config.shard,
+            address: advertised.clone(),
+            generation: index.generation(),
+        },
+    );
+    let server = lifecycle.serve(grpc);
     tracing::info!(
         %addr,
         advertised,
@@ -299,21 +235,6 @@ pub async fn start(
         leases = config.lease.as_ref().map_or(0, |lease| lease.frontends.len()),
         "leaf serving"
     );
-
-    let server_abort = server.abort_handle();
-    let supervisor = tokio::spawn(supervise(Supervised {
-        stop: stop.clone(),
-        holders: Arc::clone(&holders),
-        health,
-        ready,
-        stopping,
-        server_stop,
-        kill: kill.clone(),
-        server,
-        metrics_token,
-        metrics_server: metrics_server.as_ref().map(JoinHandle::abort_handle),
-        drain_timeout: config.drain_timeout,
-    }));
     Ok(LeafHandle {
         addr,
         advertised,
@@ -321,178 +242,10 @@ pub async fn start(
         faults,
         counters,
         registry,
-        stop,
-        kill,
-        holders,
-        supervisor,
-        server: server_abort,
-        metrics_server: metrics_server.map(|task| task.abort_handle()),
+        server,
     })
-}
-
-/// What the supervisor owns and tears down.
-struct Supervised {
-    stop: CancellationToken,
-    holders: Holders,
-    health: HealthReporter,
-    ready: svc::metrics::Ready,
-    stopping: CancellationToken,
-    server_stop: CancellationToken,
-    kill: CancellationToken,
-    server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
-    metrics_token: CancellationToken,
-    metrics_server: Option<tokio::task::AbortHandle>,
-    drain_timeout: Duration,
-}
-
-/// Waits for the stop signal (or a server failure), then shuts down in
-/// order: revoke, NOT_SERVING, stop accepting, drain, reset.
-async fn supervise(mut parts: Supervised) -> Result<()> {
-    let mut failure = None;
-    tokio::select! {
-        () = parts.stop.cancelled() => {}
-        ended = &mut parts.server => {
-            let reason = match ended {
-                Ok(Ok(())) => "grpc server ended unexpectedly".to_string(),
-                Ok(Err(error)) => format!("grpc server failed: {error}"),
-                Err(error) => format!("grpc server task failed: {error}"),
-            };
-            tracing::error!(%reason, "leaf stopping");
-            failure = Some(LeafError::Internal(reason));
-        }
-    }
-    tracing::info!("leaf shutting down");
-    // First, so that frontends stop routing here at once; `revoke_all`
-    // bounds its own time.
-    let holders = parts.holders.lock().take();
-    if let Some(holders) = holders {
-        holders.revoke_all().await;
-        tracing::info!("leases revoked");
-    }
-    parts
-        .health
-        .set_not_serving::<LeafServer<LeafService>>()
-        .await;
-    parts
-        .health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    parts.ready.set(false);
-    parts.stopping.cancel();
-    parts.server_stop.cancel();
-    if failure.is_none() {
-        match tokio::time::timeout(parts.drain_timeout, &mut parts.server).await {
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "grpc server failed while draining"),
-            Ok(_) => tracing::info!("drained in-flight calls"),
-            Err(_) => {
-                tracing::warn!(limit = ?parts.drain_timeout, "drain timed out, resetting connections")
-            }
-        }
-    }
-    parts.kill.cancel();
-    parts.server.abort();
-    parts.metrics_token.cancel();
-    if let Some(metrics) = parts.metrics_server {
-        // The endpoint stops on its token; abort it if it lingers.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        metrics.abort();
-    }
-    tracing::info!("leaf stopped");
-    failure.map_or(Ok(()), Err)
 }
 
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// A TCP connection that fails all I/O once `kill` is cancelled, so that a
-/// killed leaf resets its open connections (tonic serves each connection in
-/// its own task, which aborting the accept loop does not stop).
-struct KillableStream {
-    inner: TcpStream,
-    killed: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl KillableStream {
-    fn new(inner: TcpStream, kill: CancellationToken) -> KillableStream {
-        KillableStream {
-            inner,
-            killed: Box::pin(kill.cancelled_owned()),
-        }
-    }
-
-    /// Ready with an error once killed; registers the waker otherwise.
-    fn poll_killed(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
-        match self.killed.poll_unpin(cx) {
-            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "leaf killed",
-            )),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Connected for KillableStream {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl AsyncRead for KillableStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if let Poll::Ready(error) = this.poll_killed(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillableStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if let Poll::Ready(error) = this.poll_killed(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if let Poll::Ready(error) = this.poll_killed(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if let Poll::Ready(error) = this.poll_killed(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }

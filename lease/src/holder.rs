@@ -32,26 +32,31 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::etcd::{self, EtcdHolder};
-use crate::metrics::{role_label, HolderMetrics};
-use crate::Role;
+mod etcd;
+
+use crate::backoff::{jitter, INITIAL_BACKOFF, MAX_BACKOFF};
+pub use crate::member::HolderInfo;
+use crate::member::RoleLabel;
+use crate::metrics::{HolderMetrics, RenewalOutcome};
+use etcd::EtcdHolder;
 
 /// How long a connection attempt to a registry may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The deadline of a Revoke on shutdown.
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The first pause between failed grants; it doubles up to [`MAX_BACKOFF`].
-pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// What a holder says about itself when it grants a lease.
-#[derive(Clone, Debug)]
-pub struct HolderInfo {
-    pub role: Role,
-    pub shard: u32,
-    /// `host:port` where the holder's gRPC server listens.
-    pub address: String,
-    pub generation: u64,
+/// The lease a server holds with the frontends: what `--frontend`,
+/// `--token` and `--lease-ttl` say. The same for every holder (leaf,
+/// cache); [`HolderConfig`] adds what the holder says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// gRPC addresses of the frontends (lease registries), one lease each,
+    /// or `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` for a lease on etcd.
+    pub frontends: Vec<String>,
+    /// The cluster token, sent as `authorization: Bearer …`.
+    pub token: Option<String>,
+    /// The term asked for.
+    pub ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -134,7 +139,7 @@ pub fn spawn(
                 metrics: metrics.clone(),
                 status: status_tx.clone(),
             };
-            if etcd::is_etcd_url(endpoint) {
+            if crate::etcd::is_etcd_url(endpoint) {
                 let task = EtcdHolder {
                     url: endpoint.clone(),
                     info: config.info.clone(),
@@ -173,8 +178,8 @@ pub fn targets(endpoints: &[String]) -> Vec<String> {
     let mut targets: Vec<String> = Vec::new();
     let mut extending = false;
     for endpoint in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-        if etcd::is_etcd_url(endpoint) {
-            extending = !endpoint[etcd::SCHEME.len()..].contains('/');
+        if crate::etcd::is_etcd_url(endpoint) {
+            extending = !endpoint[crate::etcd::SCHEME.len()..].contains('/');
             targets.push(endpoint.to_owned());
             continue;
         }
@@ -298,7 +303,10 @@ impl Report {
 
     /// Counts and reports a renewal sent at `sent` that succeeded.
     pub fn renewed(&self, held: &mut Held, ttl: Option<Duration>, sent: Instant) {
-        self.metrics.renewals.with_label_values(&["ok"]).inc();
+        self.metrics
+            .renewals
+            .with_label_values(&[RenewalOutcome::Ok.label()])
+            .inc();
         held.last_ok = sent;
         if let Some(ttl) = ttl {
             held.ttl = ttl;
@@ -340,7 +348,7 @@ impl Report {
     pub fn not_found(&self, held: &Held, at: &str) {
         self.metrics
             .renewals
-            .with_label_values(&["not_found"])
+            .with_label_values(&[RenewalOutcome::NotFound.label()])
             .inc();
         tracing::info!(
             lease_id = held.lease_id,
@@ -395,7 +403,7 @@ struct Task {
 }
 
 impl Task {
-    #[tracing::instrument(name = "lease_holder", skip_all, fields(endpoint = %self.endpoint, role = role_label(self.info.role), shard = self.info.shard))]
+    #[tracing::instrument(name = "lease_holder", skip_all, fields(endpoint = %self.endpoint, role = self.info.role.label(), shard = self.info.shard))]
     async fn run(self) {
         let client = match connect(&self.endpoint) {
             Ok(channel) => LeaseClient::new(channel),
@@ -495,7 +503,7 @@ impl Task {
                     self.report
                         .metrics
                         .renewals
-                        .with_label_values(&["error"])
+                        .with_label_values(&[RenewalOutcome::Error.label()])
                         .inc();
                     tracing::warn!(
                         lease_id = held.lease_id,
@@ -575,13 +583,6 @@ pub(crate) fn call_timeout(ttl: Duration) -> Duration {
     (ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-/// Somewhere in the upper half of `backoff`, so that holders restarted
-/// together do not retry in lockstep.
-pub(crate) fn jitter(backoff: Duration) -> Duration {
-    let half = backoff / 2;
-    half + half.mul_f64(rand::random::<f64>())
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -608,14 +609,6 @@ mod tests {
             safety_margin(Duration::from_millis(150)),
             Duration::from_millis(75)
         );
-    }
-
-    #[test]
-    fn jitter_stays_within_the_upper_half() {
-        for _ in 0..100 {
-            let delay = jitter(Duration::from_millis(800));
-            assert!(delay >= Duration::from_millis(400) && delay <= Duration::from_millis(800));
-        }
     }
 
     fn strings(endpoints: &[&str]) -> Vec<String> {

@@ -25,10 +25,17 @@
 //! leave, expiry; not renewals) on a `watch` channel, and the frontend
 //! routes by what it receives there. Errors are [`Error`], mapped to gRPC
 //! codes in one place (`error.rs`).
+//!
+//! Modules depend one way, with no cycle: `service` → `registry` →
+//! `holder` → `etcd` → (`member`, `metrics`, `backoff`, `error`). The
+//! types every part shares (who holds a lease, the member list, roles and
+//! their labels) live at the bottom, in `member.rs`.
 
+mod backoff;
 mod error;
 pub mod etcd;
 pub mod holder;
+mod member;
 mod metrics;
 pub mod registry;
 pub mod service;
@@ -36,42 +43,6 @@ pub mod service;
 pub mod testing;
 
 pub use error::{Error, Result};
-
-use std::sync::Arc;
-use std::time::Duration;
-
-pub use proto::lease::Role;
-
-/// One live holder, as the frontend routes to it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Member {
-    pub lease_id: u64,
-    pub role: Role,
-    pub shard: u32,
-    /// `host:port` of the holder's gRPC server.
-    pub address: String,
-    pub generation: u64,
-}
-
-/// A member with the state of its lease, for `/cluster` and status pages.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MemberStatus {
-    pub member: Member,
-    pub ttl_left: Duration,
-    pub since_renewal: Duration,
-}
-
-/// The live members; the value changes whenever one joins, leaves or expires.
-pub type MemberView = tokio::sync::watch::Receiver<Arc<Vec<Member>>>;
-
-/// Where the frontend learns who is alive: the embedded registry or etcd.
-pub trait Membership: Send + Sync + 'static {
-    /// A receiver that always holds the current live members.
-    fn watch(&self) -> MemberView;
-    /// Live members with their lease state.
-    fn status(&self) -> Vec<MemberStatus>;
-    /// False when the backend cannot be reached and the view may be stale.
-    fn connected(&self) -> bool {
-        true
-    }
-}
+pub use holder::LeaseConfig;
+pub use member::{HolderInfo, Member, MemberStatus, MemberView, Membership, Role, RoleLabel};
+pub use metrics::{Refusal, RenewalOutcome};

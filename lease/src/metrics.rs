@@ -4,14 +4,75 @@
 use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
-use crate::Role;
+use crate::error::Error;
+use crate::member::{Role, RoleLabel};
 
-/// The label value of a role (`leaf` or `cache`).
-pub(crate) fn role_label(role: Role) -> &'static str {
-    match role {
-        Role::Leaf => "leaf",
-        Role::Cache => "cache",
-        Role::Unspecified => "unspecified",
+/// The outcome of a keep-alive, the `outcome` label of
+/// `lease_holder_renewals_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RenewalOutcome {
+    Ok,
+    /// The registry no longer knows the lease: grant anew.
+    NotFound,
+    Error,
+}
+
+impl RenewalOutcome {
+    pub const ALL: &'static [RenewalOutcome] = &[
+        RenewalOutcome::Ok,
+        RenewalOutcome::NotFound,
+        RenewalOutcome::Error,
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            RenewalOutcome::Ok => "ok",
+            RenewalOutcome::NotFound => "not_found",
+            RenewalOutcome::Error => "error",
+        }
+    }
+}
+
+/// Why the registry refused a request, the `reason` label of
+/// `lease_refusals_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    Unauthenticated,
+    Invalid,
+    NotFound,
+    Exhausted,
+    /// The backend could not be reached (etcd; never the embedded registry).
+    Unavailable,
+}
+
+impl Refusal {
+    /// The reasons the embedded registry refuses with, pre-registered.
+    pub const ALL: &'static [Refusal] = &[
+        Refusal::Unauthenticated,
+        Refusal::Invalid,
+        Refusal::NotFound,
+        Refusal::Exhausted,
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Invalid => "invalid",
+            Refusal::NotFound => "not_found",
+            Refusal::Exhausted => "exhausted",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+
+    /// The reason a request failed with `error`.
+    pub fn of(error: &Error) -> Refusal {
+        match error {
+            Error::InvalidArgument(_) => Refusal::Invalid,
+            Error::NotFound(_) => Refusal::NotFound,
+            Error::Unauthenticated => Refusal::Unauthenticated,
+            Error::TooManyLeases(_) => Refusal::Exhausted,
+            Error::Etcd(_) => Refusal::Unavailable,
+        }
     }
 }
 
@@ -90,20 +151,20 @@ impl RegistryMetrics {
         };
         // Export every series from the start, so that rates and alerts see
         // zeros rather than absent series.
-        for role in ["leaf", "cache"] {
+        for role in Role::ALL.iter().map(Role::label) {
             metrics.live.with_label_values(&[role]).set(0);
             metrics.grants.with_label_values(&[role]);
             metrics.expirations.with_label_values(&[role]);
             metrics.revocations.with_label_values(&[role]);
         }
-        for reason in ["unauthenticated", "invalid", "not_found", "exhausted"] {
-            metrics.refusals.with_label_values(&[reason]);
+        for reason in Refusal::ALL {
+            metrics.refusals.with_label_values(&[reason.label()]);
         }
         metrics
     }
 
-    pub fn refused(&self, reason: &str) {
-        self.refusals.with_label_values(&[reason]).inc();
+    pub fn refused(&self, reason: Refusal) {
+        self.refusals.with_label_values(&[reason.label()]).inc();
     }
 }
 
@@ -136,8 +197,8 @@ impl HolderMetrics {
             grants: counter(registry, "lease_holder_grants_total", "Leases granted to this process."),
             held,
         };
-        for outcome in ["ok", "not_found", "error"] {
-            metrics.renewals.with_label_values(&[outcome]);
+        for outcome in RenewalOutcome::ALL {
+            metrics.renewals.with_label_values(&[outcome.label()]);
         }
         metrics
     }
@@ -182,7 +243,7 @@ impl MembershipMetrics {
             ),
             live,
         };
-        for role in ["leaf", "cache"] {
+        for role in Role::ALL.iter().map(Role::label) {
             metrics.live.with_label_values(&[role]).set(0);
         }
         metrics

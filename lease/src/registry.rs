@@ -19,9 +19,11 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::holder::HolderInfo;
-use crate::metrics::{role_label, RegistryMetrics};
-use crate::{Error, Member, MemberStatus, MemberView, Membership, Result, Role};
+use crate::error::{Error, Result};
+use crate::member::{
+    member_order, HolderInfo, Member, MemberStatus, MemberView, Membership, Role, RoleLabel,
+};
+use crate::metrics::{Refusal, RegistryMetrics};
 
 /// The most leases one registry holds; a grant past it is refused, so a
 /// misbehaving client cannot grow the table without bound.
@@ -145,7 +147,7 @@ impl Registry {
             Ok(granted) => {
                 tracing::info!(
                     lease_id = granted.lease_id,
-                    role = role_label(holder.role),
+                    role = holder.role.label(),
                     shard = holder.shard,
                     address = %holder.address,
                     generation = holder.generation,
@@ -195,7 +197,7 @@ impl Registry {
             address: holder.address.clone(),
             generation: holder.generation,
         };
-        let role = role_label(member.role);
+        let role = member.role.label();
         self.metrics.grants.with_label_values(&[role]).inc();
         self.metrics.live.with_label_values(&[role]).inc();
         table.leases.insert(
@@ -250,7 +252,7 @@ impl Registry {
         };
         tracing::info!(
             lease_id,
-            role = role_label(entry.member.role),
+            role = entry.member.role.label(),
             shard = entry.member.shard,
             address = %entry.member.address,
             "lease revoked"
@@ -291,7 +293,7 @@ impl Registry {
             if let Some(entry) = table.leases.remove(id) {
                 tracing::warn!(
                     lease_id = id,
-                    role = role_label(entry.member.role),
+                    role = entry.member.role.label(),
                     shard = entry.member.shard,
                     address = %entry.member.address,
                     since_renewal = ?now.saturating_duration_since(entry.renewed),
@@ -308,7 +310,7 @@ impl Registry {
 
     /// Counts a member that left, by revocation or expiry.
     fn left(&self, member: &Member, counter: &prometheus::IntCounterVec) {
-        let role = role_label(member.role);
+        let role = member.role.label();
         counter.with_label_values(&[role]).inc();
         self.metrics.live.with_label_values(&[role]).dec();
     }
@@ -326,14 +328,7 @@ impl Registry {
 
     /// Counts a refused request.
     pub(crate) fn refused(&self, error: &Error) {
-        let reason = match error {
-            Error::InvalidArgument(_) => "invalid",
-            Error::NotFound(_) => "not_found",
-            Error::Unauthenticated => "unauthenticated",
-            Error::TooManyLeases(_) => "exhausted",
-            Error::Etcd(_) => "unavailable",
-        };
-        self.metrics.refused(reason);
+        self.metrics.refused(Refusal::of(error));
         tracing::debug!(%error, "lease request refused");
     }
 }
@@ -352,17 +347,6 @@ impl Membership for Registry {
     fn status(&self) -> Vec<MemberStatus> {
         self.list()
     }
-}
-
-/// Members ordered by role, shard, address and lease, so that watchers and
-/// listings see a stable order.
-pub(crate) fn member_order(a: &Member, b: &Member) -> std::cmp::Ordering {
-    (a.role as i32, a.shard, &a.address, a.lease_id).cmp(&(
-        b.role as i32,
-        b.shard,
-        &b.address,
-        b.lease_id,
-    ))
 }
 
 fn validate(holder: &HolderInfo) -> Result<()> {

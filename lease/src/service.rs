@@ -15,9 +15,9 @@ use proto::lease::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::holder::HolderInfo;
+use crate::error::Error;
+use crate::member::{HolderInfo, Role};
 use crate::registry::Registry;
-use crate::{Error, Role};
 
 /// The tonic service of a registry; build it with [`Registry::service`].
 #[derive(Clone)]

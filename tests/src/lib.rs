@@ -458,7 +458,7 @@ impl TestCluster {
     async fn start_cache(&self) -> cache::CacheHandle {
         let config = cache::CacheConfig {
             lease: Some(cache::LeaseConfig {
-                endpoints: vec![self.grpc_addr.expect("grpc address").to_string()],
+                frontends: vec![self.grpc_addr.expect("grpc address").to_string()],
                 token: Some(TOKEN.to_string()),
                 ttl: self.lease_ttl,
             }),

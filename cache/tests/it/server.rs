@@ -245,7 +245,7 @@ async fn shutdown_token_stops_the_server() {
     let run = tokio::spawn(cache::run(
         config(1 << 20, Duration::from_secs(60)),
         grpc,
-        metrics,
+        Some(metrics),
         shutdown.clone(),
     ));
     shutdown.cancel();
@@ -333,7 +333,7 @@ impl Drop for LeaseServer {
 fn leased(frontend: &LeaseServer, token: Option<&str>, ttl: Duration) -> CacheConfig {
     CacheConfig {
         lease: Some(LeaseConfig {
-            endpoints: vec![frontend.addr.clone()],
+            frontends: vec![frontend.addr.clone()],
             token: token.map(str::to_owned),
             ttl,
         }),

@@ -33,10 +33,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{bounded, EtcdConfig, CALL_TIMEOUT};
-use crate::holder::{jitter, INITIAL_BACKOFF, MAX_BACKOFF};
-use crate::metrics::{role_label, MembershipMetrics};
-use crate::registry::member_order;
-use crate::{Error, Member, MemberStatus, MemberView, Membership, Result};
+use crate::backoff::{jitter, INITIAL_BACKOFF, MAX_BACKOFF};
+use crate::error::{Error, Result};
+use crate::member::{member_order, Member, MemberStatus, MemberView, Membership, Role, RoleLabel};
+use crate::metrics::MembershipMetrics;
 
 /// After this long without a word on the watch, ask etcd for progress.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -369,11 +369,8 @@ impl Shared {
     fn publish(&self, view: &View) {
         let mut members: Vec<Member> = view.members.values().cloned().collect();
         members.sort_by(member_order);
-        for role in ["leaf", "cache"] {
-            let live = members
-                .iter()
-                .filter(|m| role_label(m.role) == role)
-                .count();
+        for role in Role::ALL.iter().map(Role::label) {
+            let live = members.iter().filter(|m| m.role.label() == role).count();
             self.metrics
                 .live
                 .with_label_values(&[role])

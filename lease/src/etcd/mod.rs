@@ -19,19 +19,16 @@
 //! granted. etcd has its own authentication and TLS; the cluster token of the
 //! embedded registry does not apply to it.
 
-mod holder;
 mod membership;
 
-pub(crate) use holder::EtcdHolder;
 pub use membership::{EtcdMembership, HEARTBEAT, SILENCE_LIMIT};
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::holder::HolderInfo;
-use crate::metrics::role_label;
-use crate::{Error, Member, Result, Role};
+use crate::error::{Error, Result};
+use crate::member::{HolderInfo, Member, Role, RoleLabel};
 
 /// The scheme that selects etcd where an endpoint or a membership is named.
 pub const SCHEME: &str = "etcd://";
@@ -118,7 +115,7 @@ impl EtcdConfig {
         format!(
             "{}{}/{}/{:016x}",
             self.key_prefix(),
-            role_label(info.role),
+            info.role.label(),
             info.shard,
             lease_id as u64
         )
@@ -169,7 +166,7 @@ struct MemberValue {
 /// The JSON a holder puts.
 pub(crate) fn encode(info: &HolderInfo) -> String {
     let value = MemberValue {
-        role: role_label(info.role).to_owned(),
+        role: info.role.label().to_owned(),
         shard: info.shard,
         address: info.address.clone(),
         generation: info.generation,

@@ -20,12 +20,12 @@ use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{bounded, EtcdConfig, CALL_TIMEOUT};
-use crate::holder::{
-    jitter, Ended, Held, HolderInfo, Report, INITIAL_BACKOFF, MAX_BACKOFF, REVOKE_TIMEOUT,
-};
-use crate::metrics::role_label;
-use crate::{Error, Result};
+use super::{Ended, Held, HolderInfo, Report, REVOKE_TIMEOUT};
+use crate::backoff::{jitter, INITIAL_BACKOFF, MAX_BACKOFF};
+use crate::error::{Error, Result};
+use crate::etcd::{bounded, EtcdConfig, CALL_TIMEOUT};
+use crate::member::RoleLabel;
+use crate::metrics::RenewalOutcome;
 
 /// The deadline of the grant, and then of the put: etcd terms are at least
 /// a second, so a third of the shortest one, rounded up.
@@ -48,10 +48,12 @@ struct KeepAlive {
 }
 
 impl EtcdHolder {
-    #[tracing::instrument(name = "lease_holder", skip_all, fields(endpoint = %self.url, role = role_label(self.info.role), shard = self.info.shard))]
+    #[tracing::instrument(name = "lease_holder", skip_all, fields(endpoint = %self.url, role = self.info.role.label(), shard = self.info.shard))]
     pub async fn run(self) {
         let connected = match EtcdConfig::parse(&self.url) {
-            Ok(config) => super::connect(&config).await.map(|client| (config, client)),
+            Ok(config) => crate::etcd::connect(&config)
+                .await
+                .map(|client| (config, client)),
             Err(error) => Err(error),
         };
         let (config, client) = match connected {
@@ -121,7 +123,7 @@ impl EtcdHolder {
     async fn grant_and_put(&self, config: &EtcdConfig, client: &Client) -> Result<(u64, Duration)> {
         let timeout = GRANT_TIMEOUT;
         let mut lease = client.lease_client();
-        let ttl = super::ttl_seconds(self.requested_ttl);
+        let ttl = crate::etcd::ttl_seconds(self.requested_ttl);
         let granted = bounded(timeout, lease.grant(ttl, None)).await?;
         if !granted.error().is_empty() || granted.ttl() <= 0 {
             return Err(Error::Etcd(format!(
@@ -136,7 +138,7 @@ impl EtcdHolder {
             timeout,
             kv.put(
                 config.key(&self.info, lease_id),
-                super::encode(&self.info),
+                crate::etcd::encode(&self.info),
                 Some(PutOptions::new().with_lease(lease_id)),
             ),
         )
@@ -184,7 +186,7 @@ impl EtcdHolder {
                     self.report
                         .metrics
                         .renewals
-                        .with_label_values(&["error"])
+                        .with_label_values(&[RenewalOutcome::Error.label()])
                         .inc();
                     tracing::warn!(
                         lease_id = held.lease_id,

@@ -1,7 +1,8 @@
-//! Accepted connections that can be cut at once, so that
-//! [`crate::CacheHandle::kill`] behaves like a crash: tonic serves each
-//! connection on its own task, which would outlive the server future, so
-//! every connection watches a kill token and fails its I/O when it fires.
+//! Listeners: binding with a startup error that names what failed, and
+//! accepted connections that can be cut at once, so that killing a server
+//! in a test behaves like a crash: tonic serves each connection on its own
+//! task, which would outlive the server future, so every connection watches
+//! a kill token and fails its I/O when it fires.
 
 use std::future::Future;
 use std::io;
@@ -15,8 +16,30 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::exit::Failure;
+
+/// Binds `addr` for the endpoint called `what` (`grpc`, `metrics`, …).
+/// The error is a [`crate::exit::Failure::Startup`] that reads
+/// `cannot bind metrics address 127.0.0.1:9400: …`.
+pub async fn bind(what: &str, addr: &str) -> Result<TcpListener, Failure> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        Failure::Startup(anyhow::anyhow!(
+            "cannot bind {what} address {addr}: {}",
+            crate::exit::describe_io(&error)
+        ))
+    })
+}
+
+/// Binds `addr` when given: optional endpoints are off unless asked for.
+pub async fn bind_optional(what: &str, addr: Option<&str>) -> Result<Option<TcpListener>, Failure> {
+    match addr {
+        Some(addr) => bind(what, addr).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 /// The connections accepted on `listener`, each cut when `kill` fires.
-pub(crate) fn incoming(
+pub fn incoming(
     listener: TcpListener,
     kill: CancellationToken,
 ) -> impl Stream<Item = io::Result<Killable>> {
@@ -34,7 +57,7 @@ pub(crate) fn incoming(
 }
 
 /// A TCP stream whose reads and writes fail once its kill token fires.
-pub(crate) struct Killable {
+pub struct Killable {
     inner: TcpStream,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     dead: bool,
@@ -51,7 +74,7 @@ impl Killable {
 }
 
 fn reset() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "cache server killed")
+    io::Error::new(io::ErrorKind::ConnectionReset, "server killed")
 }
 
 impl AsyncRead for Killable {
