@@ -30,6 +30,7 @@ use crate::config::LeafConfig;
 use crate::corpus::CorpusSource;
 use crate::error::{LeafError, Result};
 use crate::faults::Faults;
+use crate::generations::Generations;
 use crate::index::ShardIndex;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
@@ -43,7 +44,8 @@ type Holders = Arc<parking_lot::Mutex<Option<lease::holder::HolderSet>>>;
 pub struct LeafHandle {
     addr: SocketAddr,
     advertised: String,
-    index: Arc<ShardIndex>,
+    /// The served index, swapped by the generation watcher.
+    index: Arc<arc_swap::ArcSwap<ShardIndex>>,
     faults: Faults,
     counters: Arc<Counters>,
     registry: Registry,
@@ -79,20 +81,21 @@ impl LeafHandle {
     }
 
     pub fn shard(&self) -> u32 {
-        self.index.shard()
+        self.index.load().shard()
     }
 
+    /// The generation served now.
     pub fn generation(&self) -> u64 {
-        self.index.generation()
+        self.index.load().generation()
     }
 
     pub fn num_docs(&self) -> u64 {
-        self.index.num_docs()
+        self.index.load().num_docs()
     }
 
-    /// The shard's index, for in-process searches.
-    pub fn index(&self) -> &Arc<ShardIndex> {
-        &self.index
+    /// The shard's index served now, for in-process searches.
+    pub fn index(&self) -> Arc<ShardIndex> {
+        self.index.load_full()
     }
 
     /// This leaf's metrics registry.
@@ -143,7 +146,7 @@ impl LeafHandle {
         if let Some(metrics) = &self.metrics_server {
             metrics.abort();
         }
-        tracing::info!(shard = self.index.shard(), "leaf killed");
+        tracing::info!(shard = self.shard(), "leaf killed");
     }
 
     async fn join(self) -> Result<()> {
@@ -202,20 +205,27 @@ pub async fn start(
 
     let index = {
         let (shard, shards, index_config) = (config.shard, config.shards, config.index.clone());
-        let cancel = stop.clone();
-        tokio::task::spawn_blocking(move || {
-            ShardIndex::open_or_build(shard, shards, &index_config, &corpus, &cancel)
+        let generations_config = config.generations.clone();
+        let (cancel, metrics) = (stop.clone(), leaf_metrics.clone());
+        tokio::task::spawn_blocking(move || match generations_config {
+            Some(generations) => {
+                Generations::open(generations, shard, shards, Some(metrics)).map(Source::Root)
+            }
+            None => ShardIndex::open_or_build(shard, shards, &index_config, &corpus, &cancel)
+                .map(Source::Built),
         })
         .await
         .map_err(|error| LeafError::Internal(format!("index build task failed: {error}")))
     };
-    let index = match index.and_then(|built| built) {
-        Ok(index) => Arc::new(index),
+    let (current, generations) = match index.and_then(|built| built) {
+        Ok(Source::Built(index)) => (Arc::new(arc_swap::ArcSwap::from_pointee(index)), None),
+        Ok(Source::Root(generations)) => (Arc::clone(generations.current()), Some(generations)),
         Err(error) => {
             metrics_token.cancel();
             return Err(error);
         }
     };
+    let index = current.load_full();
     let report = index.build_report();
     leaf_metrics
         .index_documents
@@ -234,10 +244,10 @@ pub async fn start(
     let counters = Arc::new(Counters::default());
     let stopping = CancellationToken::new();
     let shared = Arc::new(Shared {
-        index: Arc::clone(&index),
+        index: Arc::clone(&current),
         faults: faults.clone(),
         admission: Admission::new(config.limits.clone(), leaf_metrics.clone()),
-        metrics: leaf_metrics,
+        metrics: leaf_metrics.clone(),
         counters: Arc::clone(&counters),
         stopping: stopping.clone(),
         reply_margin: config.reply_margin,
@@ -300,6 +310,17 @@ pub async fn start(
         "leaf serving"
     );
 
+    if let Some(generations) = generations {
+        // Ends on the stop or kill token; it holds no state worth draining.
+        tokio::spawn(watch_generations(Watch {
+            generations,
+            metrics: leaf_metrics,
+            holders: Arc::clone(&holders),
+            stop: stop.clone(),
+            kill: kill.clone(),
+        }));
+    }
+
     let server_abort = server.abort_handle();
     let supervisor = tokio::spawn(supervise(Supervised {
         stop: stop.clone(),
@@ -317,7 +338,7 @@ pub async fn start(
     Ok(LeafHandle {
         addr,
         advertised,
-        index,
+        index: current,
         faults,
         counters,
         registry,
@@ -328,6 +349,70 @@ pub async fn start(
         server: server_abort,
         metrics_server: metrics_server.map(|task| task.abort_handle()),
     })
+}
+
+/// Where the served index came from.
+enum Source {
+    Built(ShardIndex),
+    Root(Generations),
+}
+
+/// What the generation watcher needs.
+struct Watch {
+    generations: Generations,
+    metrics: Metrics,
+    holders: Holders,
+    stop: CancellationToken,
+    kill: CancellationToken,
+}
+
+/// Polls the index root every `poll` and, after a swap, publishes the new
+/// generation in the metrics and the leases.
+async fn watch_generations(watch: Watch) {
+    let Watch {
+        generations,
+        metrics,
+        holders,
+        stop,
+        kill,
+    } = watch;
+    let poll = generations_poll(&generations);
+    let generations = Arc::new(parking_lot::Mutex::new(generations));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = kill.cancelled() => return,
+            () = tokio::time::sleep(poll) => {}
+        }
+        let generations = Arc::clone(&generations);
+        let polled = tokio::task::spawn_blocking(move || generations.lock().poll()).await;
+        let swapped = match polled {
+            Ok(Ok(swapped)) => swapped,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot scan the index root");
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%error, "generation poll task failed");
+                continue;
+            }
+        };
+        if let Some(index) = swapped {
+            metrics
+                .index_documents
+                .set(saturating_i64(index.num_docs()));
+            metrics
+                .index_generation
+                .set(saturating_i64(index.generation()));
+            if let Some(holders) = holders.lock().as_ref() {
+                holders.set_generation(index.generation());
+            }
+        }
+    }
+}
+
+fn generations_poll(generations: &Generations) -> Duration {
+    generations.poll_interval().max(Duration::from_millis(10))
 }
 
 /// What the supervisor owns and tears down.
