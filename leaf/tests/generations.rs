@@ -169,10 +169,7 @@ async fn serves_the_newest_generation_and_swaps_to_a_newer_one() {
         info_generation(&mut client).await == 300
     })
     .await;
-    assert_eq!(
-        search_ids(&mut client, "zebracorn").await,
-        [new_doc.id.clone()]
-    );
+    assert_eq!(search_ids(&mut client, "zebracorn").await, vec![new_doc.id]);
     assert_eq!(handle.generation(), 300);
     eventually("the lease to announce generation 300", async || {
         let list = registry.list();
