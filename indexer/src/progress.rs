@@ -88,6 +88,6 @@ fn show(shared: &Shared, capacity: usize, stop: &AtomicBool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     for bar in bars {
-        bar.finish();
+        bar.finish_and_clear();
     }
 }
