@@ -18,6 +18,7 @@ use svc::{HolderArgs, ServerArgs};
 use crate::corpus::CorpusSource;
 use crate::error::{LeafError, Result};
 use crate::faults::FaultConfig;
+use crate::generations::GenerationsConfig;
 use crate::index::IndexConfig;
 use crate::limits::Limits;
 
@@ -27,6 +28,9 @@ pub struct LeafConfig {
     pub shard: u32,
     pub shards: u32,
     pub index: IndexConfig,
+    /// Serve the generations under an index root instead of building from
+    /// the corpus (`--index-root`).
+    pub generations: Option<GenerationsConfig>,
     pub limits: Limits,
     pub faults: FaultConfig,
     /// None: no leases (a standalone leaf, or a test that routes by address).
@@ -47,6 +51,7 @@ impl LeafConfig {
             shard,
             shards,
             index: IndexConfig::default(),
+            generations: None,
             limits: Limits::default(),
             faults: FaultConfig::default(),
             lease: None,
@@ -105,8 +110,25 @@ impl Default for LeafConfig {
 #[command(name = "leaf", version, about)]
 pub struct Cli {
     /// JSONL corpus (plain or gzip), or `builtin` for the generated corpus.
-    #[arg(long, value_name = "FILE|builtin")]
-    pub corpus: String,
+    #[arg(
+        long,
+        value_name = "FILE|builtin",
+        required_unless_present = "index_root"
+    )]
+    pub corpus: Option<String>,
+    /// Serve the newest generation under ROOT/shard-<shard>/ (built by
+    /// `indexer build`) and swap to newer ones as they appear.
+    #[arg(long, value_name = "ROOT", conflicts_with_all = ["corpus", "index_dir"])]
+    pub index_root: Option<PathBuf>,
+    /// Complete generations kept on disk under --index-root.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_generations: u64,
+    /// Time after a swap before old generations are removed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub generation_grace: Duration,
+    /// How often --index-root is scanned for a newer generation.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub generation_poll: Duration,
     /// This leaf's shard, in 0..shards.
     #[arg(long)]
     pub shard: u32,
@@ -201,6 +223,12 @@ impl Cli {
                 writer_threads: self.index_threads,
                 writer_heap_bytes: self.index_heap_mb.saturating_mul(1024 * 1024),
             },
+            generations: self.index_root.as_ref().map(|root| GenerationsConfig {
+                root: root.clone(),
+                keep: usize::try_from(self.keep_generations).unwrap_or(usize::MAX),
+                grace: self.generation_grace,
+                poll: self.generation_poll,
+            }),
             limits,
             faults: FaultConfig {
                 delay: self.fault_delay,
@@ -217,7 +245,8 @@ impl Cli {
         config.validate()?;
         Ok(Settings {
             config,
-            corpus: CorpusSource::from_arg(&self.corpus),
+            // Unused with --index-root.
+            corpus: CorpusSource::from_arg(self.corpus.as_deref().unwrap_or("builtin")),
             grpc: self.grpc.clone(),
             metrics: self.server.metrics.clone(),
         })
@@ -306,6 +335,25 @@ mod tests {
     }
 
     #[test]
+    fn index_root_replaces_the_corpus() {
+        let cli = parse(&[
+            "--index-root",
+            "/srv/root",
+            "--shard",
+            "1",
+            "--shards",
+            "2",
+            "--keep-generations",
+            "3",
+        ])
+        .unwrap();
+        let generations = cli.settings().unwrap().config.generations.unwrap();
+        assert_eq!(generations.root, PathBuf::from("/srv/root"));
+        assert_eq!(generations.keep, 3);
+        assert_eq!(generations.poll, Duration::from_secs(1));
+    }
+
+    #[test]
     fn bad_flags_are_errors_not_panics() {
         for args in [
             &["--corpus", "x", "--shard", "0", "--shards", "0"][..],
@@ -334,6 +382,17 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
+        assert!(parse(&[
+            "--index-root",
+            "r",
+            "--corpus",
+            "x",
+            "--shard",
+            "0",
+            "--shards",
+            "1"
+        ])
+        .is_err());
         let cli = parse(&["--corpus", "x", "--shard", "4", "--shards", "4"]).unwrap();
         let error = cli.settings().unwrap_err();
         assert!(error.to_string().contains("out of range"), "{error}");

@@ -25,10 +25,10 @@ use crate::error::{LeafError, Result};
 
 /// Version of the schema and payload; an index of another format is not
 /// reopened.
-const INDEX_FORMAT: u32 = 1;
+pub(crate) const INDEX_FORMAT: u32 = 1;
 pub use scoring::TITLE_BOOST;
 /// tantivy's minimum memory budget per indexing thread.
-const MIN_HEAP_PER_THREAD: usize = 15_000_000;
+pub const MIN_HEAP_PER_THREAD: usize = 15_000_000;
 /// How often (in documents read) the build checks the clock and the
 /// shutdown token.
 const BUILD_CHECK_EVERY: u64 = 1024;
@@ -90,13 +90,13 @@ pub(crate) struct Fields {
 /// What is written in tantivy's commit payload, so that a reopened index
 /// knows what it is.
 #[derive(Debug, Serialize, Deserialize)]
-struct Payload {
-    format: u32,
-    shard: u32,
-    shards: u32,
-    generation: u64,
-    documents: u64,
-    bad_lines: u64,
+pub(crate) struct Payload {
+    pub(crate) format: u32,
+    pub(crate) shard: u32,
+    pub(crate) shards: u32,
+    pub(crate) generation: u64,
+    pub(crate) documents: u64,
+    pub(crate) bad_lines: u64,
 }
 
 /// One shard's index, ready to search. Cheap to share behind an `Arc`; all
@@ -199,7 +199,7 @@ impl ShardIndex {
     }
 }
 
-fn schema() -> (Schema, Fields) {
+pub(crate) fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let fields = Fields {
         id: builder.add_text_field("id", STRING | STORED | FAST),
@@ -250,7 +250,12 @@ impl GenerationDigest {
 }
 
 /// Reopens `dir`; None when the index there never committed.
-fn reopen(dir: &Path, shard: u32, shards: u32, started: Instant) -> Result<Option<ShardIndex>> {
+pub(crate) fn reopen(
+    dir: &Path,
+    shard: u32,
+    shards: u32,
+    started: Instant,
+) -> Result<Option<ShardIndex>> {
     let mismatch = |reason: String| LeafError::IndexMismatch {
         dir: dir.to_path_buf(),
         reason,
@@ -449,7 +454,7 @@ fn layout(searcher: &Searcher) -> Result<u64> {
     Ok(hasher.digest().max(1))
 }
 
-fn to_tantivy(fields: &Fields, doc: &Document) -> TantivyDocument {
+pub(crate) fn to_tantivy(fields: &Fields, doc: &Document) -> TantivyDocument {
     let mut out = TantivyDocument::new();
     out.add_text(fields.id, &doc.id);
     out.add_text(fields.title, &doc.title);

@@ -8,7 +8,10 @@
 //!   [`builtin`] generates an npm-like corpus for demos and tests.
 //! - [`index`] builds the shard's index (BM25 over `title`, boosted, and
 //!   `body`) on a blocking thread, or reopens it from `--index-dir`, and
-//!   gives it a generation.
+//!   gives it a generation; [`writer`] writes a shard document by document
+//!   for the `indexer` crate, and [`generations`] serves the newest
+//!   generation under an `--index-root`, swapping to newer ones as they
+//!   appear.
 //! - [`search`] parses queries and runs them under a [`Budget`] (deadline,
 //!   cancellation), returning an exact top-k ordered by score then id;
 //!   [`stats`] provides per-shard term statistics and scoring with
@@ -38,6 +41,7 @@ pub mod config;
 pub mod corpus;
 pub mod error;
 pub mod faults;
+pub mod generations;
 pub mod index;
 pub mod limits;
 pub mod metrics;
@@ -45,15 +49,18 @@ pub mod search;
 pub mod server;
 pub mod service;
 pub mod stats;
+pub mod writer;
 
 pub use builtin::{builtin_corpus, generate_corpus, sample_queries};
 pub use config::{Cli, LeafConfig, LeaseConfig};
 pub use corpus::{read_corpus, shard_of, CorpusRead, CorpusSource, Document};
 pub use error::{LeafError, Result};
 pub use faults::{FaultConfig, Faults};
+pub use generations::{GenerationsConfig, Manifest};
 pub use index::{BuildReport, IndexConfig, ShardIndex};
 pub use limits::Limits;
 pub use search::{Budget, ParsedQuery, SearchOutput, MAX_K};
 pub use server::{run, start, LeafHandle};
 pub use service::LeafStats;
 pub use stats::sum_corpus_stats;
+pub use writer::ShardWriter;

@@ -107,6 +107,9 @@ pub struct Metrics {
     pub index_build_duration: Gauge,
     /// Corpus lines skipped while building, 0 for a reopened index.
     pub corpus_bad_lines: IntGauge,
+    /// `leaf_generation_swaps_total{outcome="ok|refused"}`: newer index
+    /// generations taken into service or refused (`--index-root`).
+    pub generation_swaps: IntCounterVec,
 }
 
 impl Metrics {
@@ -178,6 +181,13 @@ impl Metrics {
                 "leaf_corpus_bad_lines",
                 "corpus lines skipped while building the index",
             ))?,
+            generation_swaps: IntCounterVec::new(
+                opts(
+                    "leaf_generation_swaps_total",
+                    "index generations swapped in or refused, by outcome",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(metrics.search_requests.clone()))?;
         registry.register(Box::new(metrics.search_duration.clone()))?;
@@ -193,6 +203,12 @@ impl Metrics {
         registry.register(Box::new(metrics.index_generation.clone()))?;
         registry.register(Box::new(metrics.index_build_duration.clone()))?;
         registry.register(Box::new(metrics.corpus_bad_lines.clone()))?;
+        registry.register(Box::new(metrics.generation_swaps.clone()))?;
+        for outcome in crate::generations::SwapOutcome::ALL {
+            metrics
+                .generation_swaps
+                .with_label_values(&[outcome.label()]);
+        }
         // Every outcome shows up as 0 from the start, so rates work at once.
         for outcome in SearchOutcome::ALL {
             metrics

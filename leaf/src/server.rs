@@ -9,9 +9,16 @@
 //! leases, drain in-flight calls under `drain_timeout` (hung calls answer
 //! at once), then reset whatever is left. [`LeafHandle::kill`] simulates a
 //! crash: connections are reset and leases are left to expire.
+//!
+//! With `--index-root`, the index comes from the newest complete generation
+//! (`generations`), and a tracked task watches the root, swaps newer
+//! generations in and announces each in the leases.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use lease::{HolderInfo, Role};
 use prometheus::Registry;
@@ -24,6 +31,7 @@ use crate::config::LeafConfig;
 use crate::corpus::CorpusSource;
 use crate::error::{LeafError, Result};
 use crate::faults::Faults;
+use crate::generations::Generations;
 use crate::index::ShardIndex;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
@@ -33,7 +41,8 @@ use crate::service::{ArrivalLayer, Counters, LeafService, LeafStats, Shared};
 pub struct LeafHandle {
     addr: SocketAddr,
     advertised: String,
-    index: Arc<ShardIndex>,
+    /// The served index, swapped by the generation watcher.
+    index: Arc<ArcSwap<ShardIndex>>,
     faults: Faults,
     counters: Arc<Counters>,
     registry: Registry,
@@ -63,20 +72,20 @@ impl LeafHandle {
     }
 
     pub fn shard(&self) -> u32 {
-        self.index.shard()
+        self.index.load().shard()
     }
 
     pub fn generation(&self) -> u64 {
-        self.index.generation()
+        self.index.load().generation()
     }
 
     pub fn num_docs(&self) -> u64 {
-        self.index.num_docs()
+        self.index.load().num_docs()
     }
 
-    /// The shard's index, for in-process searches.
-    pub fn index(&self) -> &Arc<ShardIndex> {
-        &self.index
+    /// The shard's index served now, for in-process searches.
+    pub fn index(&self) -> Arc<ShardIndex> {
+        self.index.load_full()
     }
 
     /// This leaf's metrics registry.
@@ -117,7 +126,7 @@ impl LeafHandle {
     /// expire at the end of their term).
     pub fn kill(self) {
         self.server.kill();
-        tracing::info!(shard = self.index.shard(), "leaf killed");
+        tracing::info!(shard = self.shard(), "leaf killed");
     }
 
     /// Waits until the leaf has shut down, with the reason when it stopped
@@ -166,14 +175,23 @@ pub async fn start(
 
     let index = {
         let (shard, shards, index_config) = (config.shard, config.shards, config.index.clone());
-        let cancel = lifecycle.stop_requested();
-        tokio::task::spawn_blocking(move || {
-            ShardIndex::open_or_build(shard, shards, &index_config, &corpus, &cancel)
+        let generations_config = config.generations.clone();
+        let (cancel, metrics) = (lifecycle.stop_requested(), leaf_metrics.clone());
+        tokio::task::spawn_blocking(move || match generations_config {
+            Some(generations) => {
+                Generations::open(generations, shard, shards, Some(metrics)).map(Source::Root)
+            }
+            None => ShardIndex::open_or_build(shard, shards, &index_config, &corpus, &cancel)
+                .map(Source::Built),
         })
         .await
         .map_err(|error| LeafError::Internal(format!("index build task failed: {error}")))
     };
-    let index = Arc::new(index.and_then(|built| built)?);
+    let (current, generations) = match index.and_then(|built| built)? {
+        Source::Built(index) => (Arc::new(ArcSwap::from_pointee(index)), None),
+        Source::Root(generations) => (Arc::clone(generations.current()), Some(generations)),
+    };
+    let index = current.load_full();
     let report = index.build_report();
     leaf_metrics
         .index_documents
@@ -191,10 +209,10 @@ pub async fn start(
     let faults = Faults::new(&config.faults);
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(Shared {
-        index: Arc::clone(&index),
+        index: Arc::clone(&current),
         faults: faults.clone(),
         admission: Admission::new(config.limits.clone(), leaf_metrics.clone()),
-        metrics: leaf_metrics,
+        metrics: leaf_metrics.clone(),
         counters: Arc::clone(&counters),
         // Hung calls answer once the drain starts.
         stopping: lifecycle.draining(),
@@ -224,6 +242,14 @@ pub async fn start(
             generation: index.generation(),
         },
     );
+    if let Some(generations) = generations {
+        lifecycle.spawn(watch_generations(Watch {
+            generations,
+            metrics: leaf_metrics,
+            announcer: lifecycle.generation_announcer(),
+            draining: lifecycle.draining(),
+        }));
+    }
     let server = lifecycle.serve(grpc);
     tracing::info!(
         %addr,
@@ -238,12 +264,71 @@ pub async fn start(
     Ok(LeafHandle {
         addr,
         advertised,
-        index,
+        index: current,
         faults,
         counters,
         registry,
         server,
     })
+}
+
+/// Where the served index came from.
+enum Source {
+    Built(ShardIndex),
+    Root(Generations),
+}
+
+/// What the generation watcher needs.
+struct Watch {
+    generations: Generations,
+    metrics: Metrics,
+    /// Announces a new generation in every lease (none without leases).
+    announcer: Option<lease::holder::GenerationAnnouncer>,
+    /// The watcher ends when the drain starts.
+    draining: CancellationToken,
+}
+
+/// Polls the index root every `poll` and, after a swap, publishes the new
+/// generation in the metrics and the leases.
+async fn watch_generations(watch: Watch) {
+    let Watch {
+        generations,
+        metrics,
+        announcer,
+        draining,
+    } = watch;
+    let poll = generations.poll_interval().max(Duration::from_millis(10));
+    let generations = Arc::new(parking_lot::Mutex::new(generations));
+    loop {
+        tokio::select! {
+            () = draining.cancelled() => return,
+            () = tokio::time::sleep(poll) => {}
+        }
+        let generations = Arc::clone(&generations);
+        let polled = tokio::task::spawn_blocking(move || generations.lock().poll()).await;
+        let swapped = match polled {
+            Ok(Ok(swapped)) => swapped,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot scan the index root");
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%error, "generation poll task failed");
+                continue;
+            }
+        };
+        if let Some(index) = swapped {
+            metrics
+                .index_documents
+                .set(saturating_i64(index.num_docs()));
+            metrics
+                .index_generation
+                .set(saturating_i64(index.generation()));
+            if let Some(announcer) = &announcer {
+                announcer.announce(index.generation());
+            }
+        }
+    }
 }
 
 fn saturating_i64(value: u64) -> i64 {

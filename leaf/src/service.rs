@@ -103,7 +103,9 @@ impl Counters {
 
 /// State shared by every call of one server.
 pub(crate) struct Shared {
-    pub(crate) index: Arc<ShardIndex>,
+    /// The served index; swapped to a newer generation by
+    /// [`crate::generations`]. A call loads it once and keeps that `Arc`.
+    pub(crate) index: Arc<arc_swap::ArcSwap<ShardIndex>>,
     pub(crate) faults: Faults,
     pub(crate) admission: Admission,
     pub(crate) metrics: Metrics,
@@ -277,8 +279,9 @@ impl Shared {
         cancel: Arc<AtomicBool>,
     ) -> Result<SearchResponse> {
         ensure_time_left(deadline)?;
+        let index = self.index.load_full();
         let k = validate_k(request.k)?;
-        let query = self.index.parse_query(&request.query)?;
+        let query = index.parse_query(&request.query)?;
         if let Some(stats) = &request.stats {
             validate_stats(stats)?;
         }
@@ -297,7 +300,8 @@ impl Shared {
         }
         .with_cancel(cancel)
         .with_scan_delay(self.faults.config().slow_scan);
-        let index = Arc::clone(&self.index);
+        let shard = index.shard();
+        let generation = index.generation();
         let in_flight = self.metrics.searches_in_flight.clone();
         let stats = request.stats;
         let task = tokio::task::spawn_blocking(move || {
@@ -314,7 +318,7 @@ impl Shared {
         if output.early_terminated {
             self.metrics.early_stops.inc();
         }
-        Ok(output.into_response(self.index.shard(), self.index.generation()))
+        Ok(output.into_response(shard, generation))
     }
 
     async fn term_stats(
@@ -323,13 +327,14 @@ impl Shared {
         deadline: Option<Instant>,
     ) -> Result<TermStatsResponse> {
         ensure_time_left(deadline)?;
-        let index = Arc::clone(&self.index);
+        let index = self.index.load_full();
+        let (shard, generation) = (index.shard(), index.generation());
         let stats = tokio::task::spawn_blocking(move || index.term_stats(&request.query))
             .await
             .map_err(|error| LeafError::Internal(format!("term stats task failed: {error}")))??;
         Ok(TermStatsResponse {
-            shard: self.index.shard(),
-            generation: self.index.generation(),
+            shard,
+            generation,
             stats: Some(stats),
         })
     }
@@ -349,7 +354,7 @@ impl Leaf for LeafService {
     #[instrument(
         name = "leaf.search",
         skip_all,
-        fields(shard = self.shared.index.shard(), k = request.get_ref().k, outcome)
+        fields(shard = self.shared.index.load().shard(), k = request.get_ref().k, outcome)
     )]
     async fn search(
         &self,
@@ -380,12 +385,12 @@ impl Leaf for LeafService {
         }
     }
 
-    #[instrument(name = "leaf.info", skip_all, fields(shard = self.shared.index.shard()))]
+    #[instrument(name = "leaf.info", skip_all, fields(shard = self.shared.index.load().shard()))]
     async fn info(
         &self,
         _request: Request<InfoRequest>,
     ) -> std::result::Result<Response<InfoResponse>, Status> {
-        let index = &self.shared.index;
+        let index = self.shared.index.load();
         Ok(Response::new(InfoResponse {
             shard: index.shard(),
             shards: index.shards(),
@@ -394,7 +399,7 @@ impl Leaf for LeafService {
         }))
     }
 
-    #[instrument(name = "leaf.term_stats", skip_all, fields(shard = self.shared.index.shard()))]
+    #[instrument(name = "leaf.term_stats", skip_all, fields(shard = self.shared.index.load().shard()))]
     async fn term_stats(
         &self,
         request: Request<TermStatsRequest>,

@@ -20,6 +20,7 @@
 //! (see [`crate::etcd`]), with the same steps; the scheme-less endpoints that
 //! follow it are more servers of the same etcd cluster (see [`targets`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::lease::lease_client::LeaseClient;
@@ -97,6 +98,20 @@ pub struct HolderSet {
     /// Stops the tasks, which then revoke; a child of the caller's token.
     stop: CancellationToken,
     status: watch::Receiver<Vec<EndpointStatus>>,
+    /// The generation announced; a change makes every task announce it.
+    generation: Arc<watch::Sender<u64>>,
+}
+
+/// Announces a holder's new generation from another task (a generation
+/// watcher), without owning the [`HolderSet`].
+#[derive(Clone)]
+pub struct GenerationAnnouncer(Arc<watch::Sender<u64>>);
+
+impl GenerationAnnouncer {
+    /// As [`HolderSet::set_generation`].
+    pub fn announce(&self, generation: u64) {
+        self.0.send_replace(generation);
+    }
 }
 
 /// Starts one lease per endpoint and keeps each alive until `shutdown` is
@@ -130,6 +145,7 @@ pub fn spawn(
         })
         .collect();
     let (status_tx, status) = watch::channel(initial);
+    let (generation, _) = watch::channel(config.info.generation);
     let tasks = endpoints
         .iter()
         .enumerate()
@@ -138,6 +154,7 @@ pub fn spawn(
                 index,
                 metrics: metrics.clone(),
                 status: status_tx.clone(),
+                generation: generation.subscribe(),
             };
             if crate::etcd::is_etcd_url(endpoint) {
                 let task = EtcdHolder {
@@ -164,6 +181,7 @@ pub fn spawn(
         tasks,
         stop,
         status,
+        generation: Arc::new(generation),
     }
 }
 
@@ -237,6 +255,23 @@ impl HolderSet {
         self.status.borrow().iter().all(|s| s.lease_id.is_some())
     }
 
+    /// Announces `generation` from now on: a registry lease is granted anew
+    /// with it (the old one is revoked once the new one is held), an etcd
+    /// key is rewritten under the same lease.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.send_replace(generation);
+    }
+
+    /// A handle that announces generations for this set.
+    pub fn announcer(&self) -> GenerationAnnouncer {
+        GenerationAnnouncer(Arc::clone(&self.generation))
+    }
+
+    /// The generation announced (or being announced).
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// A receiver woken whenever an endpoint's state changes.
     pub fn watch(&self) -> watch::Receiver<Vec<EndpointStatus>> {
         self.status.clone()
@@ -258,6 +293,8 @@ pub(crate) struct Held {
     /// When the last successful grant or renewal was sent: the registry
     /// renewed no earlier than that.
     pub last_ok: Instant,
+    /// The generation the lease announces.
+    pub generation: u64,
 }
 
 /// Why the keep-alive loop ended.
@@ -265,6 +302,8 @@ pub(crate) enum Ended {
     Stopped,
     Lost,
     NotFound,
+    /// The holder's generation changed: announce the new one.
+    NewGeneration,
 }
 
 /// Where a holder task reports: its slot in the status list, and the
@@ -273,6 +312,8 @@ pub(crate) struct Report {
     index: usize,
     pub metrics: HolderMetrics,
     status: watch::Sender<Vec<EndpointStatus>>,
+    /// The generation to announce ([`HolderSet::set_generation`]).
+    generation: watch::Receiver<u64>,
 }
 
 impl Report {
@@ -284,8 +325,13 @@ impl Report {
         });
     }
 
-    /// Counts and reports a lease granted at `sent`.
-    pub fn granted(&self, lease_id: u64, ttl: Duration, sent: Instant) -> Held {
+    /// The generation to announce now.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Counts and reports a lease granted at `sent`, announcing `generation`.
+    pub fn granted(&self, lease_id: u64, ttl: Duration, sent: Instant, generation: u64) -> Held {
         self.metrics.grants.inc();
         self.metrics.held.inc();
         self.update(|s| {
@@ -298,6 +344,7 @@ impl Report {
             lease_id,
             ttl,
             last_ok: sent,
+            generation,
         }
     }
 
@@ -369,8 +416,11 @@ impl Report {
         next_tick: &mut Instant,
     ) -> std::result::Result<Duration, Ended> {
         let lost_at = held.last_ok + held.ttl.saturating_sub(safety_margin(held.ttl));
+        let mut generation = self.generation.clone();
+        let announced = held.generation;
         tokio::select! {
             () = stop.cancelled() => return Err(Ended::Stopped),
+            Ok(_) = generation.wait_for(|now| *now != announced) => return Err(Ended::NewGeneration),
             () = tokio::time::sleep_until((*next_tick).min(lost_at)) => {}
         }
         let now = Instant::now();
@@ -414,16 +464,39 @@ impl Task {
                 return;
             }
         };
+        let Some(mut held) = self.grant(client.clone()).await else {
+            return;
+        };
         loop {
-            let Some(mut held) = self.grant(client.clone()).await else {
-                return;
-            };
             match self.keep_alive(client.clone(), &mut held).await {
                 Ended::Stopped => {
                     self.revoke(client, held.lease_id).await;
                     return;
                 }
-                Ended::Lost | Ended::NotFound => {}
+                Ended::Lost | Ended::NotFound => {
+                    let Some(granted) = self.grant(client.clone()).await else {
+                        return;
+                    };
+                    held = granted;
+                }
+                Ended::NewGeneration => {
+                    // Make before break: the registry lists the holder
+                    // under the new lease before the old one goes.
+                    let old = held.lease_id;
+                    let granted = self.grant(client.clone()).await;
+                    self.give_back(client.clone(), old).await;
+                    match granted {
+                        Some(granted) => {
+                            // `granted` counted the new lease as held.
+                            self.report.metrics.held.dec();
+                            held = granted;
+                        }
+                        None => {
+                            self.report.released();
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
@@ -436,12 +509,13 @@ impl Task {
             if self.stop.is_cancelled() {
                 return None;
             }
+            let generation = self.report.generation();
             let message = GrantRequest {
                 holder: Some(proto::lease::Holder {
                     role: self.info.role as i32,
                     shard: self.info.shard,
                     address: self.info.address.clone(),
-                    generation: self.info.generation,
+                    generation,
                 }),
                 ttl_ms: millis(self.requested_ttl),
             };
@@ -451,8 +525,15 @@ impl Task {
             match result {
                 Ok(response) if response.lease_id != 0 => {
                     let ttl = Duration::from_millis(response.ttl_ms.max(1));
-                    tracing::info!(lease_id = response.lease_id, ?ttl, "lease granted");
-                    let held = self.report.granted(response.lease_id, ttl, sent);
+                    tracing::info!(
+                        lease_id = response.lease_id,
+                        ?ttl,
+                        generation,
+                        "lease granted"
+                    );
+                    let held = self
+                        .report
+                        .granted(response.lease_id, ttl, sent, generation);
                     if self.stop.is_cancelled() {
                         // Stopped while granting: give the lease back at once.
                         self.revoke(client, held.lease_id).await;
@@ -519,7 +600,13 @@ impl Task {
     }
 
     /// Gives the lease back, bounded by [`REVOKE_TIMEOUT`].
-    async fn revoke(&self, mut client: LeaseClient<Channel>, lease_id: u64) {
+    async fn revoke(&self, client: LeaseClient<Channel>, lease_id: u64) {
+        self.give_back(client, lease_id).await;
+        self.report.released();
+    }
+
+    /// The Revoke call alone, without reporting the endpoint as released.
+    async fn give_back(&self, mut client: LeaseClient<Channel>, lease_id: u64) {
         let message = RevokeRequest { lease_id };
         match bounded(
             REVOKE_TIMEOUT,
@@ -535,7 +622,6 @@ impl Task {
                 "lease revoke failed, it will expire at the registry"
             ),
         }
-        self.report.released();
     }
 
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {

@@ -190,6 +190,12 @@ impl Lifecycle {
         });
     }
 
+    /// Announces a new index generation in the leases held (none: no
+    /// leases); call after [`Lifecycle::hold_leases`].
+    pub fn generation_announcer(&self) -> Option<lease::holder::GenerationAnnouncer> {
+        self.holders.as_ref().map(HolderSet::announcer)
+    }
+
     /// Runs `task` in the background, tracked: the stop waits for it (it
     /// should end on [`Lifecycle::draining`]) and a kill ends it.
     pub fn spawn<F>(&self, task: F)

@@ -30,7 +30,8 @@ async fn main() {
     let mut indexed = 0u64;
     let mut build_time = Duration::ZERO;
     for leaf in cluster.leaves() {
-        let report = leaf.index().build_report();
+        let index = leaf.index();
+        let report = index.build_report();
         indexed += report.documents;
         build_time += report.duration;
         eprintln!(

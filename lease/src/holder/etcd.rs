@@ -65,10 +65,10 @@ impl EtcdHolder {
                 return;
             }
         };
+        let Some(mut held) = self.grant(&config, &client).await else {
+            return;
+        };
         loop {
-            let Some(mut held) = self.grant(&config, &client).await else {
-                return;
-            };
             match self.keep_alive(&client, &mut held).await {
                 Ended::Stopped => {
                     self.revoke(&client, held.lease_id).await;
@@ -82,7 +82,34 @@ impl EtcdHolder {
                     tokio::spawn(revoke_quietly(client, held.lease_id));
                 }
                 Ended::NotFound => {}
+                Ended::NewGeneration => {
+                    // The same lease, its key rewritten with the new
+                    // generation; on failure, the next change or grant
+                    // retries.
+                    let generation = self.report.generation();
+                    match self
+                        .put(&config, &client, held.lease_id as i64, generation)
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::info!(
+                                lease_id = held.lease_id,
+                                generation,
+                                "etcd key announces a new generation"
+                            );
+                        }
+                        Err(error) => {
+                            tracing::warn!(lease_id = held.lease_id, %error, "cannot announce the new generation on etcd");
+                        }
+                    }
+                    held.generation = generation;
+                    continue;
+                }
             }
+            let Some(granted) = self.grant(&config, &client).await else {
+                return;
+            };
+            held = granted;
         }
     }
 
@@ -98,10 +125,11 @@ impl EtcdHolder {
             let sent = Instant::now();
             // Not abandoned when stopped: the put may have reached etcd, and
             // the lease must then be revoked (below). Both calls are bounded.
-            match self.grant_and_put(config, client).await {
+            let generation = self.report.generation();
+            match self.grant_and_put(config, client, generation).await {
                 Ok((lease_id, ttl)) => {
-                    tracing::info!(lease_id, ?ttl, "etcd lease granted");
-                    let held = self.report.granted(lease_id, ttl, sent);
+                    tracing::info!(lease_id, ?ttl, generation, "etcd lease granted");
+                    let held = self.report.granted(lease_id, ttl, sent, generation);
                     if self.stop.is_cancelled() {
                         self.revoke(client, held.lease_id).await;
                         return None;
@@ -120,7 +148,12 @@ impl EtcdHolder {
     }
 
     /// One grant and one put; the lease is given back when the put fails.
-    async fn grant_and_put(&self, config: &EtcdConfig, client: &Client) -> Result<(u64, Duration)> {
+    async fn grant_and_put(
+        &self,
+        config: &EtcdConfig,
+        client: &Client,
+        generation: u64,
+    ) -> Result<(u64, Duration)> {
         let timeout = GRANT_TIMEOUT;
         let mut lease = client.lease_client();
         let ttl = crate::etcd::ttl_seconds(self.requested_ttl);
@@ -133,22 +166,38 @@ impl EtcdHolder {
             )));
         }
         let lease_id = granted.id();
-        let mut kv = client.kv_client();
-        if let Err(error) = bounded(
-            timeout,
-            kv.put(
-                config.key(&self.info, lease_id),
-                crate::etcd::encode(&self.info),
-                Some(PutOptions::new().with_lease(lease_id)),
-            ),
-        )
-        .await
-        {
+        if let Err(error) = self.put(config, client, lease_id, generation).await {
             tokio::spawn(revoke_quietly(client.clone(), lease_id as u64));
             return Err(error);
         }
         let ttl = u64::try_from(granted.ttl()).unwrap_or(1);
         Ok((lease_id as u64, Duration::from_secs(ttl)))
+    }
+
+    /// Puts the holder's description, announcing `generation`, under its
+    /// key attached to `lease_id`.
+    async fn put(
+        &self,
+        config: &EtcdConfig,
+        client: &Client,
+        lease_id: i64,
+        generation: u64,
+    ) -> Result<()> {
+        let info = HolderInfo {
+            generation,
+            ..self.info.clone()
+        };
+        let mut kv = client.kv_client();
+        bounded(
+            GRANT_TIMEOUT,
+            kv.put(
+                config.key(&info, lease_id),
+                crate::etcd::encode(&info),
+                Some(PutOptions::new().with_lease(lease_id)),
+            ),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Renews `held` every TTL/3 until stopped, lost, or gone at etcd.

@@ -369,6 +369,34 @@ async fn a_holder_grants_again_when_its_lease_is_gone<B: Backend>() {
     holders.revoke_all().await;
 }
 
+async fn a_new_generation_is_announced<B: Backend>() {
+    let backend = B::start().await;
+    let mut view = backend.membership().watch();
+    let (holders, _prom) = hold(
+        &backend.endpoint(),
+        LONG_TTL,
+        info(Role::Leaf, 1, 7407),
+        CancellationToken::new(),
+    );
+    wait_members(&mut view, "the holder to join", |m| {
+        m.len() == 1 && m[0].generation == 3
+    })
+    .await;
+    holders.set_generation(4);
+    assert_eq!(holders.generation(), 4);
+    // One member, never two: the new announcement replaces the old one.
+    let members = wait_members(&mut view, "the new generation", |m| {
+        m.len() == 1 && m[0].generation == 4
+    })
+    .await;
+    eventually("the holder to report the lease it holds", || {
+        holders.lease_ids() == [Some(members[0].lease_id)]
+    })
+    .await;
+    holders.revoke_all().await;
+    wait_members(&mut view, "the holder to leave", |m| m.is_empty()).await;
+}
+
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod embedded {
@@ -397,6 +425,7 @@ on_both_backends!(
     cancelling_the_shutdown_token_revokes,
     the_watch_tells_every_join_and_leave,
     a_holder_grants_again_when_its_lease_is_gone,
+    a_new_generation_is_announced,
 );
 
 // What only etcd has.
