@@ -29,12 +29,14 @@ pub mod pipeline;
 pub mod progress;
 pub mod publish;
 pub mod report;
+pub mod stages;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use error::{IndexerError, Result};
-pub use pipeline::{Hooks, StageStats};
+pub use pipeline::Hooks;
+pub use stages::StageStats;
 pub use report::{BadLine, BuildReport, ShardReport, StageReport};
 
 /// What to build, and how.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::pipeline::{Shared, STAGES};
+use crate::stages::{Shared, STAGES};
 
 /// A running display; [`Progress::finish`] stops it.
 pub struct Progress {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::pipeline::{stage_reports, Shared};
+use crate::stages::{Shared, STAGES};
 use crate::publish::Target;
 use crate::BuildConfig;
 
@@ -157,4 +157,31 @@ impl BuildReport {
         }
         out
     }
+}
+
+/// Per-stage figures from the live counters.
+pub(crate) fn stage_reports(shared: &Shared, total: Duration) -> Vec<StageReport> {
+    STAGES
+        .iter()
+        .zip(&shared.stages)
+        .map(|(name, stats)| {
+            let elapsed = match stats.elapsed_nanos.load(Ordering::Relaxed) {
+                0 => total,
+                nanos => Duration::from_nanos(nanos),
+            };
+            let busy = Duration::from_nanos(stats.busy_nanos.load(Ordering::Relaxed));
+            let docs = stats.docs();
+            StageReport {
+                stage: (*name).to_string(),
+                docs,
+                seconds: elapsed.as_secs_f64(),
+                busy_seconds: busy.as_secs_f64(),
+                blocked_seconds: Duration::from_nanos(stats.blocked_nanos.load(Ordering::Relaxed))
+                    .as_secs_f64(),
+                blocked_sends: stats.blocked_sends.load(Ordering::Relaxed),
+                docs_per_second: docs as f64 / elapsed.as_secs_f64().max(1e-9),
+                max_queue_depth: stats.max_queue_depth.load(Ordering::Relaxed),
+            }
+        })
+        .collect()
 }

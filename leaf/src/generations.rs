@@ -182,24 +182,7 @@ fn warm(index: &ShardIndex) -> Result<()> {
     Ok(())
 }
 
-/// The outcome of trying a newer generation, the label values of
-/// `leaf_generation_swaps_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SwapOutcome {
-    Ok,
-    Refused,
-}
-
-impl SwapOutcome {
-    pub const ALL: [SwapOutcome; 2] = [SwapOutcome::Ok, SwapOutcome::Refused];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            SwapOutcome::Ok => "ok",
-            SwapOutcome::Refused => "refused",
-        }
-    }
-}
+pub use crate::metrics::SwapOutcome;
 
 /// One shard's generations and the index being served.
 pub struct Generations {

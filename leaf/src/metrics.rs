@@ -204,7 +204,7 @@ impl Metrics {
         registry.register(Box::new(metrics.index_build_duration.clone()))?;
         registry.register(Box::new(metrics.corpus_bad_lines.clone()))?;
         registry.register(Box::new(metrics.generation_swaps.clone()))?;
-        for outcome in crate::generations::SwapOutcome::ALL {
+        for outcome in SwapOutcome::ALL {
             metrics
                 .generation_swaps
                 .with_label_values(&[outcome.label()]);
@@ -251,6 +251,25 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The outcome of trying a newer generation, the label values of
+/// `leaf_generation_swaps_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwapOutcome {
+    Ok,
+    Refused,
+}
+
+impl SwapOutcome {
+    pub const ALL: [SwapOutcome; 2] = [SwapOutcome::Ok, SwapOutcome::Refused];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SwapOutcome::Ok => "ok",
+            SwapOutcome::Refused => "refused",
+        }
     }
 }
 
