@@ -408,6 +408,36 @@ fn build(
     finish(index, fields, shard, shards, generation, report)
 }
 
+/// An in-RAM index of all `documents` as shard 0 of 1, one segment per
+/// chunk of `per_segment` documents (tests of multi-segment searches).
+#[cfg(test)]
+pub(crate) fn build_in_ram_segments(
+    documents: &[Document],
+    per_segment: usize,
+) -> Result<ShardIndex> {
+    let (schema, fields) = schema();
+    let index = Index::create_in_ram(schema);
+    let mut writer: IndexWriter = index.writer_with_num_threads(1, MIN_HEAP_PER_THREAD)?;
+    writer.set_merge_policy(Box::new(NoMergePolicy));
+    let mut digest = GenerationDigest::new(0, 1);
+    for chunk in documents.chunks(per_segment.max(1)) {
+        for doc in chunk {
+            digest.add(doc);
+            writer.add_document(to_tantivy(&fields, doc))?;
+        }
+        writer.commit()?;
+    }
+    writer.wait_merging_threads()?;
+    let report = BuildReport {
+        reopened: false,
+        documents: documents.len() as u64,
+        documents_read: documents.len() as u64,
+        bad_lines: 0,
+        duration: Duration::ZERO,
+    };
+    finish(index, fields, 0, 1, digest.finish(), report)
+}
+
 fn finish(
     index: Index,
     fields: Fields,

@@ -257,7 +257,7 @@ impl ShardIndex {
                 let mut next_check = CHECK_EVERY as DocId;
                 pruner
                     .union
-                    .for_each_pruning(Score::NEG_INFINITY, reader, &mut |doc, _| {
+                    .for_each_pruning(Score::NEG_INFINITY, reader, &mut |doc, sum| {
                         if stop_doc.is_some() {
                             return Score::INFINITY;
                         }
@@ -270,7 +270,7 @@ impl ShardIndex {
                             next_check = doc.saturating_add(CHECK_EVERY as DocId);
                         }
                         if alive.is_none_or(|alive| alive.is_alive(doc)) {
-                            if let Some(score) = exact.score(doc) {
+                            if let Some(score) = exact.score(doc, sum) {
                                 if top.competitive(score) {
                                     top.offer(score, ids.ord(doc), doc);
                                 }

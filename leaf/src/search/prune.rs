@@ -124,13 +124,20 @@ pub(crate) struct Pruner {
 }
 
 impl Pruner {
-    /// The exact scorer of a segment.
+    /// The exact scorer of a segment. With at most two leaves, the pruning
+    /// sum is already exact (`0 + a + b == 0 + b + a` in floating point),
+    /// and no second set of scorers is opened.
     pub(crate) fn exact(&self, reader: &SegmentReader) -> tantivy::Result<Exact<'_>> {
-        let scorers = self
-            .leaves
-            .iter()
-            .map(|leaf| leaf.scorer(reader, 1.0))
-            .collect::<tantivy::Result<Vec<_>>>()?;
+        let scorers = if self.leaves.len() <= 2 {
+            None
+        } else {
+            let scorers = self
+                .leaves
+                .iter()
+                .map(|leaf| leaf.scorer(reader, 1.0))
+                .collect::<tantivy::Result<Vec<_>>>()?;
+            Some(scorers)
+        };
         Ok(Exact {
             tree: &self.tree,
             scorers,
@@ -142,14 +149,18 @@ impl Pruner {
 /// scorer of the original query does.
 pub(crate) struct Exact<'a> {
     tree: &'a Node,
-    scorers: Vec<Box<dyn Scorer>>,
+    /// None: the pruning sum is exact.
+    scorers: Option<Vec<Box<dyn Scorer>>>,
 }
 
 impl Exact<'_> {
-    /// `doc`'s score; None when no leaf matches it. `doc` must not be below
-    /// a previous call's.
-    pub(crate) fn score(&mut self, doc: DocId) -> Option<Score> {
-        eval(self.tree, &mut self.scorers, doc)
+    /// `doc`'s score, given the score block-max WAND summed for it; None
+    /// when no leaf matches it. `doc` must not be below a previous call's.
+    pub(crate) fn score(&mut self, doc: DocId, pruning_sum: Score) -> Option<Score> {
+        match &mut self.scorers {
+            Some(scorers) => eval(self.tree, scorers, doc),
+            None => Some(pruning_sum),
+        }
     }
 }
 
