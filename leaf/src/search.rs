@@ -236,6 +236,10 @@ impl ShardIndex {
         let mut covered = 0u64;
         let mut stopped = None;
         let mut winners: Vec<(Score, String, DocAddress)> = Vec::new();
+        // Once earlier segments hold k winners, a document scoring below the
+        // k-th of them cannot be in the answer (ties may, by id): later
+        // segments prune below it from the start.
+        let mut floor = Score::NEG_INFINITY;
         for (segment_ord, reader) in searcher.segment_readers().iter().enumerate() {
             if let Some(stop) = budget.check(covered) {
                 stopped = Some(stop);
@@ -257,7 +261,7 @@ impl ShardIndex {
                 let mut next_check = CHECK_EVERY as DocId;
                 pruner
                     .union
-                    .for_each_pruning(Score::NEG_INFINITY, reader, &mut |doc, sum| {
+                    .for_each_pruning(floor, reader, &mut |doc, sum| {
                         if stop_doc.is_some() {
                             return Score::INFINITY;
                         }
@@ -276,7 +280,7 @@ impl ShardIndex {
                                 }
                             }
                         }
-                        top.threshold()
+                        top.threshold().max(floor)
                     })?;
             } else {
                 let weight = match &mut weight {
@@ -314,6 +318,11 @@ impl ShardIndex {
             }
             if stopped.is_some() {
                 break;
+            }
+            if winners.len() >= k {
+                let mut scores: Vec<Score> = winners.iter().map(|w| w.0).collect();
+                scores.sort_unstable_by(|a, b| b.total_cmp(a));
+                floor = lowered(scores[k - 1]);
             }
         }
         if stopped == Some(Stop::Cancelled) {
@@ -467,9 +476,7 @@ impl SegmentTopK {
     /// documents that tie it may still enter by id.
     fn threshold(&self) -> Score {
         match self.heap.peek() {
-            Some(worst) if self.heap.len() >= self.k => {
-                worst.score - worst.score.abs() * prune::SLACK
-            }
+            Some(worst) if self.heap.len() >= self.k => lowered(worst.score),
             _ => Score::NEG_INFINITY,
         }
     }
@@ -484,6 +491,12 @@ impl SegmentTopK {
             }
         }
     }
+}
+
+/// `score` lowered by [`prune::SLACK`] (relative): what pruning may cut
+/// below when `score` is the k-th best.
+fn lowered(score: Score) -> Score {
+    score - score.abs() * prune::SLACK
 }
 
 /// Deepest parenthesis nesting outside quotes.
