@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tantivy::indexer::NoMergePolicy;
 use tantivy::query::QueryParser;
 use tantivy::schema::{Field, Schema, FAST, STORED, STRING, TEXT};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
+use tantivy::{DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
 use tokio_util::sync::CancellationToken;
 
 use crate::builtin::builtin_corpus;
@@ -110,6 +110,8 @@ pub struct ShardIndex {
     pub(crate) layout: u64,
     pub(crate) fields: Fields,
     pub(crate) searcher: Searcher,
+    /// Per segment of `searcher`, in its order: the documents' ids.
+    pub(crate) ids: Vec<SegmentIds>,
     pub(crate) parser: QueryParser,
     /// Keeps the searcher's segments open.
     _reader: IndexReader,
@@ -196,6 +198,17 @@ impl ShardIndex {
 
     pub fn build_report(&self) -> &BuildReport {
         &self.report
+    }
+
+    /// The tantivy searcher over the shard (benchmarks compare against
+    /// tantivy's own collectors on it).
+    pub fn searcher(&self) -> &Searcher {
+        &self.searcher
+    }
+
+    /// The `title` and `body` fields, in that order.
+    pub fn text_fields(&self) -> (Field, Field) {
+        (self.fields.title, self.fields.body)
     }
 }
 
@@ -399,6 +412,36 @@ fn build(
     finish(index, fields, shard, shards, generation, report)
 }
 
+/// An in-RAM index of all `documents` as shard 0 of 1, one segment per
+/// chunk of `per_segment` documents (tests of multi-segment searches).
+#[cfg(test)]
+pub(crate) fn build_in_ram_segments(
+    documents: &[Document],
+    per_segment: usize,
+) -> Result<ShardIndex> {
+    let (schema, fields) = schema();
+    let index = Index::create_in_ram(schema);
+    let mut writer: IndexWriter = index.writer_with_num_threads(1, MIN_HEAP_PER_THREAD)?;
+    writer.set_merge_policy(Box::new(NoMergePolicy));
+    let mut digest = GenerationDigest::new(0, 1);
+    for chunk in documents.chunks(per_segment.max(1)) {
+        for doc in chunk {
+            digest.add(doc);
+            writer.add_document(to_tantivy(&fields, doc))?;
+        }
+        writer.commit()?;
+    }
+    writer.wait_merging_threads()?;
+    let report = BuildReport {
+        reopened: false,
+        documents: documents.len() as u64,
+        documents_read: documents.len() as u64,
+        bad_lines: 0,
+        duration: Duration::ZERO,
+    };
+    finish(index, fields, 0, 1, digest.finish(), report)
+}
+
 fn finish(
     index: Index,
     fields: Fields,
@@ -412,7 +455,7 @@ fn finish(
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
     let searcher = reader.searcher();
-    let layout = layout(&searcher)?;
+    let (ids, layout) = segment_ids_and_layout(&searcher)?;
     let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
     parser.set_field_boost(fields.title, TITLE_BOOST);
     Ok(ShardIndex {
@@ -422,36 +465,94 @@ fn finish(
         layout,
         fields,
         searcher,
+        ids,
         parser,
         _reader: reader,
         report,
     })
 }
 
-/// A digest of the ids of all documents in scan order (segments in the
-/// searcher's order, doc ids within them), deleted ones included: they hold
-/// positions too. Per segment: its ids in dictionary order (one streaming
-/// pass), then each document's ordinal in that dictionary. Never 0, which
+/// Each segment's ids in memory, built once at open. Reading an id through
+/// the `id` fast column's zstd-compressed sstable dictionary
+/// (`StrColumn::ord_to_str`) builds a zstd context per lookup, the largest
+/// cost of a search for 10 hits (issue 17); here it is a slice. About
+/// 8 bytes plus the id's length per document.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentIds {
+    /// Per doc id: its id's ordinal in the segment's sorted id dictionary
+    /// ([`NO_ORD`] for a document without one), which the top-k compares
+    /// to break score ties.
+    ords: Vec<u32>,
+    /// The dictionary's ids, concatenated in ordinal order.
+    text: String,
+    /// Where each ordinal's id ends in `text`.
+    ends: Vec<u32>,
+}
+
+/// The ordinal of a document without an id: after all others.
+pub(crate) const NO_ORD: u64 = u64::MAX;
+
+impl SegmentIds {
+    /// `doc`'s id ordinal (ordered like the ids).
+    #[inline]
+    pub(crate) fn ord(&self, doc: DocId) -> u64 {
+        match self.ords.get(doc as usize) {
+            Some(&ord) if ord != u32::MAX => u64::from(ord),
+            _ => NO_ORD,
+        }
+    }
+
+    /// The id of ordinal `ord` ("" for [`NO_ORD`]).
+    pub(crate) fn id(&self, ord: u64) -> &str {
+        let Ok(ord) = usize::try_from(ord) else {
+            return "";
+        };
+        let Some(&end) = self.ends.get(ord) else {
+            return "";
+        };
+        let start = if ord == 0 { 0 } else { self.ends[ord - 1] };
+        &self.text[start as usize..end as usize]
+    }
+}
+
+/// Reads every segment's ids ([`SegmentIds`]) and the layout: a digest of
+/// the ids of all documents in scan order (segments in the searcher's order,
+/// doc ids within them), deleted ones included: they hold positions too.
+/// Per segment: its ids in dictionary order (one streaming pass), then each
+/// document's ordinal in that dictionary. The layout is never 0, which
 /// means "unknown" on the wire.
-fn layout(searcher: &Searcher) -> Result<u64> {
+fn segment_ids_and_layout(searcher: &Searcher) -> Result<(Vec<SegmentIds>, u64)> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut segments = Vec::with_capacity(searcher.segment_readers().len());
     for reader in searcher.segment_readers() {
         let ids = reader
             .fast_fields()
             .str("id")?
             .ok_or_else(|| LeafError::Internal("id fast column missing".to_string()))?;
         hasher.update(&reader.max_doc().to_le_bytes());
+        let mut table = SegmentIds::default();
         let mut dictionary = ids.dictionary().stream()?;
         while dictionary.advance() {
-            hasher.update(&(dictionary.key().len() as u64).to_le_bytes());
-            hasher.update(dictionary.key());
+            let key = dictionary.key();
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key);
+            let key = std::str::from_utf8(key)
+                .map_err(|_| LeafError::Internal("id that is not UTF-8".to_string()))?;
+            table.text.push_str(key);
+            let end = u32::try_from(table.text.len())
+                .map_err(|_| LeafError::Internal("ids of a segment over 4 GiB".to_string()))?;
+            table.ends.push(end);
         }
+        table.ords.reserve(reader.max_doc() as usize);
         for doc in 0..reader.max_doc() {
-            let ord = ids.term_ords(doc).next().unwrap_or(u64::MAX);
+            let ord = ids.term_ords(doc).next().unwrap_or(NO_ORD);
             hasher.update(&ord.to_le_bytes());
+            table.ords.push(u32::try_from(ord).unwrap_or(u32::MAX));
         }
+        table.text.shrink_to_fit();
+        segments.push(table);
     }
-    Ok(hasher.digest().max(1))
+    Ok((segments, hasher.digest().max(1)))
 }
 
 pub(crate) fn to_tantivy(fields: &Fields, doc: &Document) -> TantivyDocument {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto::leaf::{CorpusStats, Hit, SearchResponse};
-use tantivy::query::{EnableScoring, Query};
+use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::schema::Value;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, DocId, Score, TantivyDocument, TERMINATED};
@@ -42,6 +42,13 @@ const SNIPPET_CHARS: usize = 160;
 /// A parsed query, ready to run on the shard it was parsed for.
 #[derive(Debug)]
 pub struct ParsedQuery(pub(crate) Box<dyn Query>);
+
+impl ParsedQuery {
+    /// The tantivy query (benchmarks run it through tantivy's collectors).
+    pub fn query(&self) -> &dyn Query {
+        self.0.as_ref()
+    }
+}
 
 /// When a search must stop: a point in time, a cancellation flag, and for
 /// tests a number of documents.
@@ -210,67 +217,110 @@ impl ShardIndex {
         budget: &Budget,
     ) -> Result<SearchOutput> {
         let searcher = &self.searcher;
-        let weight = match stats {
-            Some(stats) => {
-                let provider = GlobalStatistics::new(self, stats)?;
-                query
-                    .0
-                    .weight(EnableScoring::enabled_from_statistics_provider(
-                        &provider, searcher,
-                    ))?
-            }
-            None => query
-                .0
-                .weight(EnableScoring::enabled_from_searcher(searcher))?,
+        let provider = stats
+            .map(|stats| GlobalStatistics::new(self, stats))
+            .transpose()?;
+        let scoring = match &provider {
+            Some(provider) => EnableScoring::enabled_from_statistics_provider(provider, searcher),
+            None => EnableScoring::enabled_from_searcher(searcher),
         };
+        let pruner = match prune::Disjunction::of(query.0.as_ref()) {
+            Some(disjunction) => Some(disjunction.weights(scoring)?),
+            None => None,
+        };
+        // The plain loop's weight, built only when a segment needs it.
+        let mut weight = None;
 
         let mut covered = 0u64;
         let mut stopped = None;
         let mut winners: Vec<(Score, String, DocAddress)> = Vec::new();
+        // Once earlier segments hold k winners, a document scoring below the
+        // k-th of them cannot be in the answer (ties may, by id): later
+        // segments prune below it from the start.
+        let mut floor = Score::NEG_INFINITY;
         for (segment_ord, reader) in searcher.segment_readers().iter().enumerate() {
             if let Some(stop) = budget.check(covered) {
                 stopped = Some(stop);
                 break;
             }
-            let ids = reader
-                .fast_fields()
-                .str("id")?
-                .ok_or_else(|| LeafError::Internal("id fast column missing".to_string()))?;
+            let ids = &self.ids[segment_ord];
             let alive = reader.alive_bitset();
             let mut top = SegmentTopK::new(k);
-            let mut scorer = weight.scorer(reader, 1.0)?;
-            let mut doc = scorer.doc();
-            let mut scored = 0u64;
-            while doc != TERMINATED {
-                if alive.is_none_or(|alive| alive.is_alive(doc)) {
-                    let score = scorer.score();
-                    if top.competitive(score) {
-                        let ord = ids.term_ords(doc).next().unwrap_or(u64::MAX);
-                        top.offer(score, ord, doc);
+            let exact = match &pruner {
+                Some(pruner) => Some((pruner, pruner.exact(reader)?)),
+                None => None,
+            };
+            // Where the segment's search stopped, if it did.
+            let mut stop_doc = None;
+            if let Some((pruner, mut exact)) = exact {
+                // Only documents that may beat the k-th best reach the
+                // callback, in doc order; all below the one at hand are
+                // decided, so that position is what a stop has covered.
+                let mut next_check = CHECK_EVERY as DocId;
+                pruner
+                    .union
+                    .for_each_pruning(floor, reader, &mut |doc, sum| {
+                        if stop_doc.is_some() {
+                            return Score::INFINITY;
+                        }
+                        if doc >= next_check {
+                            if let Some(stop) = budget.check(covered + u64::from(doc)) {
+                                stopped = Some(stop);
+                                stop_doc = Some(doc);
+                                return Score::INFINITY;
+                            }
+                            next_check = doc.saturating_add(CHECK_EVERY as DocId);
+                        }
+                        if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                            if let Some(score) = exact.score(doc, sum) {
+                                if top.competitive(score) {
+                                    top.offer(score, ids.ord(doc), doc);
+                                }
+                            }
+                        }
+                        top.threshold().max(floor)
+                    })?;
+            } else {
+                let weight = match &mut weight {
+                    Some(weight) => weight,
+                    None => weight.insert(query.0.weight(scoring)?),
+                };
+                let mut scorer = weight.scorer(reader, 1.0)?;
+                let mut doc = scorer.doc();
+                let mut scored = 0u64;
+                while doc != TERMINATED {
+                    if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                        let score = scorer.score();
+                        if top.competitive(score) {
+                            top.offer(score, ids.ord(doc), doc);
+                        }
                     }
-                }
-                doc = scorer.advance();
-                scored += 1;
-                if scored % CHECK_EVERY == 0 && doc != TERMINATED {
-                    if let Some(stop) = budget.check(covered + u64::from(doc)) {
-                        stopped = Some(stop);
-                        break;
+                    doc = scorer.advance();
+                    scored += 1;
+                    if scored % CHECK_EVERY == 0 && doc != TERMINATED {
+                        if let Some(stop) = budget.check(covered + u64::from(doc)) {
+                            stopped = Some(stop);
+                            stop_doc = Some(doc);
+                            break;
+                        }
                     }
                 }
             }
-            covered += match stopped {
-                Some(_) => u64::from(doc),
+            covered += match stop_doc {
+                Some(doc) => u64::from(doc),
                 None => u64::from(reader.max_doc()),
             };
-            let mut id = String::new();
             for entry in top.heap {
-                id.clear();
-                ids.ord_to_str(entry.ord, &mut id)?;
                 let address = DocAddress::new(segment_ord as u32, entry.doc);
-                winners.push((entry.score, id.clone(), address));
+                winners.push((entry.score, ids.id(entry.ord).to_string(), address));
             }
             if stopped.is_some() {
                 break;
+            }
+            if winners.len() >= k {
+                let mut scores: Vec<Score> = winners.iter().map(|w| w.0).collect();
+                scores.sort_unstable_by(|a, b| b.total_cmp(a));
+                floor = lowered(scores[k - 1]);
             }
         }
         if stopped == Some(Stop::Cancelled) {
@@ -303,9 +353,9 @@ impl ShardIndex {
         let mut body_snippets =
             SnippetGenerator::create(&self.searcher, query.0.as_ref(), self.fields.body)?;
         body_snippets.set_max_num_chars(SNIPPET_CHARS);
-        let mut title_snippets =
-            SnippetGenerator::create(&self.searcher, query.0.as_ref(), self.fields.title)?;
-        title_snippets.set_max_num_chars(SNIPPET_CHARS);
+        // Built only when a body has no match to show (it costs a look-up
+        // of every query term).
+        let mut title_snippets: Option<SnippetGenerator> = None;
 
         let mut hits = Vec::with_capacity(winners.len());
         for (score, id, address) in winners {
@@ -325,6 +375,18 @@ impl ShardIndex {
                 if !in_body.highlighted().is_empty() {
                     in_body.to_html()
                 } else {
+                    let title_snippets = match &mut title_snippets {
+                        Some(generator) => generator,
+                        None => {
+                            let mut generator = SnippetGenerator::create(
+                                &self.searcher,
+                                query.0.as_ref(),
+                                self.fields.title,
+                            )?;
+                            generator.set_max_num_chars(SNIPPET_CHARS);
+                            title_snippets.insert(generator)
+                        }
+                    };
                     let in_title = title_snippets.snippet(&title);
                     if in_title.highlighted().is_empty() {
                         escape_html(&prefix(&body, SNIPPET_CHARS))
@@ -407,6 +469,16 @@ impl SegmentTopK {
                 .is_some_and(|worst| score.total_cmp(&worst.score) != CmpOrdering::Less)
     }
 
+    /// What block-max WAND may prune below: nothing until the heap is
+    /// full, then a little under the k-th best score ([`prune::SLACK`]):
+    /// documents that tie it may still enter by id.
+    fn threshold(&self) -> Score {
+        match self.heap.peek() {
+            Some(worst) if self.heap.len() >= self.k => lowered(worst.score),
+            _ => Score::NEG_INFINITY,
+        }
+    }
+
     fn offer(&mut self, score: Score, ord: u64, doc: DocId) {
         let entry = Entry { score, ord, doc };
         if self.heap.len() < self.k {
@@ -417,6 +489,12 @@ impl SegmentTopK {
             }
         }
     }
+}
+
+/// `score` lowered by [`prune::SLACK`] (relative): what pruning may cut
+/// below when `score` is the k-th best.
+fn lowered(score: Score) -> Score {
+    score - score.abs() * prune::SLACK
 }
 
 /// Deepest parenthesis nesting outside quotes.
@@ -467,6 +545,6 @@ fn escape_html(text: &str) -> String {
     out
 }
 
+mod prune;
 #[cfg(test)]
-#[path = "search_tests.rs"]
 mod tests;

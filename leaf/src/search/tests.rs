@@ -296,3 +296,199 @@ fn helpers() {
     kept.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     assert_eq!(kept, [(2.0, 9), (1.0, 3)]);
 }
+
+// ---- Fast paths against a straightforward reference (issue 17) ----
+
+/// A generated corpus in several segments (block-max WAND and the id
+/// tables work per segment).
+fn segmented_index() -> &'static ShardIndex {
+    static INDEX: OnceLock<ShardIndex> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let index = crate::index::build_in_ram_segments(&generate_corpus(3000, 23), 700).unwrap();
+        assert_eq!(index.searcher.segment_readers().len(), 5);
+        index
+    })
+}
+
+/// Queries of every shape: the generated sample (phrases, `+`, `-`, which
+/// take the plain loop) and disjunctions of one to five words (pruned;
+/// three or more leaves are rescored).
+fn reference_queries() -> Vec<String> {
+    let mut queries = sample_queries(120, 5);
+    let words = [
+        "json", "parser", "with", "color", "http", "server", "fast", "react", "cli", "stream",
+    ];
+    for n in 1..=5 {
+        for start in 0..words.len() {
+            let query: Vec<&str> = (0..n)
+                .map(|i| words[(start + 3 * i) % words.len()])
+                .collect();
+            queries.push(query.join(" "));
+        }
+    }
+    queries.push("title:json body:json json".to_string());
+    queries.push("with with with".to_string());
+    queries
+}
+
+/// Every document's id from the stored field, per segment.
+fn stored_ids(index: &ShardIndex) -> Vec<Vec<String>> {
+    index
+        .searcher
+        .segment_readers()
+        .iter()
+        .enumerate()
+        .map(|(segment, reader)| {
+            (0..reader.max_doc())
+                .map(|doc| {
+                    let stored: TantivyDocument = index
+                        .searcher
+                        .doc(DocAddress::new(segment as u32, doc))
+                        .unwrap();
+                    stored
+                        .get_first(index.fields.id)
+                        .and_then(|value| value.as_str().map(str::to_string))
+                        .unwrap()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The reference: the query's own scorer walked over every matching
+/// document whose scan position is below `limit`, no pruning, ids from the
+/// stored field, the best `k` by (score desc, id asc).
+fn reference(
+    index: &ShardIndex,
+    ids: &[Vec<String>],
+    text: &str,
+    k: usize,
+    stats: Option<&CorpusStats>,
+    limit: u64,
+) -> Vec<(f32, String)> {
+    let query = index.parse_query(text).unwrap();
+    let searcher = &index.searcher;
+    let weight = match stats {
+        Some(stats) => {
+            let provider = GlobalStatistics::new(index, stats).unwrap();
+            query
+                .0
+                .weight(EnableScoring::enabled_from_statistics_provider(
+                    &provider, searcher,
+                ))
+                .unwrap()
+        }
+        None => query
+            .0
+            .weight(EnableScoring::enabled_from_searcher(searcher))
+            .unwrap(),
+    };
+    let mut all = Vec::new();
+    let mut base = 0u64;
+    for (segment, reader) in searcher.segment_readers().iter().enumerate() {
+        let mut scorer = weight.scorer(reader, 1.0).unwrap();
+        let mut doc = scorer.doc();
+        while doc != TERMINATED {
+            if base + u64::from(doc) < limit {
+                all.push((scorer.score(), ids[segment][doc as usize].clone()));
+            }
+            doc = scorer.advance();
+        }
+        base += u64::from(reader.max_doc());
+    }
+    all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    all.truncate(k);
+    all
+}
+
+fn assert_same(text: &str, got: &[Hit], expected: &[(f32, String)]) {
+    let got: Vec<(f32, &str)> = got.iter().map(|h| (h.score, h.id.as_str())).collect();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{text:?}: {got:?} vs {expected:?}"
+    );
+    for ((score, id), (want_score, want_id)) in got.iter().zip(expected) {
+        assert_eq!(id, want_id, "{text:?}: {got:?} vs {expected:?}");
+        assert!(
+            (score - want_score).abs() <= 1e-5 * want_score.abs().max(1.0),
+            "{text:?}: {score} vs {want_score}"
+        );
+        // Stronger than the tolerance: the fast path rescores exactly.
+        assert_eq!(score.to_bits(), want_score.to_bits(), "{text:?}");
+    }
+}
+
+#[test]
+fn fast_paths_equal_full_scoring_reference() {
+    let index = segmented_index();
+    let ids = stored_ids(index);
+    // Corpus-wide statistics from a larger index, so that the statistics
+    // provider path differs from the shard's own.
+    let mut bigger = generate_corpus(3000, 23);
+    bigger.extend(generate_corpus(2000, 24));
+    let big = ShardIndex::build_in_ram(0, 1, &bigger).unwrap();
+    for text in reference_queries() {
+        let stats = big.term_stats(&text).unwrap();
+        for k in [1usize, 3, 10, 50] {
+            for stats in [None, Some(&stats)] {
+                let output = index
+                    .search(
+                        &index.parse_query(&text).unwrap(),
+                        k,
+                        stats,
+                        &Budget::unlimited(),
+                    )
+                    .unwrap();
+                assert!(!output.early_terminated);
+                assert_eq!(output.docs_searched, output.docs_total);
+                let expected = reference(index, &ids, &text, k, stats, u64::MAX);
+                assert_same(&text, &output.hits, &expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn cut_short_searches_report_how_far_they_got() {
+    let index = segmented_index();
+    let ids = stored_ids(index);
+    let total = index.num_docs();
+    let mut cut = 0;
+    for text in reference_queries() {
+        for limit in [1u64, 300, 800, 1500, 2900] {
+            let budget = Budget::unlimited().with_doc_limit(limit);
+            let output = index.search_text(&text, 10, None, &budget).unwrap();
+            if output.early_terminated {
+                cut += 1;
+                // The budget is checked at the first check point after the
+                // limit, never before it.
+                assert!(output.docs_searched >= limit.min(1), "{text:?}");
+                assert!(output.docs_searched < total, "{text:?}");
+            } else {
+                assert_eq!(output.docs_searched, total, "{text:?}");
+            }
+            // What it found is exactly the best of what it says it covered.
+            let expected = reference(index, &ids, &text, 10, None, output.docs_searched);
+            assert_same(&text, &output.hits, &expected);
+        }
+    }
+    assert!(cut > 50, "only {cut} searches were cut short");
+}
+
+#[test]
+fn id_tables_resolve_like_the_stored_field() {
+    let index = segmented_index();
+    let ids = stored_ids(index);
+    for (segment, table) in index.ids.iter().enumerate() {
+        let mut by_ord: Vec<(u64, &str)> = (0..ids[segment].len() as u32)
+            .map(|doc| (table.ord(doc), ids[segment][doc as usize].as_str()))
+            .collect();
+        for &(ord, id) in &by_ord {
+            assert_eq!(table.id(ord), id);
+        }
+        // Ordinals follow id order (the top-k breaks ties on them).
+        by_ord.sort();
+        assert!(by_ord.windows(2).all(|w| w[0].1 < w[1].1));
+    }
+}
