@@ -52,7 +52,7 @@ impl FrontendConfig {
 #[derive(Args, Clone, Debug)]
 pub struct SearchFlags {
     /// Keep the leases on etcd instead of the embedded registry, so that
-    /// several frontends share one membership: etcd://HOST:PORT[,HOST:PORT…][/PREFIX].
+    /// several frontends share one membership: `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`.
     /// Leaves and cache servers then take the same address as --frontend.
     #[arg(long, env = "FRONTEND_MEMBERSHIP", value_name = "etcd://HOST:PORT")]
     pub membership: Option<String>,

@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::stages::{Shared, STAGES};
 
-/// A running display; [`Progress::finish`] stops it.
+/// A running display; `Progress::finish` stops it.
 pub struct Progress {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,

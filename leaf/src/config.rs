@@ -116,7 +116,7 @@ pub struct Cli {
         required_unless_present = "index_root"
     )]
     pub corpus: Option<String>,
-    /// Serve the newest generation under ROOT/shard-<shard>/ (built by
+    /// Serve the newest generation under `ROOT/shard-<shard>/` (built by
     /// `indexer build`) and swap to newer ones as they appear.
     #[arg(long, value_name = "ROOT", conflicts_with_all = ["corpus", "index_dir"])]
     pub index_root: Option<PathBuf>,

@@ -4,7 +4,7 @@
 //! count of each field, and each term's document frequency. A frontend asks
 //! every shard for its numbers ([`ShardIndex::term_stats`], the `TermStats`
 //! RPC), sums them ([`sum_corpus_stats`]) and sends the sum back with the
-//! search; each shard then scores with [`GlobalStatistics`], so that merging
+//! search; each shard then scores with `GlobalStatistics`, so that merging
 //! the shards' top-k gives exactly the top-k of one unsharded index.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -189,7 +189,7 @@ impl TermStatsCache {
 
     /// Statistics for `query`, from the cache or from one round trip to one
     /// replica of every shard if it ends by `deadline` (see
-    /// [`FETCH_BUDGET`]).
+    /// `FETCH_BUDGET`).
     pub async fn for_query(&self, query: &str, routing: &Routing, deadline: Instant) -> QueryStats {
         let topology = routing.snapshot();
         let generations = topology.generations();
