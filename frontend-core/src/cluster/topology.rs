@@ -3,6 +3,9 @@
 //!
 //! **Invariant:** only holders of live leases appear here; a replica whose
 //! lease expires or is revoked is gone from the next table.
+//!
+//! **Invariant:** a replica that joins or rejoins starts with its shard's
+//! best latency estimate, so it is chosen (and measured) at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -153,6 +156,20 @@ impl Routing {
                 replica,
             );
         }
+        // A replica new to the table (first join, or back after a lease gap:
+        // a new lease is a new replica) starts at the best estimate of its
+        // shard's peers, not at a fixed guess: with peak-EWMA choice, a
+        // replica that starts costlier than a fast twin is never picked,
+        // so never measured, and idles although healthy.
+        let rejoin: Vec<Option<Duration>> = (0..self.shards as usize)
+            .map(|shard| {
+                old.shards
+                    .get(shard)?
+                    .iter()
+                    .map(|replica| replica.load.estimate())
+                    .min()
+            })
+            .collect();
         let mut shards: Vec<Vec<Arc<Replica>>> = vec![Vec::new(); self.shards as usize];
         let mut caches = Vec::new();
         for member in members {
@@ -174,7 +191,10 @@ impl Routing {
                             Some(client) => Arc::new(Replica {
                                 member: member.clone(),
                                 client,
-                                load: PeakEwma::new(self.initial_latency, self.decay),
+                                load: PeakEwma::new(
+                                    rejoin[member.shard as usize].unwrap_or(self.initial_latency),
+                                    self.decay,
+                                ),
                                 probation: Probation::default(),
                             }),
                             None => continue,
