@@ -487,15 +487,24 @@ fn sweep_leftovers() {
 /// The directory holding the workspace's binaries (`leaf`, `frontend`,
 /// `cache`) for the running test or example: the parent of `deps/` or
 /// `examples/`.
+///
+/// `NETBED_BIN_DIR` overrides it: where several worktrees share one target
+/// directory, its top-level binaries are whichever worktree built last.
 pub fn bin_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("no parent")?.to_path_buf();
-    if matches!(
-        dir.file_name().and_then(|n| n.to_str()),
-        Some("deps" | "examples")
-    ) {
-        dir.pop();
-    }
+    let dir = match std::env::var_os("NETBED_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe()?;
+            let mut dir = exe.parent().context("no parent")?.to_path_buf();
+            if matches!(
+                dir.file_name().and_then(|n| n.to_str()),
+                Some("deps" | "examples")
+            ) {
+                dir.pop();
+            }
+            dir
+        }
+    };
     for name in ["leaf", "frontend", "cache"] {
         if !dir.join(name).exists() {
             bail!(
