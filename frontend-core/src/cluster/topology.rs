@@ -453,7 +453,7 @@ mod tests {
             lease_id: 2,
             ..member()
         };
-        routing.apply(&[twin.clone()]);
+        routing.apply(std::slice::from_ref(&twin));
         routing.snapshot().shards[0][0]
             .load
             .reset(Duration::from_micros(700));
