@@ -7,6 +7,11 @@
 //! 2. KeepAlive every TTL/3, each call with a deadline. NOT_FOUND (the
 //!    registry restarted, or the lease expired there) goes back to 1 at
 //!    once; any other error is retried at the next tick.
+//!
+//!    One attempt is in flight at a time, each with its own deadline
+//!    (`grpc-timeout` and a local bound); after one that got no answer the
+//!    next goes on a new connection, and the channel pings its connection
+//!    (HTTP/2 keep-alive) so a silent one is closed within seconds.
 //! 3. When no renewal has succeeded for the term less a safety margin
 //!    (message delay and clock drift), the lease is counted as lost, logged,
 //!    and granted anew.
@@ -43,6 +48,10 @@ use etcd::EtcdHolder;
 
 /// How long a connection attempt to a registry may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a holder pings its registry connection, idle or not.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The deadline of a Revoke on shutdown.
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -455,7 +464,7 @@ struct Task {
 impl Task {
     #[tracing::instrument(name = "lease_holder", skip_all, fields(endpoint = %self.endpoint, role = self.info.role.label(), shard = self.info.shard))]
     async fn run(self) {
-        let client = match connect(&self.endpoint) {
+        let mut client = match connect(&self.endpoint) {
             Ok(channel) => LeaseClient::new(channel),
             Err(error) => {
                 tracing::error!(%error, "invalid lease endpoint, not holding a lease there");
@@ -464,17 +473,17 @@ impl Task {
                 return;
             }
         };
-        let Some(mut held) = self.grant(client.clone()).await else {
+        let Some(mut held) = self.grant(&mut client).await else {
             return;
         };
         loop {
-            match self.keep_alive(client.clone(), &mut held).await {
+            match self.keep_alive(&mut client, &mut held).await {
                 Ended::Stopped => {
                     self.revoke(client, held.lease_id).await;
                     return;
                 }
                 Ended::Lost | Ended::NotFound => {
-                    let Some(granted) = self.grant(client.clone()).await else {
+                    let Some(granted) = self.grant(&mut client).await else {
                         return;
                     };
                     held = granted;
@@ -483,7 +492,7 @@ impl Task {
                     // Make before break: the registry lists the holder
                     // under the new lease before the old one goes.
                     let old = held.lease_id;
-                    let granted = self.grant(client.clone()).await;
+                    let granted = self.grant(&mut client).await;
                     self.give_back(client.clone(), old).await;
                     match granted {
                         Some(granted) => {
@@ -502,7 +511,7 @@ impl Task {
     }
 
     /// Grants until granted; `None` when stopped first.
-    async fn grant(&self, mut client: LeaseClient<Channel>) -> Option<Held> {
+    async fn grant(&self, client: &mut LeaseClient<Channel>) -> Option<Held> {
         let mut backoff = INITIAL_BACKOFF;
         let mut failures = 0u32;
         loop {
@@ -536,7 +545,7 @@ impl Task {
                         .granted(response.lease_id, ttl, sent, generation);
                     if self.stop.is_cancelled() {
                         // Stopped while granting: give the lease back at once.
-                        self.revoke(client, held.lease_id).await;
+                        self.revoke(client.clone(), held.lease_id).await;
                         return None;
                     }
                     return Some(held);
@@ -544,7 +553,10 @@ impl Task {
                 Ok(_) => self
                     .report
                     .grant_failed(&mut failures, "registry granted lease 0".into()),
-                Err(status) => self.report.grant_failed(&mut failures, describe(&status)),
+                Err(status) => {
+                    self.replace_if_silent(client, &status);
+                    self.report.grant_failed(&mut failures, describe(&status));
+                }
             }
             let delay = jitter(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -556,7 +568,7 @@ impl Task {
     }
 
     /// Renews `held` every TTL/3 until stopped, lost, or gone at the registry.
-    async fn keep_alive(&self, mut client: LeaseClient<Channel>, held: &mut Held) -> Ended {
+    async fn keep_alive(&self, client: &mut LeaseClient<Channel>, held: &mut Held) -> Ended {
         let mut next_tick = held.last_ok + held.ttl / 3;
         loop {
             let timeout = match self
@@ -581,6 +593,7 @@ impl Task {
                     return Ended::NotFound;
                 }
                 Err(status) => {
+                    self.replace_if_silent(client, &status);
                     self.report
                         .metrics
                         .renewals
@@ -624,6 +637,23 @@ impl Task {
         }
     }
 
+    /// After an attempt that got no answer (deadline passed, connection
+    /// broken), the next one goes on a new connection: a request never
+    /// queues behind earlier ones on a connection that may be dead, and
+    /// they are not all delivered at once when a cut link heals. The old
+    /// channel is dropped, which closes its connection.
+    fn replace_if_silent(&self, client: &mut LeaseClient<Channel>, status: &Status) {
+        if !matches!(
+            status.code(),
+            Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled | Code::Unknown
+        ) {
+            return;
+        }
+        if let Ok(channel) = connect(&self.endpoint) {
+            *client = LeaseClient::new(channel);
+        }
+    }
+
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
@@ -634,7 +664,10 @@ impl Task {
     }
 }
 
-/// A lazy channel to `endpoint` ("host:port" or "http://host:port").
+/// A lazy channel to `endpoint` ("host:port" or "http://host:port"), with
+/// HTTP/2 keep-alive pings: a connection that stops answering is closed
+/// within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`]. The same figures
+/// as `svc::channel::ChannelOptions::default()` (`svc` sits above `lease`).
 fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
     let uri = if endpoint.contains("://") {
         endpoint.to_owned()
@@ -644,6 +677,10 @@ fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 

@@ -12,6 +12,8 @@
 //!   [`CancellationToken`] that every task of a server watches.
 //! - [`args`]: the shared flags ([`ServerArgs`], [`HolderArgs`]) and the
 //!   environment rule (`--foo-bar` of binary `X` reads `X_FOO_BAR`).
+//! - [`channel`]: the one builder of internal gRPC channels (connect
+//!   timeout, HTTP/2 keep-alive pings with a timeout, TCP keep-alive).
 //! - [`exit`]: the exit-code convention and [`main_exit`].
 //! - [`telemetry`]: `tracing` with `RUST_LOG` (`EnvFilter`), text or JSON.
 //! - [`metrics`]: Prometheus text encoding and a small HTTP server for
@@ -21,6 +23,7 @@
 //! `leaf`, `cache` and `frontend` know `svc`; `lease` knows neither.
 
 pub mod args;
+pub mod channel;
 pub mod exit;
 pub mod metrics;
 pub mod net;

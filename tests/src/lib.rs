@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod etcd;
 pub mod layers;
+pub mod netns;
 pub mod prom;
 
 use std::net::SocketAddr;

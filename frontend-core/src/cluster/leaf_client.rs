@@ -9,7 +9,7 @@ use proto::leaf::leaf_client::LeafClient;
 use proto::leaf::{
     InfoRequest, InfoResponse, SearchRequest, SearchResponse, TermStatsRequest, TermStatsResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How one call to one replica ended, when it did not answer.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -97,20 +97,13 @@ impl GrpcLeaf {
     }
 }
 
-/// A lazily connected channel to `addr`, shared by every call to it.
+/// A lazily connected channel to `addr`, shared by every call to it, with
+/// the cluster's connect timeout and keep-alive pings
+/// ([`svc::channel::ChannelOptions`]): a connection that stops answering
+/// pings is closed and the next call connects anew.
 pub fn lazy_channel(addr: &str) -> Result<Channel, CallError> {
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|error| CallError::Unavailable(format!("bad address {addr}: {error}")))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    svc::channel::lazy(addr, &svc::channel::ChannelOptions::default())
+        .map_err(|error| CallError::Unavailable(format!("bad address {addr}: {error}")))
 }
 
 /// Runs `call` with `budget` as both the gRPC deadline the server sees and a

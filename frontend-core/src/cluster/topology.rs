@@ -3,20 +3,26 @@
 //!
 //! **Invariant:** only holders of live leases appear here; a replica whose
 //! lease expires or is revoked is gone from the next table.
+//!
+//! **Invariant:** a replica that joins or rejoins starts with its shard's
+//! best latency estimate, so it is chosen (and measured) at once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use async_trait::async_trait;
+use proto::leaf::{InfoResponse, SearchRequest, SearchResponse, TermStatsResponse};
+
 use lease::{Member, MemberView, Role};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use proto::cache::cache_client::CacheClient;
 use tonic::transport::Channel;
 
-use crate::cluster::leaf_client::{lazy_channel, GrpcLeaf, LeafService};
+use crate::cluster::leaf_client::{lazy_channel, CallError, GrpcLeaf, LeafService};
 use crate::cluster::load::PeakEwma;
 
 /// One live leaf replica and what the frontend has learned about it.
@@ -105,6 +111,98 @@ pub fn grpc_clients() -> ClientFactory {
     })
 }
 
+/// How long a replica must have answered nothing (every call failed or
+/// timed out) to count as having been unreachable: as long as a dead
+/// connection takes to be found (`svc::channel` pings every 2 s, 1 s to
+/// answer). A replica that is merely slow answers some calls meanwhile.
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
+
+/// Wraps a replica's client to notice when it answers again after a
+/// stretch of answering nothing (a cut link, a reconnect): its load
+/// estimate, inflated by the calls that timed out, is then reset to the
+/// latency of that answer and any probation lifted, so that it takes its
+/// share of calls at once instead of after the estimate decays (which
+/// happens only with the calls it no longer gets).
+///
+/// **Invariant:** a replica reachable again is routed on its current
+/// latency, not on the timeouts of the cut.
+struct Rejoining {
+    inner: Arc<dyn LeafService>,
+    replica: Weak<Replica>,
+    /// When the current run of failed calls began (`None` after a success).
+    failing_since: Mutex<Option<Instant>>,
+}
+
+impl Rejoining {
+    fn new(inner: Arc<dyn LeafService>, replica: Weak<Replica>) -> Self {
+        Rejoining {
+            inner,
+            replica,
+            failing_since: Mutex::new(None),
+        }
+    }
+
+    fn note<T>(&self, result: &Result<T, CallError>, started: Instant) {
+        let now = Instant::now();
+        match result {
+            Err(CallError::Timeout | CallError::Unavailable(_)) => {
+                self.failing_since.lock().get_or_insert(started);
+            }
+            Err(_) => {}
+            Ok(_) => {
+                let Some(since) = self.failing_since.lock().take() else {
+                    return;
+                };
+                if now.saturating_duration_since(since) < UNREACHABLE_AFTER {
+                    return;
+                }
+                if let Some(replica) = self.replica.upgrade() {
+                    replica.load.reset(now.saturating_duration_since(started));
+                    replica.probation.lift();
+                    tracing::info!(
+                        address = %replica.member.address,
+                        shard = replica.member.shard,
+                        unreachable_for = ?now.saturating_duration_since(since),
+                        "replica answers again, load estimate reset"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LeafService for Rejoining {
+    async fn search(
+        &self,
+        request: SearchRequest,
+        budget: Duration,
+    ) -> Result<SearchResponse, CallError> {
+        let started = Instant::now();
+        let result = self.inner.search(request, budget).await;
+        self.note(&result, started);
+        result
+    }
+
+    async fn term_stats(
+        &self,
+        query: &str,
+        budget: Duration,
+    ) -> Result<TermStatsResponse, CallError> {
+        let started = Instant::now();
+        let result = self.inner.term_stats(query, budget).await;
+        self.note(&result, started);
+        result
+    }
+
+    async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
+        let started = Instant::now();
+        let result = self.inner.info(budget).await;
+        self.note(&result, started);
+        result
+    }
+}
+
 /// Holds the current [`Topology`] and rebuilds it from membership changes.
 pub struct Routing {
     shards: u32,
@@ -153,6 +251,20 @@ impl Routing {
                 replica,
             );
         }
+        // A replica new to the table (first join, or back after a lease gap:
+        // a new lease is a new replica) starts at the best estimate of its
+        // shard's peers, not at a fixed guess: with peak-EWMA choice, a
+        // replica that starts costlier than a fast twin is never picked,
+        // so never measured, and idles although healthy.
+        let rejoin: Vec<Option<Duration>> = (0..self.shards as usize)
+            .map(|shard| {
+                old.shards
+                    .get(shard)?
+                    .iter()
+                    .map(|replica| replica.load.estimate())
+                    .min()
+            })
+            .collect();
         let mut shards: Vec<Vec<Arc<Replica>>> = vec![Vec::new(); self.shards as usize];
         let mut caches = Vec::new();
         for member in members {
@@ -171,10 +283,13 @@ impl Routing {
                     let replica = match known.get(&key) {
                         Some(replica) if replica.member == *member => Arc::clone(replica),
                         _ => match (self.factory)(member) {
-                            Some(client) => Arc::new(Replica {
+                            Some(client) => Arc::new_cyclic(|replica| Replica {
                                 member: member.clone(),
-                                client,
-                                load: PeakEwma::new(self.initial_latency, self.decay),
+                                client: Arc::new(Rejoining::new(client, replica.clone())),
+                                load: PeakEwma::new(
+                                    rejoin[member.shard as usize].unwrap_or(self.initial_latency),
+                                    self.decay,
+                                ),
                                 probation: Probation::default(),
                             }),
                             None => continue,
@@ -224,5 +339,130 @@ impl Routing {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Fails every call while `down`, answers at once otherwise.
+    struct Flaky {
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl LeafService for Flaky {
+        async fn search(&self, _: SearchRequest, _: Duration) -> Result<SearchResponse, CallError> {
+            if self.down.load(Ordering::Relaxed) {
+                Err(CallError::Timeout)
+            } else {
+                Ok(SearchResponse::default())
+            }
+        }
+        async fn term_stats(&self, _: &str, _: Duration) -> Result<TermStatsResponse, CallError> {
+            Err(CallError::Failed("unused".into()))
+        }
+        async fn info(&self, _: Duration) -> Result<InfoResponse, CallError> {
+            Err(CallError::Failed("unused".into()))
+        }
+    }
+
+    fn member() -> Member {
+        Member {
+            role: Role::Leaf,
+            shard: 0,
+            address: "10.0.0.1:7070".into(),
+            lease_id: 1,
+            generation: 1,
+        }
+    }
+
+    fn routing(flaky: Arc<Flaky>) -> Arc<Routing> {
+        Routing::new(
+            1,
+            Arc::new(move |_: &Member| Some(Arc::clone(&flaky) as Arc<dyn LeafService>)),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_answering_again_after_a_long_silence_is_reset() {
+        let flaky = Arc::new(Flaky {
+            down: AtomicBool::new(true),
+        });
+        let routing = routing(Arc::clone(&flaky));
+        routing.apply(&[member()]);
+        let replica = Arc::clone(&routing.snapshot().shards[0][0]);
+        assert!(replica
+            .client
+            .search(SearchRequest::default(), Duration::from_millis(200))
+            .await
+            .is_err());
+        replica.load.observe(Duration::from_millis(200));
+        replica
+            .probation
+            .put_on(Instant::now() + Duration::from_secs(10));
+        tokio::time::advance(UNREACHABLE_AFTER + Duration::from_millis(1)).await;
+        flaky.down.store(false, Ordering::Relaxed);
+        assert!(replica
+            .client
+            .search(SearchRequest::default(), Duration::from_millis(200))
+            .await
+            .is_ok());
+        assert!(
+            replica.load.estimate() < Duration::from_millis(1),
+            "{:?}",
+            replica.load.estimate()
+        );
+        assert!(!replica.probation.active(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_failing_briefly_keeps_its_estimate() {
+        let flaky = Arc::new(Flaky {
+            down: AtomicBool::new(true),
+        });
+        let routing = routing(Arc::clone(&flaky));
+        routing.apply(&[member()]);
+        let replica = Arc::clone(&routing.snapshot().shards[0][0]);
+        assert!(replica
+            .client
+            .search(SearchRequest::default(), Duration::from_millis(200))
+            .await
+            .is_err());
+        replica.load.observe(Duration::from_millis(200));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        flaky.down.store(false, Ordering::Relaxed);
+        assert!(replica
+            .client
+            .search(SearchRequest::default(), Duration::from_millis(200))
+            .await
+            .is_ok());
+        assert_eq!(replica.load.estimate(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_rejoining_replica_starts_at_its_peers_best_estimate() {
+        let flaky = Arc::new(Flaky {
+            down: AtomicBool::new(false),
+        });
+        let routing = routing(flaky);
+        let twin = Member {
+            address: "10.0.0.2:7070".into(),
+            lease_id: 2,
+            ..member()
+        };
+        routing.apply(std::slice::from_ref(&twin));
+        routing.snapshot().shards[0][0]
+            .load
+            .reset(Duration::from_micros(700));
+        routing.apply(&[twin, member()]);
+        let snapshot = routing.snapshot();
+        let joined = snapshot.shards[0]
+            .iter()
+            .find(|r| r.member.lease_id == 1)
+            .unwrap();
+        assert_eq!(joined.load.estimate(), Duration::from_micros(700));
     }
 }

@@ -10,6 +10,7 @@ mod layers;
 mod leases;
 mod metrics_lint;
 mod overload;
+mod partitions;
 mod quality;
 mod serving;
 mod tail;
