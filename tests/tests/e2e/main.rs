@@ -11,5 +11,6 @@ mod leases;
 mod metrics_lint;
 mod overload;
 mod quality;
+mod rollout;
 mod serving;
 mod tail;
