@@ -132,14 +132,15 @@ async fn main() {
         std::fs::rename(staging.join(&name), root.join(&name)).expect("publish a shard");
     }
     let mut first_announced = None;
+    let wanted = new.generation.to_string();
     let rolled_out = loop {
         let (_, view) = cluster.get_json("/cluster").await;
         let rollout = &view["rollout"];
         let on_new = rollout["replicas_on_newest"].as_u64().unwrap_or(0);
-        if rollout["generation"] == new.generation.to_string() && first_announced.is_none() {
+        if rollout["generation"] == wanted && first_announced.is_none() {
             first_announced = Some(started.elapsed());
         }
-        if rollout["generation"] == new.generation.to_string()
+        if rollout["generation"] == wanted
             && rollout["in_progress"] == false
             && on_new == u64::from(SHARDS * REPLICAS)
         {
@@ -165,19 +166,40 @@ async fn main() {
         .collect();
     let errors = all.iter().filter(|t| t.sample.status != 200).count();
     let partial = all.iter().filter(|t| t.sample.partial).count();
+    // An answer of an old generation: some shard answered from another
+    // generation than the new one ("0" is a shard that did not answer).
+    let old_answer = |t: &Timed| {
+        t.sample.status == 200
+            && t.sample
+                .generations
+                .iter()
+                .any(|g| g != "0" && *g != new_generation)
+    };
     let old_answers_after = |from: Duration| {
         all.iter()
-            .filter(|t| t.sent >= from && t.sample.status == 200)
-            .filter(|t| t.sample.generations.iter().any(|g| *g != new_generation))
+            .filter(|t| t.sent >= from && old_answer(t))
             .count()
     };
     let last_old = all
         .iter()
-        .filter(|t| t.sample.status == 200)
-        .filter(|t| t.sample.generations.iter().any(|g| *g != new_generation))
+        .filter(|t| old_answer(t))
         .map(|t| t.sent)
         .max()
         .unwrap_or_default();
+    let since_publish = |t: &Timed| t.sent.as_secs_f64() - published.as_secs_f64();
+    for t in all
+        .iter()
+        .filter(|t| t.sample.status != 200 || t.sample.partial)
+    {
+        println!(
+            "  {:+.2} s after publish: status {}, partial {}, {:.0} ms, generations {:?}",
+            since_publish(t),
+            t.sample.status,
+            t.sample.partial,
+            t.sample.ms(),
+            t.sample.generations
+        );
+    }
     let (status, unique) = cluster.search(&format!("q={UNIQUE}")).await;
     println!(
         "requests: {} at {rate}/s, errors: {errors}, partial: {partial} ({})",

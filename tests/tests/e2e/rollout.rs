@@ -39,8 +39,9 @@ fn queries(docs: &[Document]) -> Arc<Vec<String>> {
 async fn rolled_out(cluster: &TestCluster, generation: u64) -> bool {
     let (status, view) = cluster.get_json("/cluster").await;
     let rollout = &view["rollout"];
+    let wanted = generation.to_string();
     status == 200
-        && rollout["generation"] == generation.to_string()
+        && rollout["generation"] == wanted
         && rollout["in_progress"] == false
         && rollout["replicas"] == (SHARDS * 2) as u64
         && rollout["replicas_on_newest"] == (SHARDS * 2) as u64
