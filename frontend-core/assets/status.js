@@ -126,6 +126,10 @@
         : "unavailable");
       badge.classList.add("shard-state");
       th.appendChild(badge);
+      const generations = shard.generations_in_service || [];
+      if (generations.length > 1) {
+        th.appendChild(el("span", "badge warn rolling", "rolling: generations " + generations.join(" → ")));
+      }
       if (shard.hedge_after_ms !== null && shard.hedge_after_ms !== undefined) {
         th.appendChild(el("span", "muted hedge", "hedge after " + duration(shard.hedge_after_ms)));
       }
@@ -188,6 +192,20 @@
     }
   }
 
+  // Where the rollout of the newest index generation stands.
+  function renderRollout(rollout) {
+    const line = $("rollout");
+    if (!line || !rollout) return;
+    const last = rollout.last_generation
+      ? "last rollout: generation " + rollout.last_generation + " in " + duration(rollout.last_duration_ms)
+      : "no rollout seen yet";
+    line.dataset.state = rollout.in_progress ? "rolling" : "settled";
+    line.textContent = rollout.in_progress
+      ? "Rolling out generation " + rollout.generation + ": " + rollout.replicas_on_newest + " of " +
+        rollout.replicas + " replicas on it, for " + duration(rollout.elapsed_ms) + " (" + last + ")"
+      : "Generation " + rollout.generation + " on all " + rollout.replicas + " replicas; " + last;
+  }
+
   function renderCluster(view) {
     const holders = new Map();
     for (const h of view.holders || []) holders.set(h.role + " " + h.address, h);
@@ -195,6 +213,7 @@
     membership.textContent = view.membership_connected ? "membership connected" : "membership disconnected: routing on the last view";
     membership.className = "badge " + (view.membership_connected ? "good" : "bad");
     renderShards(view, holders);
+    renderRollout(view.rollout);
     renderCaches(view, holders);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   }

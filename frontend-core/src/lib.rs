@@ -215,10 +215,12 @@ impl Frontend {
     }
 }
 
-/// Keeps `frontend_shard_replicas_live` current.
+/// Keeps `frontend_shard_replicas_live` and the generation gauges current,
+/// and records finished rollouts.
 fn spawn_live_gauge(routing: Arc<Routing>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut rollouts_seen = 0;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -230,6 +232,8 @@ fn spawn_live_gauge(routing: Arc<Routing>, metrics: Arc<Metrics>, shutdown: Canc
                             .with_label_values(&[&shard.to_string()])
                             .set(replicas.len() as i64);
                     }
+                    rollouts_seen =
+                        crate::cluster::topology::export_generations(&routing, &topology, &metrics, rollouts_seen);
                 }
             }
         }

@@ -69,7 +69,12 @@ const CACHE_LOOKUP_RESULTS: &[&str] = &[
     "undecodable",
     "no_server",
 ];
-const CACHE_STORE_RESULTS: &[&str] = &["stored", "skipped_partial", "error"];
+const CACHE_STORE_RESULTS: &[&str] = &["stored", "skipped_partial", "skipped_generation", "error"];
+
+/// Rollout durations: from seconds (a poll interval) to an hour.
+const ROLLOUT_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -98,6 +103,10 @@ pub struct Metrics {
     pub admission_queue: IntGauge,
     pub admission_rejections: IntCounterVec,
     pub shards_live: prometheus::IntGaugeVec,
+    pub replica_generation: prometheus::GaugeVec,
+    pub shard_generations: prometheus::IntGaugeVec,
+    pub rollout_in_progress: IntGauge,
+    pub rollout_duration: Histogram,
 }
 
 impl Metrics {
@@ -187,7 +196,7 @@ impl Metrics {
         let cache_stores = IntCounterVec::new(
             opts!(
                 "frontend_cache_stores_total",
-                "Result cache stores by result (stored, skipped_partial, error)."
+                "Result cache stores by result (stored, skipped_partial, skipped_generation, error)."
             ),
             &["result"],
         )?;
@@ -239,6 +248,31 @@ impl Metrics {
             ),
             &["shard"],
         )?;
+        let replica_generation = prometheus::GaugeVec::new(
+            opts!(
+                "frontend_replica_generation",
+                "Index generation each live leaf replica serves, as its lease announces it."
+            ),
+            &["shard", "replica"],
+        )?;
+        let shard_generations = prometheus::IntGaugeVec::new(
+            opts!(
+                "frontend_shard_generations_in_service",
+                "Distinct index generations among a shard's live replicas (2 during a rolling swap)."
+            ),
+            &["shard"],
+        )?;
+        let rollout_in_progress = IntGauge::new(
+            "frontend_rollout_in_progress",
+            "1 while some live replica serves an older generation than the newest announced.",
+        )?;
+        let rollout_duration = Histogram::with_opts(
+            histogram_opts!(
+                "frontend_rollout_duration_seconds",
+                "Rollouts of an index generation, from the first replica announcing it to the last live replica serving it."
+            )
+            .buckets(ROLLOUT_BUCKETS.to_vec()),
+        )?;
         let metrics = Metrics {
             registry,
             requests,
@@ -265,6 +299,10 @@ impl Metrics {
             admission_queue,
             admission_rejections,
             shards_live,
+            replica_generation,
+            shard_generations,
+            rollout_in_progress,
+            rollout_duration,
         };
         let r = &metrics.registry;
         r.register(Box::new(metrics.requests.clone()))?;
@@ -291,6 +329,10 @@ impl Metrics {
         r.register(Box::new(metrics.admission_queue.clone()))?;
         r.register(Box::new(metrics.admission_rejections.clone()))?;
         r.register(Box::new(metrics.shards_live.clone()))?;
+        r.register(Box::new(metrics.replica_generation.clone()))?;
+        r.register(Box::new(metrics.shard_generations.clone()))?;
+        r.register(Box::new(metrics.rollout_in_progress.clone()))?;
+        r.register(Box::new(metrics.rollout_duration.clone()))?;
         for result in CACHE_LOOKUP_RESULTS {
             metrics.cache_lookups.with_label_values(&[*result]);
         }
@@ -316,6 +358,7 @@ impl Metrics {
             self.hedges.with_label_values(&[&shard]);
             self.hedge_wins.with_label_values(&[&shard]);
             self.shards_live.with_label_values(&[&shard]);
+            self.shard_generations.with_label_values(&[&shard]);
         }
     }
 

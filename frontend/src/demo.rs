@@ -2,7 +2,10 @@
 //! × `--replicas` leaves and `--caches` cache servers, each a real gRPC
 //! server on its own loopback port that joins through a lease exactly as a
 //! separate process would. The corpus is generated (no download) unless
-//! `--corpus FILE` names a JSONL file.
+//! `--corpus FILE` names a JSONL file, or `--index-root ROOT` names an index
+//! root that `indexer build` filled: then the leaves serve its newest
+//! generations and swap to every newer one published while the demo runs,
+//! which `/status` shows rolling out.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,8 +39,16 @@ pub struct DemoFlags {
     #[arg(long, env = "DEMO_CORPUS")]
     pub corpus: Option<PathBuf>,
     /// Keep each leaf's index under this directory and reopen it next time.
-    #[arg(long, env = "DEMO_INDEX_DIR")]
+    #[arg(long, env = "DEMO_INDEX_DIR", conflicts_with = "index_root")]
     pub index_dir: Option<PathBuf>,
+    /// Serve the generations of an index root built by `indexer build
+    /// --shards <same> --out ROOT` instead of building from a corpus; newer
+    /// generations published there are swapped in while serving.
+    #[arg(long, env = "DEMO_INDEX_ROOT", conflicts_with = "corpus")]
+    pub index_root: Option<PathBuf>,
+    /// How often the leaves look for a newer generation under --index-root.
+    #[arg(long, env = "DEMO_GENERATION_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub generation_poll: Duration,
     /// The lease term the leaves and caches ask for.
     #[arg(long, env = "DEMO_LEASE_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
@@ -85,7 +96,14 @@ pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
         Some(path) => leaf::CorpusSource::File(path.clone()),
         None => leaf::CorpusSource::Builtin,
     };
-    tracing::info!(corpus = %corpus.describe(), shards = flags.shards, replicas = flags.replicas, "building leaf indexes");
+    match &flags.index_root {
+        Some(root) => {
+            tracing::info!(root = %root.display(), shards = flags.shards, replicas = flags.replicas, "opening the index root")
+        }
+        None => {
+            tracing::info!(corpus = %corpus.describe(), shards = flags.shards, replicas = flags.replicas, "building leaf indexes")
+        }
+    }
     let mut starting = Vec::new();
     for shard in 0..flags.shards {
         for replica in 0..flags.replicas {
@@ -95,6 +113,12 @@ pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
                 token: Some(token.clone()),
                 ttl: flags.lease_ttl,
             });
+            if let Some(root) = &flags.index_root {
+                leaf_config.generations = Some(leaf::GenerationsConfig {
+                    poll: flags.generation_poll,
+                    ..leaf::GenerationsConfig::new(root)
+                });
+            }
             if let Some(dir) = &flags.index_dir {
                 leaf_config.index.dir = Some(dir.join(format!(
                     "shard-{shard}-of-{}-replica-{replica}",
@@ -168,6 +192,14 @@ pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
     println!("                 curl '{url}/search?q=%2Blogger+-color&k=5'");
     println!("  membership:    curl {url}/cluster");
     println!("  metrics:       curl {url}/metrics");
+    if let Some(root) = &flags.index_root {
+        println!(
+            "  new generation: indexer build --corpus FILE --shards {} --out {}",
+            flags.shards,
+            root.display()
+        );
+        println!("                 (watch it roll out on {url}/status)");
+    }
     println!("press ctrl-c to stop");
 
     shutdown.cancelled().await;

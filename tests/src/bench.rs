@@ -180,6 +180,10 @@ pub struct Sample {
     pub max_shard_ms: f64,
     /// `shards[].took_ms` of the answer.
     pub shard_ms: Vec<f64>,
+    /// `generations` of the answer: each shard's index generation.
+    pub generations: Vec<String>,
+    /// Ids of the hits.
+    pub hits: Vec<String>,
 }
 
 impl Sample {
@@ -247,6 +251,18 @@ async fn send(client: &reqwest::Client, load: &Load, i: u64) -> Sample {
         sample.partial = body["partial"].as_bool().unwrap_or(false);
         sample.cache = body["cache"].as_str().unwrap_or("").to_string();
         sample.took_ms = body["took_ms"].as_f64().unwrap_or(0.0);
+        if let Some(generations) = body["generations"].as_array() {
+            sample.generations = generations
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect();
+        }
+        if let Some(hits) = body["hits"].as_array() {
+            sample.hits = hits
+                .iter()
+                .filter_map(|h| h["id"].as_str().map(str::to_string))
+                .collect();
+        }
         if let Some(shards) = body["shards"].as_array() {
             sample.shard_ms = shards
                 .iter()

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod etcd;
+pub mod index_root;
 pub mod layers;
 pub mod netns;
 pub mod prom;

@@ -6,6 +6,12 @@
 //!
 //! **Invariant:** a replica that joins or rejoins starts with its shard's
 //! best latency estimate, so it is chosen (and measured) at once.
+//!
+//! It also follows index generations: the generation of each shard that
+//! cache keys and term statistics name (the newest among its live replicas,
+//! or a newer one already seen in an answer before its lease announced it),
+//! and rollouts (from the first replica announcing a new generation to the
+//! last live replica serving it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -78,23 +84,169 @@ pub struct Topology {
     /// Replicas by shard id; a shard with no entry has no live replica.
     pub shards: Vec<Vec<Arc<Replica>>>,
     pub caches: Vec<Arc<CacheNode>>,
+    /// Generations seen in answers, shared by every snapshot of one
+    /// [`Routing`].
+    observed: Arc<Observed>,
 }
 
 impl Topology {
-    /// The index generation of each shard (the highest among its live
-    /// replicas; 0 when none is live).
+    /// The index generation of each shard: the highest among its live
+    /// replicas, or a higher one that a replica of the shard answered with
+    /// in the last [`OBSERVED_TTL`] (a leaf swaps before its lease announces
+    /// the new generation); 0 when none is live. Cache keys and term
+    /// statistics name these, so that nothing cached for an older
+    /// generation is used once a replica of the shard has moved on.
     pub fn generations(&self) -> Vec<u64> {
+        let now = Instant::now();
         self.shards
             .iter()
-            .map(|replicas| {
-                replicas
+            .enumerate()
+            .map(|(shard, replicas)| {
+                let announced = replicas
                     .iter()
                     .map(|replica| replica.member.generation)
-                    .max()
-                    .unwrap_or(0)
+                    .max();
+                match announced {
+                    Some(announced) => announced.max(self.observed.floor(shard, now)),
+                    None => 0,
+                }
             })
             .collect()
     }
+
+    /// The distinct generations that the live replicas of `shard` serve,
+    /// oldest first: more than one while a rollout is under way.
+    pub fn generations_in_service(&self, shard: usize) -> Vec<u64> {
+        let mut generations: Vec<u64> = self
+            .shards
+            .get(shard)
+            .map(|replicas| replicas.iter().map(|r| r.member.generation).collect())
+            .unwrap_or_default();
+        generations.sort_unstable();
+        generations.dedup();
+        generations
+    }
+
+    /// Notes that a replica of `shard` answered from `generation`.
+    pub fn observe(&self, shard: usize, generation: u64) {
+        self.observed.note(shard, generation, Instant::now());
+    }
+}
+
+/// How long a generation seen in an answer counts without its lease
+/// announcing it (normally the announcement follows within milliseconds; a
+/// generation that then vanishes, say a rolled-back replica, stops
+/// counting after this).
+pub const OBSERVED_TTL: Duration = Duration::from_secs(10);
+
+/// The newest generation seen in answers per shard, and when.
+#[derive(Default)]
+struct Observed {
+    slots: parking_lot::Mutex<Vec<(u64, Instant)>>,
+}
+
+impl Observed {
+    fn note(&self, shard: usize, generation: u64, now: Instant) {
+        let mut slots = self.slots.lock();
+        if slots.len() <= shard {
+            slots.resize(shard + 1, (0, now));
+        }
+        let slot = &mut slots[shard];
+        let expired = now.saturating_duration_since(slot.1) >= OBSERVED_TTL;
+        if generation != 0 && (generation >= slot.0 || expired) {
+            *slot = (generation, now);
+        }
+    }
+
+    fn floor(&self, shard: usize, now: Instant) -> u64 {
+        match self.slots.lock().get(shard) {
+            Some(&(generation, seen)) if now.saturating_duration_since(seen) < OBSERVED_TTL => {
+                generation
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Where the cluster is in rolling out an index generation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolloutStatus {
+    /// The newest generation any live replica serves (0: none seen yet).
+    pub generation: u64,
+    /// When the first replica announced `generation`, while some live
+    /// replica still serves an older one.
+    pub started: Option<Instant>,
+    /// Replicas live and replicas on `generation`.
+    pub replicas: usize,
+    pub replicas_on_newest: usize,
+    /// The last rollout that finished: its generation and how long it took.
+    pub last: Option<(u64, Duration)>,
+    /// Rollouts finished since the frontend started.
+    pub completed: u64,
+}
+
+impl RolloutStatus {
+    /// Follows one routing table: a rollout starts when a replica announces
+    /// a generation newer than every one seen, and ends when every live
+    /// replica serves it (the indexer gives every shard of one build the
+    /// same generation id). The generations of the first table seen are
+    /// taken as settled when its replicas agree.
+    fn advance(&mut self, shards: &[Vec<Arc<Replica>>], now: Instant) {
+        let all = || shards.iter().flatten().map(|r| r.member.generation);
+        let newest = all().max().unwrap_or(0);
+        self.replicas = all().count();
+        self.replicas_on_newest = all().filter(|&g| g == newest).count();
+        let everyone_on_newest = self.replicas == self.replicas_on_newest;
+        if newest > self.generation {
+            let first_table = self.generation == 0;
+            self.generation = newest;
+            if !(first_table && everyone_on_newest) && self.started.is_none() {
+                self.started = Some(now);
+            }
+        }
+        if let (Some(started), true) = (self.started, everyone_on_newest) {
+            if self.replicas > 0 {
+                self.last = Some((self.generation, now.saturating_duration_since(started)));
+                self.completed += 1;
+                self.started = None;
+            }
+        }
+    }
+}
+
+/// Sets the generation gauges from `topology` and records every rollout
+/// finished since `seen` (a count from [`RolloutStatus::completed`]);
+/// returns the new count.
+pub fn export_generations(
+    routing: &Routing,
+    topology: &Topology,
+    metrics: &crate::metrics::Metrics,
+    seen: u64,
+) -> u64 {
+    metrics.replica_generation.reset();
+    for (shard, replicas) in topology.shards.iter().enumerate() {
+        let label = shard.to_string();
+        for replica in replicas {
+            metrics
+                .replica_generation
+                .with_label_values(&[&label, &replica.member.address])
+                .set(replica.member.generation as f64);
+        }
+        metrics
+            .shard_generations
+            .with_label_values(&[&label])
+            .set(topology.generations_in_service(shard).len() as i64);
+    }
+    let rollout = routing.rollout();
+    metrics
+        .rollout_in_progress
+        .set(i64::from(rollout.started.is_some()));
+    if rollout.completed > seen {
+        if let Some((_, took)) = rollout.last {
+            metrics.rollout_duration.observe(took.as_secs_f64());
+        }
+    }
+    rollout.completed
 }
 
 /// Makes the client for a new replica; tests swap in fakes.
@@ -210,20 +362,31 @@ pub struct Routing {
     factory: ClientFactory,
     initial_latency: Duration,
     decay: Duration,
+    observed: Arc<Observed>,
+    rollout: RwLock<RolloutStatus>,
 }
 
 impl Routing {
     pub fn new(shards: u32, factory: ClientFactory) -> Arc<Self> {
+        let observed = Arc::new(Observed::default());
         Arc::new(Routing {
             shards,
             current: RwLock::new(Arc::new(Topology {
                 shards: vec![Vec::new(); shards as usize],
                 caches: Vec::new(),
+                observed: Arc::clone(&observed),
             })),
             factory,
             initial_latency: Duration::from_millis(5),
             decay: Duration::from_secs(10),
+            observed,
+            rollout: RwLock::new(RolloutStatus::default()),
         })
+    }
+
+    /// Where the current (or last) rollout of an index generation stands.
+    pub fn rollout(&self) -> RolloutStatus {
+        self.rollout.read().clone()
     }
 
     pub fn shards(&self) -> u32 {
@@ -316,7 +479,12 @@ impl Routing {
             replicas.sort_by(|a, b| a.member.address.cmp(&b.member.address));
         }
         caches.sort_by(|a, b| a.member.address.cmp(&b.member.address));
-        *self.current.write() = Arc::new(Topology { shards, caches });
+        self.rollout.write().advance(&shards, Instant::now());
+        *self.current.write() = Arc::new(Topology {
+            shards,
+            caches,
+            observed: Arc::clone(&self.observed),
+        });
     }
 
     /// Follows `view` until `shutdown`, applying every change.
@@ -464,5 +632,73 @@ mod tests {
             .find(|r| r.member.lease_id == 1)
             .unwrap();
         assert_eq!(joined.load.estimate(), Duration::from_micros(700));
+    }
+
+    fn leaf(shard: u32, replica: u32, generation: u64) -> Member {
+        Member {
+            lease_id: u64::from(shard * 10 + replica + 1) * 1000 + generation,
+            role: Role::Leaf,
+            shard,
+            address: format!("127.0.0.1:{}", 1000 + shard * 10 + replica),
+            generation,
+        }
+    }
+
+    /// 2 shards × 2 replicas; `on_new` of them (in order) on generation 2.
+    fn table(on_new: usize) -> Vec<Member> {
+        (0..4)
+            .map(|i| leaf(i / 2, i % 2, if (i as usize) < on_new { 2 } else { 1 }))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_runs_from_the_first_announcement_to_the_last_replica() {
+        let routing = Routing::new(2, grpc_clients());
+        routing.apply(&table(0));
+        let settled = routing.rollout();
+        assert_eq!(settled.generation, 1);
+        assert_eq!(settled.started, None, "the first table is settled");
+        assert_eq!(settled.completed, 0);
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        routing.apply(&table(1));
+        let started = routing.rollout();
+        assert_eq!(started.generation, 2);
+        assert!(started.started.is_some());
+        assert_eq!((started.replicas, started.replicas_on_newest), (4, 1));
+        // The key names the newest generation of a shard whose replicas
+        // disagree, so nothing cached from the old one is served.
+        assert_eq!(routing.snapshot().generations(), vec![2, 1]);
+        assert_eq!(routing.snapshot().generations_in_service(0), vec![1, 2]);
+
+        // A whole shard on the new generation is not the end: shard 1 is not.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        routing.apply(&table(2));
+        assert!(routing.rollout().started.is_some());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        routing.apply(&table(4));
+        let done = routing.rollout();
+        assert_eq!(done.started, None);
+        assert_eq!(done.completed, 1);
+        assert_eq!(done.last, Some((2, Duration::from_secs(5))));
+        assert_eq!(routing.snapshot().generations(), vec![2, 2]);
+        assert_eq!(routing.snapshot().generations_in_service(1), vec![2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_generation_seen_in_an_answer_counts_before_its_lease_announces_it() {
+        let routing = Routing::new(2, grpc_clients());
+        routing.apply(&table(0));
+        routing.snapshot().observe(1, 2);
+        assert_eq!(routing.snapshot().generations(), vec![1, 2]);
+        // An older answer never lowers it.
+        routing.snapshot().observe(1, 1);
+        assert_eq!(routing.snapshot().generations(), vec![1, 2]);
+        // One that the leases never confirm stops counting.
+        tokio::time::advance(OBSERVED_TTL + Duration::from_secs(1)).await;
+        assert_eq!(routing.snapshot().generations(), vec![1, 1]);
+        // A shard with no live replica has generation 0.
+        routing.apply(&table(0)[..2]);
+        assert_eq!(routing.snapshot().generations(), vec![1, 0]);
     }
 }

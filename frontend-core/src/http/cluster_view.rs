@@ -13,6 +13,26 @@ pub struct ClusterView {
     pub holders: Vec<HolderView>,
     pub shards: Vec<ShardView>,
     pub caches: Vec<String>,
+    /// Where the rollout of the newest index generation stands.
+    pub rollout: RolloutView,
+}
+
+/// [`crate::cluster::topology::RolloutStatus`] as JSON; generations are
+/// strings (a u64 above 2^53 loses precision in JavaScript).
+#[derive(Serialize)]
+pub struct RolloutView {
+    /// The newest generation any live replica serves ("0": none yet).
+    pub generation: String,
+    /// True while some live replica serves an older one.
+    pub in_progress: bool,
+    /// Since the first replica announced `generation`, while in progress.
+    pub elapsed_ms: Option<u64>,
+    pub replicas: usize,
+    pub replicas_on_newest: usize,
+    /// The last finished rollout: its generation and how long it took.
+    pub last_generation: Option<String>,
+    pub last_duration_ms: Option<u64>,
+    pub completed: u64,
 }
 
 #[derive(Serialize)]
@@ -35,6 +55,9 @@ pub struct ShardView {
     pub replicas: Vec<ReplicaView>,
     /// The current hedge delay, when enough latencies are known.
     pub hedge_after_ms: Option<f64>,
+    /// The distinct generations its live replicas serve, oldest first, as
+    /// strings: two while a rolling swap is under way.
+    pub generations_in_service: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -95,8 +118,26 @@ pub fn cluster_view(app: &AppState) -> ClusterView {
             hedge_after_ms: fanout
                 .hedge_delay(shard as u32)
                 .map(|d| d.as_secs_f64() * 1000.0),
+            generations_in_service: topology
+                .generations_in_service(shard)
+                .iter()
+                .map(u64::to_string)
+                .collect(),
         })
         .collect();
+    let rollout = fanout.routing().rollout();
+    let rollout = RolloutView {
+        generation: rollout.generation.to_string(),
+        in_progress: rollout.started.is_some(),
+        elapsed_ms: rollout
+            .started
+            .map(|started| now.saturating_duration_since(started).as_millis() as u64),
+        replicas: rollout.replicas,
+        replicas_on_newest: rollout.replicas_on_newest,
+        last_generation: rollout.last.map(|(generation, _)| generation.to_string()),
+        last_duration_ms: rollout.last.map(|(_, took)| took.as_millis() as u64),
+        completed: rollout.completed,
+    };
     ClusterView {
         membership_connected: app.membership.connected(),
         holders,
@@ -106,5 +147,6 @@ pub fn cluster_view(app: &AppState) -> ClusterView {
             .iter()
             .map(|c| c.member.address.clone())
             .collect(),
+        rollout,
     }
 }

@@ -61,6 +61,10 @@ pub struct ShardBody {
     pub took_ms: f64,
     pub hedges: u32,
     pub hedge_won: bool,
+    /// Index generation of the replica that answered, as a string (a u64
+    /// above 2^53 loses precision in JavaScript); absent when none answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }
 
 impl From<&ShardReport> for ShardBody {
@@ -73,6 +77,7 @@ impl From<&ShardReport> for ShardBody {
             took_ms: r.took_ms,
             hedges: r.hedges,
             hedge_won: r.hedge_won,
+            generation: (r.generation != 0).then(|| r.generation.to_string()),
         }
     }
 }
@@ -94,6 +99,9 @@ pub struct SearchBody {
     pub hedges: HedgeBody,
     /// What became of each shard; empty for cache hits.
     pub shards: Vec<ShardBody>,
+    /// Index generation of each shard's part of the answer, as strings
+    /// ("0": the shard did not answer); for a cache hit, those its key names.
+    pub generations: Vec<String>,
 }
 
 impl From<&Answer> for SearchBody {
@@ -121,6 +129,7 @@ impl From<&Answer> for SearchBody {
                 won: answer.hedges_won,
             },
             shards: answer.shards.iter().map(ShardBody::from).collect(),
+            generations: answer.generations.iter().map(u64::to_string).collect(),
         }
     }
 }

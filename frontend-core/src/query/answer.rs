@@ -71,6 +71,10 @@ pub struct Answer {
     pub hedges_won: u32,
     /// What became of each shard; empty for cache hits.
     pub shards: Vec<ShardReport>,
+    /// The index generation of each shard's part of the answer (0 for a
+    /// shard that did not answer); for a cache hit, the generations its key
+    /// names, which are those that answered when it was stored.
+    pub generations: Vec<u64>,
 }
 
 impl Answer {
@@ -105,6 +109,7 @@ mod tests {
             hedges: 0,
             hedge_won: false,
             layout: 0,
+            generation: 0,
         }
     }
 
@@ -124,6 +129,7 @@ mod tests {
                 shard(0, ShardState::Answered, 5.0),
                 shard(1, ShardState::TimedOut, 150.0),
             ],
+            generations: vec![1, 0],
         };
         let time = answer.service_time();
         assert!((time.as_secs_f64() - 0.007).abs() < 1e-9, "{time:?}");

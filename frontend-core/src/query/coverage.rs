@@ -76,4 +76,8 @@ pub struct ShardReport {
     /// tells the accuracy estimate whether its champion lists' positions
     /// apply to this answer's `docs_searched`. Not shown to clients.
     pub layout: u64,
+    /// Index generation of the replica that answered (0: none answered).
+    /// During a rolling swap the replicas of a shard disagree, and this says
+    /// which one the answer came from.
+    pub generation: u64,
 }

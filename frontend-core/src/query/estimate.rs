@@ -409,6 +409,7 @@ mod tests {
             hedges: 0,
             hedge_won: false,
             layout: LAYOUT,
+            generation: 1,
         }
     }
 

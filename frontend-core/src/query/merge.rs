@@ -81,6 +81,7 @@ pub fn merge(
             known => known,
         };
         let mut layout = 0;
+        let mut generation = 0;
         let (state, searched, total) = match result.outcome {
             ShardOutcome::Answered(response) => {
                 coverage.shards_answered += 1;
@@ -89,6 +90,7 @@ pub fn merge(
                 }
                 global_stats &= response.global_stats;
                 layout = response.layout;
+                generation = response.generation;
                 let short =
                     response.early_terminated || response.docs_searched < response.docs_total;
                 cut_short |= short;
@@ -127,6 +129,7 @@ pub fn merge(
             hedges: result.hedges,
             hedge_won: result.hedge_won,
             layout,
+            generation,
         });
     }
     coverage.percent = if coverage.docs_total == 0 {
@@ -227,6 +230,12 @@ mod tests {
         assert_eq!(merged.estimated_recall, 1.0);
         assert_eq!(merged.coverage.percent, 100.0);
         assert_eq!(merged.generations, vec![7, 7]);
+        let reported: Vec<u64> = merged.shards.iter().map(|s| s.generation).collect();
+        assert_eq!(
+            reported,
+            vec![7, 7],
+            "each shard's report names its generation"
+        );
     }
 
     #[test]

@@ -6,6 +6,15 @@
 //!
 //! **Invariant:** a partial answer is never stored in the cache, and an
 //! answer served from the cache is one that was complete.
+//!
+//! **Generations.** The cache key names each shard's generation as the
+//! routing table has it at lookup: the newest among its live replicas (or
+//! newer, seen in an answer before the lease announced it; see
+//! [`crate::cluster::topology::Topology::generations`]). So once any replica
+//! of a shard has moved on, answers of the older generation are unreachable.
+//! An answer is stored only under the generations that actually answered:
+//! during a rolling swap, a fan-out that reached a replica still on the old
+//! generation is served but not stored (`skipped_generation`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -118,7 +127,7 @@ impl Root {
                 .min(self.config.cache_budget_max);
             if let Some(answer) = cache.lookup(&key, budget).await {
                 if answer.shards_total as usize == generations.len() {
-                    return Ok(self.answer_from_cache(answer, started));
+                    return Ok(self.answer_from_cache(answer, &generations, started));
                 }
             }
             cache_result = CacheResult::Miss;
@@ -140,6 +149,14 @@ impl Root {
                     .inc();
             } else if merged.generations == generations {
                 cache.store(key, to_cached(&merged));
+            } else {
+                // Some shard answered from another generation than the key
+                // names (a rolling swap in progress): stored under the key,
+                // it would be served as the newer one.
+                self.metrics
+                    .cache_stores
+                    .with_label_values(&["skipped_generation"])
+                    .inc();
             }
         }
         let answer = self.answer(&merged, cache_result, started);
@@ -233,11 +250,13 @@ impl Root {
                 slot.store(docs, Ordering::Relaxed);
             }
         }
+        let topology = self.fanout.routing().snapshot();
         for result in &results {
             if let ShardOutcome::Answered(response) = &result.outcome {
                 if let Some(slot) = self.known_docs.get(result.shard as usize) {
                     slot.store(response.docs_total, Ordering::Relaxed);
                 }
+                topology.observe(result.shard as usize, response.generation);
             }
         }
         let known: Vec<u64> = self
@@ -294,10 +313,18 @@ impl Root {
             hedges_sent: merged.hedges,
             hedges_won: merged.hedges_won,
             shards: merged.shards.clone(),
+            generations: merged.generations.clone(),
         }
     }
 
-    fn answer_from_cache(&self, answer: CachedAnswer, started: Instant) -> Answer {
+    /// A hit: its key named `generations`, the ones that answered when it
+    /// was stored.
+    fn answer_from_cache(
+        &self,
+        answer: CachedAnswer,
+        generations: &[u64],
+        started: Instant,
+    ) -> Answer {
         let shards_total = answer.shards_total;
         Answer {
             hits: answer
@@ -327,6 +354,7 @@ impl Root {
             hedges_sent: 0,
             hedges_won: 0,
             shards: Vec::new(),
+            generations: generations.to_vec(),
         }
     }
 }

@@ -14,6 +14,13 @@
 //! Per-shard frequencies and champion lists are kept too: they tell the
 //! accuracy estimate what each shard would add to the answer (the
 //! [`Evidence`] used by [`crate::query::estimate`]).
+//!
+//! **Generations.** Every entry is keyed by the hash of the generation set
+//! it was fetched for, and a round trip fills the cache only when every
+//! shard answered from the generation the set names; so statistics of an
+//! old generation are never mixed with a new one. During a rolling swap the
+//! set names each shard's newest generation and the round trip asks a
+//! replica that serves it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -227,10 +234,17 @@ impl TermStatsCache {
         set: u64,
         normalized: String,
     ) -> QueryStats {
-        // One replica per shard; the first live one (stats are identical
-        // across replicas of one generation).
-        let calls = shards.iter().map(|replicas| {
-            let replica = replicas.first().cloned();
+        // One replica per shard (statistics are identical across replicas
+        // of one generation): one on the generation the set names, so that
+        // during a rolling swap the statistics of the new generation are
+        // fetched and cached under it, never those of the old one.
+        let calls = shards.iter().enumerate().map(|(shard, replicas)| {
+            let wanted = generations.get(shard).copied();
+            let replica = replicas
+                .iter()
+                .find(|r| Some(r.member.generation) == wanted)
+                .or_else(|| replicas.iter().max_by_key(|r| r.member.generation))
+                .cloned();
             async move { replica?.client.term_stats(query, FETCH_BUDGET).await.ok() }
         });
         let answers = futures::future::join_all(calls).await;
@@ -541,6 +555,7 @@ mod tests {
     /// of its hundred documents.
     struct SlowStats {
         shard: u32,
+        generation: u64,
         delay: Duration,
         calls: std::sync::atomic::AtomicUsize,
     }
@@ -573,7 +588,7 @@ mod tests {
             };
             Ok(proto::leaf::TermStatsResponse {
                 shard: self.shard,
-                generation: 1,
+                generation: self.generation,
                 stats: Some(CorpusStats {
                     num_docs: 100,
                     fields: ["body", "title"]
@@ -604,6 +619,7 @@ mod tests {
             .map(|shard| {
                 Arc::new(SlowStats {
                     shard,
+                    generation: 1,
                     delay: Duration::from_millis(50),
                     calls: Default::default(),
                 })
@@ -649,6 +665,84 @@ mod tests {
             .map(|leaf| leaf.calls.load(std::sync::atomic::Ordering::SeqCst))
             .sum();
         assert_eq!(calls, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn during_a_rolling_swap_statistics_come_from_the_new_generation() {
+        // Shard 0: one replica still on generation 1 (first by address), one
+        // on 2; shard 1 on 2.
+        let leaves: Vec<(String, Arc<SlowStats>)> =
+            [("leaf0a", 0, 1), ("leaf0b", 0, 2), ("leaf1", 1, 2)]
+                .into_iter()
+                .map(|(address, shard, generation)| {
+                    let leaf = Arc::new(SlowStats {
+                        shard,
+                        generation,
+                        delay: Duration::from_millis(1),
+                        calls: Default::default(),
+                    });
+                    (address.to_string(), leaf)
+                })
+                .collect();
+        let lookup = leaves.clone();
+        let factory: crate::cluster::topology::ClientFactory =
+            Arc::new(move |member: &lease::Member| {
+                let (_, leaf) = lookup.iter().find(|(a, _)| *a == member.address)?;
+                Some(Arc::clone(leaf) as Arc<dyn crate::cluster::leaf_client::LeafService>)
+            });
+        let routing = Routing::new(2, factory);
+        routing.apply(
+            &leaves
+                .iter()
+                .enumerate()
+                .map(|(i, (address, leaf))| lease::Member {
+                    lease_id: i as u64 + 1,
+                    role: lease::Role::Leaf,
+                    shard: leaf.shard,
+                    address: address.clone(),
+                    generation: leaf.generation,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let cache = TermStatsCache::default();
+        let deadline = || Instant::now() + Duration::from_secs(1);
+        let first = cache.for_query("json", &routing, deadline()).await;
+        assert_eq!(
+            first.source.label(),
+            "fetched",
+            "complete, from generation 2"
+        );
+        assert_eq!(
+            leaves[0].1.calls.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        let second = cache.for_query("json", &routing, deadline()).await;
+        assert_eq!(second.source.label(), "warm");
+
+        // The last replica moves on: same set, still warm. One that goes
+        // back to generation 1 alone makes a new set: fetched again.
+        routing.apply(&[
+            lease::Member {
+                lease_id: 9,
+                role: lease::Role::Leaf,
+                shard: 0,
+                address: "leaf0a".into(),
+                generation: 1,
+            },
+            lease::Member {
+                lease_id: 3,
+                role: lease::Role::Leaf,
+                shard: 1,
+                address: "leaf1".into(),
+                generation: 2,
+            },
+        ]);
+        let third = cache.for_query("json", &routing, deadline()).await;
+        assert_eq!(
+            third.source.label(),
+            "fetched",
+            "another generation set is cold"
+        );
     }
 
     #[test]

@@ -12,5 +12,6 @@ mod metrics_lint;
 mod overload;
 mod partitions;
 mod quality;
+mod rollout;
 mod serving;
 mod tail;
