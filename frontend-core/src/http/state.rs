@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::http::client::ApiKeys;
 use crate::metrics::Metrics;
 use crate::query::admission::Admission;
 use crate::query::root::Root;
@@ -12,4 +13,9 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub membership: Arc<dyn lease::Membership>,
+    /// The API keys that name a client to admission control (none: clients
+    /// are told apart by source address).
+    pub api_keys: Arc<ApiKeys>,
+    /// The largest `POST /search` body.
+    pub max_body_bytes: usize,
 }
