@@ -8,7 +8,6 @@
 //!   names a client of its own, so a flood cannot pass for many clients by
 //!   inventing keys.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -16,29 +15,11 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 
-use crate::http::state::AppState;
+use crate::http::state::{ApiKeys, AppState};
 use crate::query::admission::ClientId;
 
 /// The header that carries an API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
-
-/// The configured API keys (empty: none).
-#[derive(Clone, Debug, Default)]
-pub struct ApiKeys(HashSet<String>);
-
-impl ApiKeys {
-    pub fn new(keys: impl IntoIterator<Item = String>) -> ApiKeys {
-        ApiKeys(keys.into_iter().filter(|key| !key.is_empty()).collect())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn contains(&self, key: &str) -> bool {
-        self.0.contains(key)
-    }
-}
 
 /// The client of a request, as an extractor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
