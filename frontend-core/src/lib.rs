@@ -309,6 +309,7 @@ where
     F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
 {
     let result = server.await;
+    connections.close();
     connections.wait().await;
     result
 }

@@ -174,8 +174,8 @@ impl Listener {
 
 /// Accepts connections from `incoming` and serves `app` on each, under
 /// `limits`, until `stop` fires; then asks every open connection to close
-/// after its request in progress. Every connection task is on `connections`
-/// (closed here when the loop ends), so a caller can wait for the drain.
+/// after its request in progress. Every connection task is on `connections`,
+/// which the caller closes and waits for to drain.
 ///
 /// This is the one accept loop of the HTTP listeners: where a TLS acceptor
 /// wraps each accepted stream.
@@ -232,7 +232,7 @@ pub async fn accept_loop<S, I>(
                 }
             }
         };
-        let Some(slot) = open.admit(&metrics, listener) else {
+        let Some(slot) = open.admit() else {
             connections.spawn(refuse(stream));
             metrics
                 .closed
@@ -254,7 +254,6 @@ pub async fn accept_loop<S, I>(
         };
         connections.spawn(connection.serve(stream));
     }
-    connections.close();
     tracing::debug!(listener = listener.label(), "stopped accepting");
 }
 
@@ -332,7 +331,13 @@ impl Connection {
         tokio::pin!(connection);
         let mut closing: Option<Instant> = None;
         loop {
-            let idle_deadline = self.slot.idle_since() + self.idle_timeout;
+            // While a request is in progress the watchdog looks again one
+            // idle timeout later; between requests, one after the last.
+            let idle_deadline = if self.slot.busy.load(Ordering::Acquire) > 0 {
+                Instant::now() + self.idle_timeout
+            } else {
+                self.slot.idle_since() + self.idle_timeout
+            };
             let close_deadline = closing.map(|at| at + CLOSE_GRACE);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -453,8 +458,7 @@ impl OpenConnections {
     /// busy. Connections being evicted still count against the cap until
     /// they are gone, up to as many again, so that the descriptors held
     /// stay bounded at twice the cap.
-    fn admit(&self, metrics: &HttpMetrics, listener: Listener) -> Option<Arc<Slot>> {
-        let _ = (metrics, listener);
+    fn admit(&self) -> Option<Arc<Slot>> {
         let mut state = self.state.lock();
         let live = state.slots.len() - state.evicting;
         if live >= self.max {
@@ -499,23 +503,29 @@ impl OpenConnections {
 mod tests {
     use super::*;
 
-    fn metrics() -> HttpMetrics {
-        HttpMetrics::new(&Registry::new()).unwrap()
+    #[test]
+    fn metrics_are_preregistered_and_named_by_convention() {
+        let registry = Registry::new();
+        HttpMetrics::new(&registry).unwrap();
+        let text = svc::metrics::encode(&registry);
+        assert!(text.contains(
+            "frontend_http_connections_closed_total{listener=\"public\",reason=\"evicted\"} 0"
+        ));
+        assert!(text.contains("frontend_http_connections{listener=\"admin\"} 0"));
     }
 
     #[test]
     fn a_full_table_evicts_the_oldest_idle_connection_and_refuses_when_all_are_busy() {
         let open = OpenConnections::new(2);
-        let metrics = metrics();
-        let first = open.admit(&metrics, Listener::Public).unwrap();
-        let second = open.admit(&metrics, Listener::Public).unwrap();
+        let first = open.admit().unwrap();
+        let second = open.admit().unwrap();
         let _busy = second.begin();
-        let third = open.admit(&metrics, Listener::Public).unwrap();
+        let third = open.admit().unwrap();
         assert!(first.evicted.is_cancelled(), "the oldest idle one goes");
         assert!(!second.evicted.is_cancelled(), "a busy one stays");
         let _busy_third = third.begin();
         assert!(
-            open.admit(&metrics, Listener::Public).is_none(),
+            open.admit().is_none(),
             "every live connection is busy"
         );
         open.remove(&first);
@@ -527,11 +537,10 @@ mod tests {
     #[test]
     fn connections_being_evicted_bound_the_descriptors_held() {
         let open = OpenConnections::new(1);
-        let metrics = metrics();
-        let _a = open.admit(&metrics, Listener::Public).unwrap();
-        let _b = open.admit(&metrics, Listener::Public).unwrap();
+        let _a = open.admit().unwrap();
+        let _b = open.admit().unwrap();
         assert!(
-            open.admit(&metrics, Listener::Public).is_none(),
+            open.admit().is_none(),
             "one evicted connection still open: at twice the cap"
         );
     }
