@@ -524,10 +524,7 @@ mod tests {
         assert!(first.evicted.is_cancelled(), "the oldest idle one goes");
         assert!(!second.evicted.is_cancelled(), "a busy one stays");
         let _busy_third = third.begin();
-        assert!(
-            open.admit().is_none(),
-            "every live connection is busy"
-        );
+        assert!(open.admit().is_none(), "every live connection is busy");
         open.remove(&first);
         open.remove(&first);
         assert_eq!(open.state.lock().slots.len(), 2);

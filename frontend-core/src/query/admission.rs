@@ -75,6 +75,14 @@
 //!   the place of that client's newest waiter, which is rejected at once
 //!   (`displaced`); otherwise the newcomer is rejected (`queue_full`).
 //!
+//! - while more than one client has been seen in the last
+//!   [`RECENT_CLIENT`], no client may hold more than the limit minus a
+//!   reserve of `limit / 4` (at least one) slots: the reserve is kept for
+//!   the others, so a light client finds a slot at once even when a flood's
+//!   requests take long to finish (a released slot comes later than the
+//!   queue timeout). A lone client may use every slot. The clients seen
+//!   recently are a fixed table of [`RECENT_CLIENTS`] entries.
+//!
 //! A flood from one client thus gets the 503s, and a client sending at a
 //! modest rate from elsewhere is admitted within the queue timeout. The
 //! per-client counts live only while a client has a request in flight or
@@ -102,6 +110,12 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::query::error::QueryError;
 pub use crate::query::error::Rejection;
+
+/// A client seen this recently keeps the reserve away from the others.
+pub const RECENT_CLIENT: Duration = Duration::from_secs(1);
+/// Clients remembered as recently seen (the least recently seen is
+/// forgotten first).
+pub const RECENT_CLIENTS: usize = 8;
 
 /// Seconds a shed client is told to wait before it retries.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -226,6 +240,7 @@ impl Admission {
             next_id: 0,
             clients: HashMap::new(),
             displaced: HashSet::new(),
+            recent: Vec::with_capacity(RECENT_CLIENTS),
         };
         let shared = Shared {
             config,
@@ -325,8 +340,10 @@ struct State {
     /// Admitted requests whose permit is alive, plus slots handed to
     /// waiters that have not woken yet.
     in_flight: usize,
-    /// Invariant: empty whenever `in_flight` is below the limit, because
-    /// every release and every limit change hands free slots out at once.
+    /// Invariant: whenever `in_flight` is below the limit, every waiter's
+    /// client is over its share (usually: the queue is empty), because
+    /// every release, every limit change and every newcomer hands free
+    /// slots out at once.
     queue: VecDeque<Waiter>,
     next_id: u64,
     /// Each client's requests in flight and queued; a client leaves when
@@ -336,6 +353,9 @@ struct State {
     /// Waiters taken out of the queue for a lighter client, until they
     /// wake and learn it (at most the queue's length).
     displaced: HashSet<u64>,
+    /// The clients seen most recently, with when (at most
+    /// [`RECENT_CLIENTS`]).
+    recent: Vec<(ClientId, Instant)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -398,11 +418,17 @@ impl Drop for Waiting<'_> {
 impl Shared {
     fn enter(&self, client: ClientId, now: Instant) -> Entry {
         let mut state = self.state.lock();
+        if self.config.enabled {
+            state.seen(client, now);
+        }
         let limit = state.controller.limit();
         let entry = if !self.config.enabled {
             state.in_flight += 1;
             Entry::Admitted
-        } else if state.in_flight < limit && state.queue.is_empty() {
+        } else if state.in_flight < limit
+            && state.queue.is_empty()
+            && !state.over_share(client, now)
+        {
             state.in_flight += 1;
             state.clients.entry(client).or_default().in_flight += 1;
             Entry::Admitted
@@ -421,6 +447,11 @@ impl Shared {
                 wake,
             });
             state.clients.entry(client).or_default().queued += 1;
+            // A reserved slot may be free while the queue holds clients
+            // over their share: the newcomer may take it at once.
+            if state.in_flight < limit {
+                state.dispatch(now, self.config.queue_timeout);
+            }
             Entry::Queued { id, granted }
         };
         self.publish(&state);
@@ -507,7 +538,36 @@ impl State {
         }
     }
 
-    /// Hands free slots to waiters.
+    /// Notes that `client` asked at `now`.
+    fn seen(&mut self, client: ClientId, now: Instant) {
+        if let Some(entry) = self.recent.iter_mut().find(|(c, _)| *c == client) {
+            entry.1 = now;
+        } else if self.recent.len() < RECENT_CLIENTS {
+            self.recent.push((client, now));
+        } else if let Some(oldest) = self.recent.iter_mut().min_by_key(|(_, at)| *at) {
+            *oldest = (client, now);
+        }
+    }
+
+    /// True when `client` already holds its share: the limit minus the
+    /// reserve, while another client was seen recently.
+    fn over_share(&self, client: ClientId, now: Instant) -> bool {
+        let others = self
+            .recent
+            .iter()
+            .any(|(c, at)| *c != client && now.saturating_duration_since(*at) < RECENT_CLIENT);
+        if !others {
+            return false;
+        }
+        let limit = self.controller.limit();
+        let share = limit.saturating_sub((limit / 4).max(1)).max(1);
+        self.clients
+            .get(&client)
+            .is_some_and(|load| load.in_flight >= share)
+    }
+
+    /// Hands free slots to waiters (never past a client's share: a
+    /// reserved slot stays free for another client).
     fn dispatch(&mut self, now: Instant, queue_timeout: Duration) {
         while self.in_flight < self.controller.limit() {
             let Some(waiter) = self.next_waiter(now, queue_timeout) else {
@@ -544,6 +604,10 @@ impl State {
         } else {
             candidates.next_back()
         }?;
+        // The lightest is over its share only when every waiter is.
+        if self.over_share(self.queue[index].client, now) {
+            return None;
+        }
         self.queue.remove(index)
     }
 

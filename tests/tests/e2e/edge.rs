@@ -194,15 +194,15 @@ async fn a_flood_from_one_address_does_not_starve_a_polite_client_at_another() {
     let cluster = TestCluster::builder()
         .shards(2)
         .frontend(|c| {
-            c.admission.initial_limit = 4;
-            c.admission.min_limit = 4;
-            c.admission.max_limit = 4;
+            c.admission.initial_limit = 16;
+            c.admission.min_limit = 16;
+            c.admission.max_limit = 16;
             c.admission.queue_timeout = Duration::from_millis(20);
         })
         .build()
         .await;
-    // Each search holds its slot a few milliseconds, so 64 flooding
-    // connections far exceed 4 slots.
+    // Each search holds its slot a few milliseconds, so 48 flooding
+    // connections far exceed 16 slots.
     for leaf in cluster.leaves() {
         leaf.faults().set_delay(Duration::from_millis(5), 1.0);
     }
@@ -219,7 +219,7 @@ async fn a_flood_from_one_address_does_not_starve_a_polite_client_at_another() {
         .build()
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let flooders: Vec<_> = (0..64)
+    let flooders: Vec<_> = (0..48)
         .map(|worker| {
             let client = flood_client.clone();
             let stop = stop.clone();
@@ -257,20 +257,31 @@ async fn a_flood_from_one_address_does_not_starve_a_polite_client_at_another() {
             i % 20
         );
         polite.push(tokio::spawn(async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .ok()
+            match client.get(url).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap_or_default();
+                    (Some(status), body)
+                }
+                Err(error) => (None, error.to_string()),
+            }
         }));
     }
     let mut answered = 0;
+    let mut failures = std::collections::BTreeMap::new();
     for request in polite {
-        if request.await.unwrap() == Some(200) {
-            answered += 1;
+        match request.await.unwrap() {
+            (Some(200), _) => answered += 1,
+            (status, body) => {
+                let code = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                    .unwrap_or(body);
+                *failures.entry(format!("{status:?} {code}")).or_insert(0) += 1;
+            }
         }
     }
+    eprintln!("polite failures: {failures:?}");
     stop.cancel();
     let (mut flood_ok, mut flood_shed) = (0, 0);
     for flooder in flooders {

@@ -450,7 +450,10 @@ async fn a_freed_slot_goes_to_the_client_with_the_fewest_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_displaces_the_heaviest_clients_newest_waiter() {
-    let (admission, metrics) = start(fixed(1, Some(2)));
+    let (admission, metrics) = start(AdmissionConfig {
+        queue_timeout: Duration::from_secs(1),
+        ..fixed(1, Some(2))
+    });
     let held = admission.admit_client(HEAVY).await.expect("admitted");
     let mut older = Box::pin(admission.admit_client(HEAVY));
     let mut newer = Box::pin(admission.admit_client(HEAVY));
@@ -469,17 +472,22 @@ async fn a_full_queue_displaces_the_heaviest_clients_newest_waiter() {
     // …but a light client takes the place of its newest waiter.
     let mut light = Box::pin(admission.admit_client(LIGHT));
     assert!(futures::poll!(&mut light).is_pending());
-    let error = newer.await.err().expect("the newest heavy waiter is displaced");
+    let error = newer
+        .await
+        .err()
+        .expect("the newest heavy waiter is displaced");
     assert_overloaded(&error);
     assert_eq!(rejections(&metrics, "displaced"), 1);
     assert_eq!(metrics.admission_queue.get(), 2);
 
+    // Released, the heavy client holds nothing in flight either: the tie
+    // goes to the oldest waiter, then the light client.
     drop(held);
-    let light = light.await.expect("the light client is served first");
-    assert!(futures::poll!(&mut older).is_pending());
-    drop(light);
-    let older = older.await.expect("then the older heavy waiter");
+    let older = older.await.expect("the oldest waiter");
+    assert!(futures::poll!(&mut light).is_pending());
     drop(older);
+    let light = light.await.expect("then the light client");
+    drop(light);
     assert_eq!(metrics.admission_in_flight.get(), 0);
     assert!(admission.shared.state.lock().displaced.is_empty());
 }
@@ -513,4 +521,48 @@ fn client_ids_of_keys_and_addresses_differ_and_are_never_anonymous() {
     for id in [addr, other, key] {
         assert_ne!(id, ClientId::ANONYMOUS);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flooding_client_leaves_a_reserved_slot_for_another_seen_recently() {
+    let (admission, _metrics) = start(AdmissionConfig {
+        queue_timeout: Duration::from_millis(20),
+        ..fixed(8, Some(16))
+    });
+    // Alone, a client may use every slot.
+    let mut held: Vec<_> = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            admission
+                .admit_client(HEAVY)
+                .await
+                .expect("alone: every slot"),
+        );
+    }
+    drop(held);
+    // Once another client has been seen, the heavy one stops short of the
+    // reserve (8 - 8/4 = 6 slots)…
+    drop(admission.admit_client(LIGHT).await.expect("admitted"));
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(
+            admission
+                .admit_client(HEAVY)
+                .await
+                .expect("within its share"),
+        );
+    }
+    let error = admission
+        .admit_client(HEAVY)
+        .await
+        .err()
+        .expect("past its share it waits and is shed");
+    assert_overloaded(&error);
+    // …which the light client gets at once.
+    let light = admission
+        .admit_client(LIGHT)
+        .now_or_never()
+        .expect("no wait")
+        .expect("the reserve");
+    drop((light, held));
 }
