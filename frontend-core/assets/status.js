@@ -58,6 +58,11 @@
     return value.toFixed(digits) + " " + unit;
   }
 
+  // A 64-bit id from /cluster: a decimal string, kept as text.
+  function idText(id) {
+    return typeof id === "string" ? id : "?";
+  }
+
   async function fetchWithTimeout(url) {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
@@ -166,7 +171,9 @@
           probation.textContent = "–";
         }
         row.appendChild(probation);
-        row.appendChild(el("td", "num generation", String(replica.generation)));
+        // Generations and lease ids are u64s sent as decimal strings: shown
+        // as they are, never through a Number (exact only up to 2^53).
+        row.appendChild(el("td", "num generation", idText(replica.generation)));
         body.appendChild(row);
       }
       table.appendChild(body);

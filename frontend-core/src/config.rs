@@ -1,12 +1,13 @@
 //! Configuration as plain data, filled from flags and then the environment
-//! (clap reads `FRONTEND_…` variables for flags not given), with defaults
-//! that run a cluster on loopback.
+//! (`svc::args::parse` gives every flag `--foo-bar` the variable
+//! `FRONTEND_FOO_BAR`), with defaults that run a cluster on loopback.
 
 use std::time::Duration;
 
 use clap::Args;
 use lease::registry::RegistryConfig;
 
+use crate::http::serve::HttpLimits;
 use crate::query::admission::AdmissionConfig;
 use crate::query::fanout::FanoutConfig;
 use crate::query::root::RootConfig;
@@ -30,6 +31,13 @@ pub struct FrontendConfig {
     /// Use the cache tier (live cache servers found through leases).
     pub cache: bool,
     pub admission: AdmissionConfig,
+    /// The HTTP listeners' timeouts and size limits.
+    pub http: HttpLimits,
+    /// API keys that name a client to admission control (none: clients
+    /// are told apart by source address).
+    pub api_keys: Vec<String>,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
 }
 
 impl FrontendConfig {
@@ -43,7 +51,53 @@ impl FrontendConfig {
             root: RootConfig::default(),
             cache: true,
             admission: AdmissionConfig::default(),
+            http: HttpLimits::default(),
+            api_keys: Vec::new(),
+            drain_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// The HTTP listeners' limits and the API keys, shared by `frontend serve`
+/// and `frontend demo`.
+#[derive(Args, Clone, Debug)]
+pub struct HttpFlags {
+    /// A request head (request line and headers) must arrive within this
+    /// time, or the connection is closed.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+    /// A connection with no request in progress is closed after this.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+    /// Open connections at most, per listener. When full, the oldest
+    /// connection without a request in progress is closed for the new one;
+    /// when every one is busy, the new one is answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// The largest request head, in bytes (larger: 431).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub http_max_header_bytes: usize,
+    /// The largest `POST /search` body, in bytes (larger: 400).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub http_max_body_bytes: usize,
+    /// API keys that name clients to fair admission (`x-api-key` header);
+    /// repeat or separate with commas. Without keys, clients are told apart
+    /// by source address.
+    #[arg(long = "api-key", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+}
+
+impl HttpFlags {
+    /// Applies the flags to `config`.
+    pub fn apply(&self, config: &mut FrontendConfig) {
+        config.http = HttpLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections.max(1),
+            max_header_bytes: self.http_max_header_bytes,
+            max_body_bytes: self.http_max_body_bytes,
+        };
+        config.api_keys = self.api_keys.clone();
     }
 }
 
@@ -54,60 +108,57 @@ pub struct SearchFlags {
     /// Keep the leases on etcd instead of the embedded registry, so that
     /// several frontends share one membership: `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`.
     /// Leaves and cache servers then take the same address as --frontend.
-    #[arg(long, env = "FRONTEND_MEMBERSHIP", value_name = "etcd://HOST:PORT")]
+    #[arg(long, value_name = "etcd://HOST:PORT")]
     pub membership: Option<String>,
-    /// The cluster token that lease holders must present (embedded registry only).
-    #[arg(long, env = "SEARCH_CLUSTER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     /// Shortest lease term granted.
-    #[arg(long, env = "FRONTEND_LEASE_TTL_MIN", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_ttl_min: Duration,
     /// Longest lease term granted.
-    #[arg(long, env = "FRONTEND_LEASE_TTL_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_ttl_max: Duration,
     /// Send hedged requests to another replica after the shard's recent high percentile.
-    #[arg(long, env = "FRONTEND_HEDGING", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub hedging: bool,
     /// The percentile of a shard's recent latencies after which to hedge.
-    #[arg(long, env = "FRONTEND_HEDGE_QUANTILE", default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95)]
     pub hedge_quantile: f64,
     /// Hedges allowed per primary call (on top of a floor of one per second).
-    #[arg(long, env = "FRONTEND_HEDGE_BUDGET", default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05)]
     pub hedge_budget: f64,
     /// Choose replicas by the power of two choices on load (else at random).
-    #[arg(long, env = "FRONTEND_REPLICA_CHOICE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub replica_choice: bool,
     /// Take replicas much slower than their peers out of primary selection.
-    #[arg(long, env = "FRONTEND_PROBATION", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub probation: bool,
     /// Retry a failed or shed leaf call on another replica while time allows.
-    #[arg(long, env = "FRONTEND_RETRY", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub retry: bool,
     /// Score with corpus-wide term statistics (exact merge across shards).
-    #[arg(long, env = "FRONTEND_GLOBAL_STATS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub global_stats: bool,
     /// Memory for cached term statistics, in MiB (about 4 KiB per term and
     /// field on 8 shards, most of it the champion lists behind
     /// `estimated_recall`).
-    #[arg(long, env = "FRONTEND_STATS_CACHE_MIB", default_value_t = 64)]
+    #[arg(long, default_value_t = 64)]
     pub stats_cache_mib: u64,
     /// Consult and fill the cache tier.
-    #[arg(long, env = "FRONTEND_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub cache: bool,
     /// Wait for every shard whatever the deadline (a benchmark baseline).
-    #[arg(long, env = "FRONTEND_WAIT_FOR_ALL", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub wait_for_all: bool,
     /// Adaptive admission control in front of the request path.
-    #[arg(long, env = "FRONTEND_ADMISSION", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub admission: bool,
     /// The latency objective that admission control holds.
-    #[arg(long, env = "FRONTEND_LATENCY_TARGET", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub latency_target: Duration,
     /// Requests that may wait for admission (default: twice the current limit).
-    #[arg(long, env = "FRONTEND_ADMISSION_QUEUE")]
+    #[arg(long)]
     pub admission_queue: Option<usize>,
     /// The longest a request waits for admission before it is shed with 503.
-    #[arg(long, env = "FRONTEND_ADMISSION_QUEUE_TIMEOUT", default_value = "1ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     pub admission_queue_timeout: Duration,
 }
 
@@ -119,7 +170,8 @@ impl SearchFlags {
         config.registry = RegistryConfig {
             min_ttl: self.lease_ttl_min,
             max_ttl: self.lease_ttl_max,
-            token: self.token.clone(),
+            // The cluster token is `svc::ServerArgs::token`, set by the caller.
+            token: None,
         };
         config.fanout = FanoutConfig {
             replica_choice: self.replica_choice,

@@ -32,10 +32,11 @@ use std::time::Duration;
 use anyhow::Context;
 use lease::etcd::{EtcdConfig, EtcdMembership};
 use lease::registry::Registry;
+use lease::service::LeaseService;
 use lease::Membership;
+use proto::lease::lease_server::LeaseServer;
+use svc::{Lifecycle, ServerHandle};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,6 +45,8 @@ pub use config::FrontendConfig;
 use crate::cluster::cache_client::CacheTier;
 use crate::cluster::membership::StaticMembership;
 use crate::cluster::topology::{self, Routing};
+use crate::http::serve::{HttpMetrics, Listener};
+use crate::http::state::ApiKeys;
 use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::query::admission::Admission;
@@ -51,34 +54,82 @@ use crate::query::fanout::Fanout;
 use crate::query::root::Root;
 use crate::query::term_stats::TermStatsCache;
 
+/// The listeners a frontend serves, all already bound.
+pub struct Listeners {
+    /// The public API: `/search`, the search page, `/healthz`, `/readyz`.
+    pub http: TcpListener,
+    /// The admin surface: `/cluster`, `/status`, `/metrics` (none: not
+    /// served).
+    pub admin: Option<TcpListener>,
+    /// The lease registry (none: not served; unused with a static leaf
+    /// list or etcd membership).
+    pub grpc: Option<TcpListener>,
+    /// `svc`'s own `/metrics`, `/healthz`, `/readyz` endpoint (`--metrics`).
+    pub metrics: Option<TcpListener>,
+}
+
 /// A running frontend.
 pub struct Frontend {
     pub http_addr: SocketAddr,
+    /// Where `/cluster`, `/status` and `/metrics` are served (loopback by
+    /// default), when served.
+    pub admin_addr: Option<SocketAddr>,
     /// Where leaves and cache servers hold their leases, when served.
     pub grpc_addr: Option<SocketAddr>,
     /// The embedded lease registry (absent with a static leaf list).
     pub registry: Option<Arc<Registry>>,
     pub root: Arc<Root>,
     pub metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    /// Work that requests leave behind (cache stores, term statistics
-    /// round trips, coalesced fan-outs), drained on shutdown.
-    background: TaskTracker,
+    /// The lifecycle: stop, wait, kill.
+    server: ServerHandle,
 }
 
 impl Frontend {
-    /// Starts serving HTTP on `http` and, when given, the lease registry on
-    /// `grpc`, until `shutdown` is cancelled.
+    /// Starts serving HTTP on `http`, the admin surface on a free loopback
+    /// port and, when given, the lease registry on `grpc`, until `shutdown`
+    /// is cancelled. See [`Frontend::start_with`].
     pub async fn start(
         config: FrontendConfig,
         http: TcpListener,
         grpc: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Frontend> {
+        let admin = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind admin address 127.0.0.1:0")?;
+        let listeners = Listeners {
+            http,
+            admin: Some(admin),
+            grpc,
+            metrics: None,
+        };
+        Frontend::start_with(config, listeners, shutdown).await
+    }
+
+    /// Starts serving on `listeners` until `shutdown` is cancelled (or
+    /// [`Frontend::shutdown`]), through `svc`'s one server lifecycle: on a
+    /// stop, `/readyz` and gRPC health say not serving, the listeners stop
+    /// accepting, in-flight requests and the work they left behind drain
+    /// under the drain timeout, then what is still open is cut.
+    pub async fn start_with(
+        config: FrontendConfig,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Frontend> {
         anyhow::ensure!(config.shards > 0, "--shards must be at least 1");
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).context("metrics")?);
         init_metrics(&metrics, &config);
+        let http_metrics = HttpMetrics::new(&metrics.registry).context("metrics")?;
+        let mut lc = Lifecycle::new(
+            "frontend",
+            metrics.registry.clone(),
+            config.drain_timeout,
+            &shutdown,
+        );
+        lc.serve_metrics(listeners.metrics);
+        // Everything below ends on the lifecycle's stop, not the caller's
+        // token alone, so that `Frontend::shutdown` stops it too.
+        let stopping = lc.stop_requested();
         let (membership, registry): (Arc<dyn Membership>, Option<Arc<Registry>>) =
             if let Some(url) = &config.membership {
                 anyhow::ensure!(
@@ -86,7 +137,7 @@ impl Frontend {
                     "a static leaf list and --membership exclude each other"
                 );
                 let etcd = EtcdConfig::parse(url).context("--membership")?;
-                let membership = EtcdMembership::connect(etcd, &metrics.registry, shutdown.clone())
+                let membership = EtcdMembership::connect(etcd, &metrics.registry, stopping.clone())
                     .await
                     .context("membership on etcd")?;
                 (membership, None)
@@ -94,24 +145,26 @@ impl Frontend {
                 let registry = Registry::with_shutdown(
                     config.registry.clone(),
                     &metrics.registry,
-                    shutdown.clone(),
+                    stopping.clone(),
                 );
                 (registry.clone(), Some(registry))
             } else {
                 (
-                    StaticMembership::start(config.static_leaves.clone(), shutdown.clone()),
+                    StaticMembership::start(config.static_leaves.clone(), stopping.clone()),
                     None,
                 )
             };
         let routing = Routing::new(config.shards, topology::grpc_clients());
-        routing.follow(membership.watch(), shutdown.clone());
-        spawn_live_gauge(Arc::clone(&routing), Arc::clone(&metrics), shutdown.clone());
+        routing.follow(membership.watch(), stopping.clone());
+        spawn_live_gauge(Arc::clone(&routing), Arc::clone(&metrics), stopping.clone());
 
         let fanout = Arc::new(Fanout::new(
             Arc::clone(&routing),
             config.fanout.clone(),
             Arc::clone(&metrics),
         ));
+        // Work that requests leave behind (cache stores, term statistics
+        // round trips, coalesced fan-outs), drained by the lifecycle.
         let background = TaskTracker::new();
         let cache = config.cache.then(|| {
             Arc::new(
@@ -138,81 +191,127 @@ impl Frontend {
             admission,
             metrics: Arc::clone(&metrics),
             membership,
+            api_keys: Arc::new(ApiKeys::new(config.api_keys.iter().cloned())),
+            max_body_bytes: config.http.max_body_bytes,
         };
 
-        let http_addr = http.local_addr()?;
-        let mut tasks = Vec::new();
-        let app = http::router(state);
-        let http_shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await
-                .context("http server")
-        }));
-        tracing::info!(url = %format!("http://{http_addr}/"), metrics = %format!("http://{http_addr}/metrics"), "frontend serving http");
+        // The HTTP connections, drained as part of the served future so that
+        // the drain timeout bounds them like in-flight gRPC calls.
+        let connections = TaskTracker::new();
+        let http_addr = listeners.http.local_addr()?;
+        let admin_addr = match &listeners.admin {
+            Some(admin) => Some(admin.local_addr()?),
+            None => None,
+        };
+        let http_listeners = std::iter::once((
+            Listener::Public,
+            listeners.http,
+            http::public_router(state.clone()),
+        ))
+        .chain(
+            listeners
+                .admin
+                .map(|admin| (Listener::Admin, admin, http::admin_router(state.clone()))),
+        );
+        for (which, listener, app) in http_listeners {
+            lc.spawn(http::serve::accept_loop(
+                http::serve::with_peers(lc.incoming(listener)),
+                app,
+                config.http.clone(),
+                which,
+                http_metrics.clone(),
+                lc.draining(),
+                connections.clone(),
+            ));
+        }
+        {
+            let draining = lc.draining();
+            let background = background.clone();
+            lc.spawn(async move {
+                draining.cancelled().await;
+                background.close();
+                background.wait().await;
+            });
+        }
+        tracing::info!(
+            url = %format!("http://{http_addr}/"),
+            admin = %admin_addr.map_or_else(|| "none".to_string(), |addr| format!("http://{addr}/status")),
+            metrics = %admin_addr.map_or_else(|| "none".to_string(), |addr| format!("http://{addr}/metrics")),
+            "frontend serving http"
+        );
 
         let mut grpc_addr = None;
-        if let (Some(listener), Some(registry)) = (grpc, registry.as_ref()) {
-            grpc_addr = Some(listener.local_addr()?);
-            let (reporter, health) = tonic_health::server::health_reporter();
-            reporter
-                .set_serving::<proto::lease::lease_server::LeaseServer<lease::service::LeaseService>>()
-                .await;
-            let service = registry.service();
-            let grpc_shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                tonic::transport::Server::builder()
+        let served: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match (listeners.grpc, registry.as_ref()) {
+            (Some(listener), Some(registry)) => {
+                grpc_addr = Some(listener.local_addr()?);
+                let health = lc.health_service::<LeaseServer<LeaseService>>().await;
+                let grpc = tonic::transport::Server::builder()
                     .add_service(health)
-                    .add_service(service)
+                    .add_service(registry.service())
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
-                        grpc_shutdown.cancelled_owned(),
-                    )
-                    .await
-                    .context("lease grpc server")
-            }));
-            tracing::info!(addr = %grpc_addr.unwrap_or(http_addr), "frontend serving the lease registry over grpc");
-        }
+                        lc.incoming(listener),
+                        lc.draining().cancelled_owned(),
+                    );
+                tracing::info!(addr = %grpc_addr.unwrap_or(http_addr), "frontend serving the lease registry over grpc");
+                Box::pin(drained(grpc, connections))
+            }
+            _ => {
+                let draining = lc.draining();
+                Box::pin(drained(
+                    async move {
+                        draining.cancelled().await;
+                        Ok(())
+                    },
+                    connections,
+                ))
+            }
+        };
+        let server = lc.serve(served);
         Ok(Frontend {
             http_addr,
+            admin_addr,
             grpc_addr,
             registry,
             root,
             metrics,
-            shutdown,
-            tasks,
-            background,
+            server,
         })
     }
 
-    /// Asks the frontend to stop.
+    /// Asks the frontend to stop gracefully, without waiting.
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.server.begin_stop();
     }
 
-    /// Waits until the servers stop, draining in-flight requests and the
-    /// work they left behind for at most `drain`.
-    pub async fn wait(self, drain: Duration) -> anyhow::Result<()> {
-        self.shutdown.cancelled().await;
-        let mut result = Ok(());
-        let joined = tokio::time::timeout(drain, async {
-            for task in self.tasks {
-                match task.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => result = Err(error),
-                    Err(error) => result = Err(anyhow::anyhow!("server task failed: {error}")),
-                }
-            }
-            self.background.close();
-            self.background.wait().await;
-        })
-        .await;
-        if joined.is_err() {
-            tracing::warn!(?drain, "in-flight requests did not drain in time");
-        }
-        result
+    /// Stops gracefully and waits.
+    pub async fn stop(mut self) -> Result<(), svc::ServeError> {
+        self.server.stop().await
     }
+
+    /// Waits until the frontend has stopped (after a stop was asked for,
+    /// or a server ended on its own: an error).
+    pub async fn wait(mut self) -> Result<(), svc::ServeError> {
+        self.server.wait().await
+    }
+
+    /// Stops at once, as a crash would: connections are cut.
+    pub fn kill(&self) {
+        self.server.kill();
+    }
+}
+
+/// `server`, then the HTTP connections' drain: what the lifecycle waits
+/// for, under its drain timeout, once draining starts.
+async fn drained<F>(server: F, connections: TaskTracker) -> Result<(), tonic::transport::Error>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    let result = server.await;
+    connections.close();
+    connections.wait().await;
+    result
 }
 
 /// Keeps `frontend_shard_replicas_live` and the generation gauges current,

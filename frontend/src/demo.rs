@@ -16,8 +16,9 @@ use clap::Args;
 use rand::Rng;
 use tokio::net::TcpListener;
 
-use frontend_core::config::SearchFlags;
-use frontend_core::Frontend;
+use frontend_core::config::{HttpFlags, SearchFlags};
+use frontend_core::{Frontend, Listeners};
+use svc::Failure;
 
 #[derive(Args, Clone, Debug)]
 pub struct DemoFlags {
@@ -27,6 +28,11 @@ pub struct DemoFlags {
     /// gRPC address of the lease registry (port 0 picks a free one).
     #[arg(long, env = "DEMO_GRPC", default_value = "127.0.0.1:0")]
     pub grpc: SocketAddr,
+    /// HTTP address of the admin surface (/cluster, /status, /metrics);
+    /// the --metrics-base port by default, where Prometheus's shipped
+    /// configuration scrapes the frontend.
+    #[arg(long, env = "DEMO_ADMIN_HTTP")]
+    pub admin_http: Option<SocketAddr>,
     #[arg(long, env = "DEMO_SHARDS", default_value_t = 4)]
     pub shards: u32,
     /// Leaves per shard.
@@ -64,29 +70,60 @@ pub struct DemoFlags {
     #[arg(long, default_value_t = 0.01)]
     pub slow_replica_fraction: f64,
     #[command(flatten)]
+    pub server: svc::ServerArgs,
+    #[command(flatten)]
+    pub http_limits: HttpFlags,
+    #[command(flatten)]
     pub search: SearchFlags,
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
-    anyhow::ensure!(flags.shards > 0, "--shards must be at least 1");
-    anyhow::ensure!(flags.replicas > 0, "--replicas must be at least 1");
+pub async fn run(flags: DemoFlags) -> Result<(), Failure> {
+    if flags.shards == 0 || flags.replicas == 0 {
+        return Err(Failure::config(anyhow::anyhow!(
+            "--shards and --replicas must be at least 1"
+        )));
+    }
+    let admin_http = flags.admin_http.unwrap_or_else(|| {
+        SocketAddr::from((
+            [127, 0, 0, 1],
+            if flags.metrics_base == 0 {
+                0
+            } else {
+                flags.metrics_base
+            },
+        ))
+    });
+    let http = svc::net::bind("http", &flags.http.to_string()).await?;
+    let admin = svc::net::bind("admin", &admin_http.to_string()).await?;
+    let grpc = svc::net::bind("grpc", &flags.grpc.to_string()).await?;
+    let metrics = svc::net::bind_optional("metrics", flags.server.metrics.as_deref()).await?;
+    run_cluster(
+        flags,
+        Listeners {
+            http,
+            admin: Some(admin),
+            grpc: Some(grpc),
+            metrics,
+        },
+    )
+    .await
+    .map_err(Failure::startup)
+}
+
+async fn run_cluster(flags: DemoFlags, listeners: Listeners) -> anyhow::Result<()> {
     let shutdown = svc::shutdown::on_signal();
-    let token = flags.search.token.clone().unwrap_or_else(|| {
+    let token = flags.server.token().unwrap_or_else(|| {
         let bytes: [u8; 16] = rand::rng().random();
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     });
     let mut config = flags.search.to_config(flags.shards);
     config.registry.token = Some(token.clone());
     config.cache = config.cache && flags.caches > 0;
+    config.drain_timeout = flags.server.drain_timeout;
+    flags.http_limits.apply(&mut config);
 
-    let http = TcpListener::bind(flags.http)
-        .await
-        .with_context(|| format!("cannot bind http {}", flags.http))?;
-    let grpc = TcpListener::bind(flags.grpc)
-        .await
-        .with_context(|| format!("cannot bind grpc {}", flags.grpc))?;
-    let frontend = Frontend::start(config, http, Some(grpc), shutdown.clone()).await?;
+    let frontend = Frontend::start_with(config, listeners, shutdown.clone()).await?;
     let registry = frontend
         .grpc_addr
         .context("the demo frontend serves leases")?
@@ -175,6 +212,10 @@ pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
     }
 
     let url = format!("http://{}", frontend.http_addr);
+    let admin = frontend.admin_addr.map_or_else(
+        || "(not served)".to_string(),
+        |addr| format!("http://{addr}"),
+    );
     let docs: u64 = leaves
         .iter()
         .step_by(flags.replicas as usize)
@@ -186,19 +227,19 @@ pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
         flags.shards, flags.replicas, flags.caches
     );
     println!("  search page:   {url}/");
-    println!("  cluster page:  {url}/status");
+    println!("  cluster page:  {admin}/status   (admin listener, loopback)");
     println!("  try:           curl '{url}/search?q=json+parser&k=5'");
     println!("                 curl '{url}/search?q=%22command+line%22+tool&k=5'");
     println!("                 curl '{url}/search?q=%2Blogger+-color&k=5'");
-    println!("  membership:    curl {url}/cluster");
-    println!("  metrics:       curl {url}/metrics");
+    println!("  membership:    curl {admin}/cluster");
+    println!("  metrics:       curl {admin}/metrics");
     if let Some(root) = &flags.index_root {
         println!(
             "  new generation: indexer build --corpus FILE --shards {} --out {}",
             flags.shards,
             root.display()
         );
-        println!("                 (watch it roll out on {url}/status)");
+        println!("                 (watch it roll out on {admin}/status)");
     }
     println!("press ctrl-c to stop");
 
@@ -215,7 +256,7 @@ pub async fn run(flags: DemoFlags) -> anyhow::Result<()> {
             tracing::warn!(%error, "cache server stopped with an error");
         }
     }
-    frontend.wait(Duration::from_secs(5)).await
+    Ok(frontend.wait().await?)
 }
 
 fn port(base: u16, offset: u32) -> Option<u16> {

@@ -3,15 +3,13 @@
 
 mod demo;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use crate::demo::DemoFlags;
 use clap::{Parser, Subcommand};
-use frontend_core::config::SearchFlags;
-use frontend_core::Frontend;
-use tokio::net::TcpListener;
+use frontend_core::config::{HttpFlags, SearchFlags};
+use frontend_core::{Frontend, Listeners};
+use svc::Failure;
 
 #[derive(Parser)]
 #[command(
@@ -20,16 +18,13 @@ use tokio::net::TcpListener;
     about = "root search frontend: fan-out, merge, partial answers"
 )]
 struct Cli {
-    /// Log one JSON object per line.
-    #[arg(long, global = true, env = "LOG_JSON")]
-    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API and the lease registry.
+    /// Serve the HTTP API, the admin surface and the lease registry.
     Serve(ServeFlags),
     /// Run a complete local cluster in one process on a built-in corpus.
     Demo(DemoFlags),
@@ -37,61 +32,82 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeFlags {
-    /// HTTP address of the search API, /metrics and the pages.
-    #[arg(long, env = "FRONTEND_HTTP", default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
+    /// HTTP address of the public API: /search, the search page, /healthz,
+    /// /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// HTTP address of the admin surface: /cluster, /status, /metrics.
+    /// Loopback by default; port 0 picks a free port, which is logged, so
+    /// that several frontends start on one host.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    admin_http: String,
     /// gRPC address of the lease registry that leaves and caches join
     /// (not bound with --membership etcd://…: they join etcd instead).
-    #[arg(long, env = "FRONTEND_GRPC", default_value = "127.0.0.1:7070")]
-    grpc: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    grpc: String,
     /// Number of shards of the index.
-    #[arg(long, env = "FRONTEND_SHARDS")]
+    #[arg(long)]
     shards: u32,
     /// A fixed leaf address instead of leases (repeatable).
-    #[arg(long = "leaf", env = "FRONTEND_LEAVES", value_delimiter = ',')]
+    #[arg(long = "leaf", value_delimiter = ',')]
     leaves: Vec<String>,
-    /// Longest time to drain in-flight requests on shutdown.
-    #[arg(long, env = "FRONTEND_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
-    drain: Duration,
+    #[command(flatten)]
+    server: svc::ServerArgs,
+    #[command(flatten)]
+    http_limits: HttpFlags,
     #[command(flatten)]
     search: SearchFlags,
 }
 
+/// Old environment names that still work when the new one is not set.
+const LEGACY_ENV: &[(&str, &str)] = &[
+    ("FRONTEND_LOG_JSON", "LOG_JSON"),
+    ("FRONTEND_DRAIN_TIMEOUT", "FRONTEND_DRAIN"),
+    ("FRONTEND_LEAF", "FRONTEND_LEAVES"),
+];
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    svc::telemetry::init(cli.log_json);
+    let cli: Cli = svc::args::parse("FRONTEND", LEGACY_ENV);
+    let server = match &cli.command {
+        Command::Serve(flags) => &flags.server,
+        Command::Demo(flags) => &flags.server,
+    };
+    svc::telemetry::init(server.log_json);
     let result = match cli.command {
         Command::Serve(flags) => serve(flags).await,
         Command::Demo(flags) => demo::run(flags).await,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("frontend: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    svc::main_exit(result)
 }
 
-async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
+async fn serve(flags: ServeFlags) -> Result<(), Failure> {
     if flags.shards == 0 {
-        anyhow::bail!("--shards must be at least 1");
+        return Err(Failure::config(anyhow::anyhow!(
+            "--shards must be at least 1"
+        )));
     }
     let mut config = flags.search.to_config(flags.shards);
     config.static_leaves = flags.leaves;
-    let http = TcpListener::bind(flags.http)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind http {}: {e}", flags.http))?;
+    config.registry.token = flags.server.token();
+    config.drain_timeout = flags.server.drain_timeout;
+    flags.http_limits.apply(&mut config);
+    let http = svc::net::bind("http", &flags.http).await?;
+    let admin = svc::net::bind("admin", &flags.admin_http).await?;
     let grpc = match config.membership {
         Some(_) => None,
-        None => Some(
-            TcpListener::bind(flags.grpc)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot bind grpc {}: {e}", flags.grpc))?,
-        ),
+        None => Some(svc::net::bind("grpc", &flags.grpc).await?),
     };
+    let metrics = svc::net::bind_optional("metrics", flags.server.metrics.as_deref()).await?;
     let shutdown = svc::shutdown::on_signal();
-    let frontend = Frontend::start(config, http, grpc, shutdown).await?;
-    frontend.wait(flags.drain).await
+    let listeners = Listeners {
+        http,
+        admin: Some(admin),
+        grpc,
+        metrics,
+    };
+    let frontend = Frontend::start_with(config, listeners, shutdown)
+        .await
+        .map_err(Failure::startup)?;
+    frontend.wait().await.map_err(Failure::runtime)
 }

@@ -153,7 +153,13 @@ impl EtcdCluster {
 
     /// `GET path` on frontend `index`, as JSON.
     pub async fn get_json(&self, index: usize, path: &str) -> (u16, serde_json::Value) {
-        let url = format!("http://{}{path}", self.frontend(index).http_addr);
+        let frontend = self.frontend(index);
+        let addr = if frontend_core::http::ADMIN_PATHS.contains(&path) {
+            frontend.admin_addr.expect("admin listener")
+        } else {
+            frontend.http_addr
+        };
+        let url = format!("http://{addr}{path}");
         let response = self.client.get(url).send().await.expect("request sent");
         decode(response).await
     }

@@ -234,6 +234,27 @@ impl TestCluster {
         format!("http://{}{}", self.http_addr(), path)
     }
 
+    /// The frontend's admin listener (`/cluster`, `/status`, `/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.frontend().admin_addr.expect("admin listener")
+    }
+
+    /// `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr(), path)
+    }
+
+    /// `path` on the listener that serves it: the admin surface's paths on
+    /// the admin listener, the rest on the public one.
+    fn url_for(&self, path: &str) -> String {
+        let route = path.split('?').next().unwrap_or(path);
+        if frontend_core::http::ADMIN_PATHS.contains(&route) {
+            self.admin_url(path)
+        } else {
+            self.url(path)
+        }
+    }
+
     pub fn documents(&self) -> &Arc<Vec<Document>> {
         &self.documents
     }
@@ -266,22 +287,22 @@ impl TestCluster {
         decode(response).await
     }
 
-    /// `GET path` as JSON.
+    /// `GET path` as JSON (on the admin listener for its paths).
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self
             .client
-            .get(self.url(path))
+            .get(self.url_for(path))
             .send()
             .await
             .expect("request sent");
         decode(response).await
     }
 
-    /// `GET path` as text.
+    /// `GET path` as text (on the admin listener for its paths).
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let response = self
             .client
-            .get(self.url(path))
+            .get(self.url_for(path))
             .send()
             .await
             .expect("request sent");
@@ -333,10 +354,10 @@ impl TestCluster {
     }
 
     /// `(job, address)` of every running server's `/metrics`: the frontend
-    /// (its HTTP address), then leaves and caches when built with
+    /// (its admin listener), then leaves and caches when built with
     /// [`TestClusterBuilder::metrics`].
     pub fn metrics_targets(&self) -> Vec<(String, SocketAddr)> {
-        let mut targets = vec![("frontend".to_string(), self.http_addr())];
+        let mut targets = vec![("frontend".to_string(), self.admin_addr())];
         let leaf_metrics = self.leaf_metrics.lock().expect("leaf metrics lock");
         for leaf in self.leaves() {
             if let Some((_, metrics)) = leaf_metrics.iter().find(|(grpc, _)| *grpc == leaf.addr()) {

@@ -1,4 +1,9 @@
-//! `GET /cluster`: the live holders and every shard's state, as JSON.
+//! `GET /cluster` (admin listener): the live holders and every shard's
+//! state, as JSON.
+//!
+//! Lease ids and index generations are full 64-bit numbers, written as
+//! decimal strings: JavaScript numbers are exact only up to 2^53, and the
+//! status page would show a rounded generation.
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -40,9 +45,11 @@ pub struct HolderView {
     pub role: &'static str,
     pub shard: u32,
     pub address: String,
+    #[serde(serialize_with = "as_string")]
     pub lease_id: u64,
     pub ttl_left_ms: u64,
     pub since_renewal_ms: u64,
+    #[serde(serialize_with = "as_string")]
     pub generation: u64,
 }
 
@@ -63,11 +70,18 @@ pub struct ShardView {
 #[derive(Serialize)]
 pub struct ReplicaView {
     pub address: String,
+    #[serde(serialize_with = "as_string")]
     pub lease_id: u64,
+    #[serde(serialize_with = "as_string")]
     pub generation: u64,
     pub latency_ms: f64,
     pub in_flight: usize,
     pub probation_ms: Option<u64>,
+}
+
+/// A u64 as a decimal string.
+fn as_string<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 pub fn cluster_view(app: &AppState) -> ClusterView {
@@ -148,5 +162,25 @@ pub fn cluster_view(app: &AppState) -> ClusterView {
             .map(|c| c.member.address.clone())
             .collect(),
         rollout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_above_two_to_the_53_survive_as_strings() {
+        let replica = ReplicaView {
+            address: "127.0.0.1:1".into(),
+            lease_id: u64::MAX,
+            generation: 8029160293666267482,
+            latency_ms: 1.0,
+            in_flight: 0,
+            probation_ms: None,
+        };
+        let json = serde_json::to_value(&replica).unwrap();
+        assert_eq!(json["generation"], "8029160293666267482");
+        assert_eq!(json["lease_id"], u64::MAX.to_string());
     }
 }

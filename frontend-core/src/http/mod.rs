@@ -1,17 +1,30 @@
-//! The HTTP edge: `/search` (GET and POST), `/cluster`, `/healthz`,
-//! `/readyz`, `/metrics` and the pages. Only the frontend speaks HTTP to
-//! clients, and inside it only this layer knows JSON and status codes: it
-//! parses requests into [`crate::query`]'s types ([`api`]), turns the
-//! query layer's results into response bodies and its errors into statuses
-//! ([`error`]).
+//! The HTTP edge, on two listeners:
+//! - the public API ([`public_router`]): `/search` (GET and POST), the
+//!   search page `/` and its assets, `/healthz`, `/readyz`;
+//! - the admin surface ([`admin_router`], loopback by default): `/cluster`,
+//!   the `/status` page and its script, `/metrics` (and `/healthz`,
+//!   `/readyz` again, for probes that only reach it).
+//!
+//! Only the frontend speaks HTTP to clients, and inside it only this layer
+//! knows JSON and status codes: it parses requests into [`crate::query`]'s
+//! types ([`api`]), turns the query layer's results into response bodies
+//! and its errors into statuses ([`error`]). It tells clients apart
+//! ([`client`]) and hands admission a plain client id. [`serve`] accepts
+//! and serves connections under the HTTP limits.
 //!
 //! **Invariant:** `http` is the only layer that knows JSON and status
 //! codes; the layers below never import it.
+//!
+//! **Invariant:** the public listener never serves the membership
+//! (`/cluster`), the status page or `/metrics`: addresses, lease ids and
+//! generations are only on the admin listener.
 
 pub mod api;
+pub mod client;
 pub mod cluster_view;
 pub mod error;
 pub mod response;
+pub mod serve;
 pub mod state;
 pub mod web;
 
@@ -26,30 +39,57 @@ use axum::{Json, Router};
 use tokio::time::Instant;
 
 use crate::http::api::{SearchBody, SearchParams};
+use crate::http::client::Client;
 use crate::http::cluster_view::cluster_view;
 use crate::http::error::{ApiError, ErrorCode, RequestOutcome};
 use crate::metrics::Metrics;
 use crate::query::answer::{Answer, CacheResult};
-
-/// Largest accepted `POST /search` body.
-const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Requests of any kind being served at once; past it the HTTP stage sheds
 /// with an immediate 503 instead of queueing (searches are further limited
 /// by admission control, which adapts to latency).
 const MAX_HTTP_IN_FLIGHT: usize = 4096;
 
+/// The paths only the admin listener serves (what the harness and the
+/// docs route to it).
+pub const ADMIN_PATHS: &[&str] = &["/cluster", "/status", "/metrics", "/assets/status.js"];
+
+/// The public API: searches, the search page, health and readiness.
+pub fn public_router(state: AppState) -> Router {
+    let router = Router::new()
+        .route("/search", get(search_get).post(search_post))
+        .merge(crate::http::web::public_router());
+    finish(router, state)
+}
+
+/// The admin surface: membership, the status page and metrics.
+pub fn admin_router(state: AppState) -> Router {
+    let router = Router::new()
+        .route("/cluster", get(cluster))
+        .route("/metrics", get(metrics))
+        .merge(crate::http::web::admin_router());
+    finish(router, state)
+}
+
+/// Both surfaces on one router, for tests that need no listener split.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/search", get(search_get).post(search_post))
         .route("/cluster", get(cluster))
+        .route("/metrics", get(metrics))
+        .merge(crate::http::web::public_router())
+        .merge(crate::http::web::admin_only_router());
+    finish(router, state)
+}
+
+/// Health, readiness, the fallback and the layers every surface shares.
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .merge(crate::http::web::router())
         .fallback(not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -63,32 +103,37 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn search_get(State(app): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+async fn search_get(
+    State(app): State<AppState>,
+    client: Client,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let started = Instant::now();
     let result = match SearchParams::from_query_string(raw.as_deref()) {
-        Ok(params) => run(&app, params).await,
+        Ok(params) => run(&app, client, params).await,
         Err(error) => Err(error),
     };
     respond(&app, result, started)
 }
 
-async fn search_post(State(app): State<AppState>, request: Request) -> Response {
+async fn search_post(State(app): State<AppState>, client: Client, request: Request) -> Response {
     let started = Instant::now();
-    let result = match to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+    let max = app.max_body_bytes;
+    let result = match to_bytes(request.into_body(), max).await {
         Ok(body) => match SearchParams::from_json(&body) {
-            Ok(params) => run(&app, params).await,
+            Ok(params) => run(&app, client, params).await,
             Err(error) => Err(error),
         },
         Err(_) => Err(ApiError::bad_request(
             ErrorCode::BodyTooLarge,
-            format!("request body larger than {MAX_BODY_BYTES} bytes or unreadable"),
+            format!("request body larger than {max} bytes or unreadable"),
         )),
     };
     respond(&app, result, started)
 }
 
-async fn run(app: &AppState, params: SearchParams) -> Result<Answer, ApiError> {
-    let mut permit = app.admission.admit().await?;
+async fn run(app: &AppState, client: Client, params: SearchParams) -> Result<Answer, ApiError> {
+    let mut permit = app.admission.admit_client(client.id()).await?;
     let result = app.root.search(&params).await;
     if let Ok(answer) = &result {
         permit.set_service_time(answer.service_time());

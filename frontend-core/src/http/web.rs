@@ -1,5 +1,6 @@
-//! The web pages the frontend serves itself: a search page at `/` and a live
-//! cluster page at `/status`.
+//! The web pages the frontend serves itself: a search page at `/` on the
+//! public listener and a live cluster page at `/status` on the admin
+//! listener (whose `/` redirects to it).
 //!
 //! There is no build step and nothing is fetched from elsewhere: the HTML,
 //! the vanilla JavaScript and the stylesheet live in `frontend-core/assets/` and
@@ -48,8 +49,25 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; connect-src 'self'; img-src 'self' data:; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// Every page and asset: its path, content type and body.
-const ASSETS: &[(&str, &str, &str)] = &[
+/// A page or asset: its path, content type and body.
+type Asset = (&'static str, &'static str, &'static str);
+
+/// The search page and its assets (public listener).
+const PUBLIC_ASSETS: &[Asset] = &[
+    ("/", HTML, INDEX_HTML),
+    ("/assets/app.js", JAVASCRIPT, APP_JS),
+    ("/assets/style.css", CSS, STYLE_CSS),
+];
+
+/// The status page and its script (admin listener only).
+const ADMIN_ONLY_ASSETS: &[Asset] = &[
+    ("/status", HTML, STATUS_HTML),
+    ("/assets/status.js", JAVASCRIPT, STATUS_JS),
+];
+
+/// Every page and asset, once.
+#[cfg(test)]
+const ASSETS: &[Asset] = &[
     ("/", HTML, INDEX_HTML),
     ("/status", HTML, STATUS_HTML),
     ("/assets/app.js", JAVASCRIPT, APP_JS),
@@ -57,14 +75,31 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/assets/style.css", CSS, STYLE_CSS),
 ];
 
-/// The pages and their assets, to be merged into the API router.
-pub fn router() -> Router<AppState> {
-    routes()
+/// The search page and its assets, for the public router.
+pub fn public_router() -> Router<AppState> {
+    routes(PUBLIC_ASSETS)
+}
+
+/// The status page, its script and the stylesheet, with `/` redirecting
+/// to `/status`, for the admin router.
+pub fn admin_router() -> Router<AppState> {
+    routes(ADMIN_ONLY_ASSETS)
+        .merge(routes(&[("/assets/style.css", CSS, STYLE_CSS)]))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/status") }),
+        )
+}
+
+/// The status page and its script alone, for a router that already serves
+/// the public pages.
+pub fn admin_only_router() -> Router<AppState> {
+    routes(ADMIN_ONLY_ASSETS)
 }
 
 /// The routes need no state; generic so that tests can serve them alone.
-fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    ASSETS
+fn routes<S: Clone + Send + Sync + 'static>(assets: &'static [Asset]) -> Router<S> {
+    assets
         .iter()
         .fold(Router::new(), |router, &(path, content_type, body)| {
             router.route(path, get(move || async move { asset(content_type, body) }))
@@ -93,7 +128,8 @@ mod tests {
     use super::*;
 
     async fn get(path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
-        let response = routes::<()>()
+        let response = routes::<()>(PUBLIC_ASSETS)
+            .merge(routes(ADMIN_ONLY_ASSETS))
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
             .unwrap();

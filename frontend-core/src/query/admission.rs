@@ -60,13 +60,45 @@
 //! that goes away while queued (its future is dropped), neither leaks a slot
 //! nor loses one.
 //!
+//! # Fairness between clients
+//!
+//! Every request names its client (a plain [`ClientId`]: the HTTP layer
+//! derives it from an API key or the source address). The gate counts each
+//! client's requests in flight and queued, and sheds the heaviest first:
+//!
+//! - a released slot goes to a waiter of the client with the fewest
+//!   requests in flight (FIFO or LIFO, as above, among that client's
+//!   waiters and any tied with it), so a client that floods the queue does
+//!   not push a light client's request out to its timeout;
+//! - when the queue is full, a newcomer whose client holds fewer requests
+//!   (in flight and queued) than the heaviest client in the queue takes
+//!   the place of that client's newest waiter, which is rejected at once
+//!   (`displaced`); otherwise the newcomer is rejected (`queue_full`).
+//!
+//! - while more than one client has been seen in the last
+//!   [`RECENT_CLIENT`], no client may hold more than the limit minus a
+//!   reserve of `limit / 4` (at least one) slots: the reserve is kept for
+//!   the others, so a light client finds a slot at once even when a flood's
+//!   requests take long to finish (a released slot comes later than the
+//!   queue timeout). A lone client may use every slot. The clients seen
+//!   recently are a fixed table of [`RECENT_CLIENTS`] entries.
+//!
+//! A flood from one client thus gets the 503s, and a client sending at a
+//! modest rate from elsewhere is admitted within the queue timeout. The
+//! per-client counts live only while a client has a request in flight or
+//! queued, so they take at most as many entries as there are slots and
+//! places in the queue.
+//!
+//! **Invariant:** a client holding fewer slots is never rejected for a
+//! full queue while a heavier client has a request queued.
+//!
 //! With `enabled` off every request is admitted at once; in-flight requests
 //! are still counted and the limit gauge reads 0.
 //!
 //! The state is one small struct under a `parking_lot` mutex, held for a few
 //! hundred nanoseconds and never across an await.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +110,12 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::query::error::QueryError;
 pub use crate::query::error::Rejection;
+
+/// A client seen this recently keeps the reserve away from the others.
+pub const RECENT_CLIENT: Duration = Duration::from_secs(1);
+/// Clients remembered as recently seen (the least recently seen is
+/// forgotten first).
+pub const RECENT_CLIENTS: usize = 8;
 
 /// Seconds a shed client is told to wait before it retries.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -104,6 +142,35 @@ pub const BACKOFF: f64 = 0.9;
 pub const FLOOR_DECAY: Duration = Duration::from_secs(20);
 /// The floor is never below this fraction of the latency target.
 pub const FLOOR_RESOLUTION: f64 = 0.05;
+
+/// Who a request is for, as admission control shares its slots: a hash of
+/// an API key or of a source address (the HTTP layer decides which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(u64);
+
+impl ClientId {
+    /// Requests that name no client (in-process callers, tests) share one.
+    pub const ANONYMOUS: ClientId = ClientId(0);
+
+    /// The client of API key `key`.
+    pub fn of_key(key: &str) -> ClientId {
+        ClientId(xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1) | 1)
+    }
+
+    /// The client at source address `addr`.
+    pub fn of_addr(addr: std::net::IpAddr) -> ClientId {
+        let bytes = match addr {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        ClientId(xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, 2) | 1)
+    }
+
+    /// A client of its own for `n` (tests).
+    pub fn from_raw(n: u64) -> ClientId {
+        ClientId(n)
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct AdmissionConfig {
@@ -148,6 +215,7 @@ pub struct Admission {
 /// controller.
 pub struct Permit {
     shared: Arc<Shared>,
+    client: ClientId,
     admitted_at: Instant,
     /// The latency to report instead of the time held, when the caller
     /// knows better (see [`Permit::set_service_time`]).
@@ -162,17 +230,24 @@ impl Admission {
         let queue_timeout = metrics
             .admission_rejections
             .with_label_values(&[Rejection::QueueTimeout.label()]);
+        let displaced = metrics
+            .admission_rejections
+            .with_label_values(&[Rejection::Displaced.label()]);
         let state = State {
             controller: Controller::new(&config),
             in_flight: 0,
             queue: VecDeque::new(),
             next_id: 0,
+            clients: HashMap::new(),
+            displaced: HashSet::new(),
+            recent: Vec::with_capacity(RECENT_CLIENTS),
         };
         let shared = Shared {
             config,
             metrics,
             queue_full,
             queue_timeout,
+            displaced,
             state: Mutex::new(state),
         };
         shared.publish(&shared.state.lock());
@@ -181,11 +256,17 @@ impl Admission {
         })
     }
 
-    /// Admits the request now, after a short wait in the queue, or not at
-    /// all: [`QueryError::Overloaded`], with the time to wait before a retry.
+    /// Admits an anonymous request (see [`Admission::admit_client`]).
     pub async fn admit(&self) -> Result<Permit, QueryError> {
-        let (id, granted) = match self.shared.enter(Instant::now()) {
-            Entry::Admitted => return Ok(Permit::new(&self.shared)),
+        self.admit_client(ClientId::ANONYMOUS).await
+    }
+
+    /// Admits a request of `client` now, after a short wait in the queue,
+    /// or not at all: [`QueryError::Overloaded`], with the time to wait
+    /// before a retry.
+    pub async fn admit_client(&self, client: ClientId) -> Result<Permit, QueryError> {
+        let (id, granted) = match self.shared.enter(client, Instant::now()) {
+            Entry::Admitted => return Ok(Permit::new(&self.shared, client)),
             Entry::Rejected(reason) => return Err(self.shared.reject(reason)),
             Entry::Queued { id, granted } => (id, granted),
         };
@@ -193,14 +274,16 @@ impl Admission {
         let mut waiting = Waiting {
             shared: &self.shared,
             id: Some(id),
+            client,
         };
         // Whichever comes first, the wake-up only ends the wait: whether
         // the slot was handed over is read from the queue under the lock.
         let _ = tokio::time::timeout(self.shared.config.queue_timeout, granted).await;
         waiting.id = None;
-        match self.shared.withdraw(id) {
-            Withdrawn::Granted => Ok(Permit::new(&self.shared)),
+        match self.shared.withdraw(id, client) {
+            Withdrawn::Granted => Ok(Permit::new(&self.shared, client)),
             Withdrawn::Removed => Err(self.shared.reject(Rejection::QueueTimeout)),
+            Withdrawn::Displaced => Err(self.shared.reject(Rejection::Displaced)),
         }
     }
 
@@ -211,9 +294,10 @@ impl Admission {
 }
 
 impl Permit {
-    fn new(shared: &Arc<Shared>) -> Permit {
+    fn new(shared: &Arc<Shared>, client: ClientId) -> Permit {
         Permit {
             shared: Arc::clone(shared),
+            client,
             admitted_at: Instant::now(),
             service_time: None,
         }
@@ -237,7 +321,7 @@ impl Drop for Permit {
         let latency = self
             .service_time
             .unwrap_or_else(|| now.saturating_duration_since(self.admitted_at));
-        self.shared.release(Some(latency), now);
+        self.shared.release(self.client, Some(latency), now);
     }
 }
 
@@ -247,6 +331,7 @@ struct Shared {
     /// The two rejection counters, resolved once.
     queue_full: IntCounter,
     queue_timeout: IntCounter,
+    displaced: IntCounter,
     state: Mutex<State>,
 }
 
@@ -255,14 +340,39 @@ struct State {
     /// Admitted requests whose permit is alive, plus slots handed to
     /// waiters that have not woken yet.
     in_flight: usize,
-    /// Invariant: empty whenever `in_flight` is below the limit, because
-    /// every release and every limit change hands free slots out at once.
+    /// Invariant: whenever `in_flight` is below the limit, every waiter's
+    /// client is over its share (usually: the queue is empty), because
+    /// every release, every limit change and every newcomer hands free
+    /// slots out at once.
     queue: VecDeque<Waiter>,
     next_id: u64,
+    /// Each client's requests in flight and queued; a client leaves when
+    /// both are zero (at most `in_flight + queue.len()` entries). Not kept
+    /// with admission off.
+    clients: HashMap<ClientId, ClientLoad>,
+    /// Waiters taken out of the queue for a lighter client, until they
+    /// wake and learn it (at most the queue's length).
+    displaced: HashSet<u64>,
+    /// The clients seen most recently, with when (at most
+    /// [`RECENT_CLIENTS`]).
+    recent: Vec<(ClientId, Instant)>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ClientLoad {
+    in_flight: usize,
+    queued: usize,
+}
+
+impl ClientLoad {
+    fn total(&self) -> usize {
+        self.in_flight + self.queued
+    }
 }
 
 struct Waiter {
     id: u64,
+    client: ClientId,
     since: Instant,
     /// Wakes the waiter; a send to a waiter that is going away is fine, as
     /// its [`Waiting`] guard gives the slot back.
@@ -284,32 +394,47 @@ enum Withdrawn {
     Removed,
     /// The waiter had been handed a slot, which it now holds.
     Granted,
+    /// The waiter was taken out for a lighter client.
+    Displaced,
 }
 
 /// Withdraws a queued waiter whose `admit` future is dropped.
 struct Waiting<'a> {
     shared: &'a Shared,
     id: Option<u64>,
+    client: ClientId,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            if self.shared.withdraw(id) == Withdrawn::Granted {
-                self.shared.release(None, Instant::now());
+            if self.shared.withdraw(id, self.client) == Withdrawn::Granted {
+                self.shared.release(self.client, None, Instant::now());
             }
         }
     }
 }
 
 impl Shared {
-    fn enter(&self, now: Instant) -> Entry {
+    fn enter(&self, client: ClientId, now: Instant) -> Entry {
         let mut state = self.state.lock();
+        if self.config.enabled {
+            state.seen(client, now);
+        }
         let limit = state.controller.limit();
-        let entry = if !self.config.enabled || (state.in_flight < limit && state.queue.is_empty()) {
+        let entry = if !self.config.enabled {
             state.in_flight += 1;
             Entry::Admitted
-        } else if state.queue.len() >= self.config.max_queue.unwrap_or(2 * limit) {
+        } else if state.in_flight < limit
+            && state.queue.is_empty()
+            && !state.over_share(client, now)
+        {
+            state.in_flight += 1;
+            state.clients.entry(client).or_default().in_flight += 1;
+            Entry::Admitted
+        } else if state.queue.len() >= self.config.max_queue.unwrap_or(2 * limit)
+            && !state.displace_heavier_than(client)
+        {
             Entry::Rejected(Rejection::QueueFull)
         } else {
             let (wake, granted) = oneshot::channel();
@@ -317,32 +442,47 @@ impl Shared {
             state.next_id += 1;
             state.queue.push_back(Waiter {
                 id,
+                client,
                 since: now,
                 wake,
             });
+            state.clients.entry(client).or_default().queued += 1;
+            // A reserved slot may be free while the queue holds clients
+            // over their share: the newcomer may take it at once.
+            if state.in_flight < limit {
+                state.dispatch(now, self.config.queue_timeout);
+            }
             Entry::Queued { id, granted }
         };
         self.publish(&state);
         entry
     }
 
-    /// Takes waiter `id` out of the queue, or learns it was handed a slot.
-    fn withdraw(&self, id: u64) -> Withdrawn {
+    /// Takes waiter `id` out of the queue, or learns it was handed a slot
+    /// or displaced.
+    fn withdraw(&self, id: u64, client: ClientId) -> Withdrawn {
         let mut state = self.state.lock();
+        if state.displaced.remove(&id) {
+            return Withdrawn::Displaced;
+        }
         let Some(index) = state.queue.iter().position(|w| w.id == id) else {
             return Withdrawn::Granted;
         };
         state.queue.remove(index);
+        state.forget_queued(client);
         self.publish(&state);
         Withdrawn::Removed
     }
 
     /// Frees one slot; `latency` is `None` for a slot that a cancelled
     /// waiter never used.
-    fn release(&self, latency: Option<Duration>, now: Instant) {
+    fn release(&self, client: ClientId, latency: Option<Duration>, now: Instant) {
         let mut state = self.state.lock();
         let in_flight = state.in_flight;
         state.in_flight = in_flight.saturating_sub(1);
+        if self.config.enabled {
+            state.forget_in_flight(client);
+        }
         let mut change = None;
         if self.config.enabled {
             if let Some(latency) = latency {
@@ -370,6 +510,7 @@ impl Shared {
         match reason {
             Rejection::QueueFull => self.queue_full.inc(),
             Rejection::QueueTimeout => self.queue_timeout.inc(),
+            Rejection::Displaced => self.displaced.inc(),
         }
         QueryError::Overloaded {
             reason,
@@ -397,24 +538,127 @@ impl State {
         }
     }
 
-    /// Hands free slots to waiters.
+    /// Notes that `client` asked at `now`.
+    fn seen(&mut self, client: ClientId, now: Instant) {
+        if let Some(entry) = self.recent.iter_mut().find(|(c, _)| *c == client) {
+            entry.1 = now;
+        } else if self.recent.len() < RECENT_CLIENTS {
+            self.recent.push((client, now));
+        } else if let Some(oldest) = self.recent.iter_mut().min_by_key(|(_, at)| *at) {
+            *oldest = (client, now);
+        }
+    }
+
+    /// True when `client` already holds its share: the limit minus the
+    /// reserve, while another client was seen recently.
+    fn over_share(&self, client: ClientId, now: Instant) -> bool {
+        let others = self
+            .recent
+            .iter()
+            .any(|(c, at)| *c != client && now.saturating_duration_since(*at) < RECENT_CLIENT);
+        if !others {
+            return false;
+        }
+        let limit = self.controller.limit();
+        let share = limit.saturating_sub((limit / 4).max(1)).max(1);
+        self.clients
+            .get(&client)
+            .is_some_and(|load| load.in_flight >= share)
+    }
+
+    /// Hands free slots to waiters (never past a client's share: a
+    /// reserved slot stays free for another client).
     fn dispatch(&mut self, now: Instant, queue_timeout: Duration) {
         while self.in_flight < self.controller.limit() {
             let Some(waiter) = self.next_waiter(now, queue_timeout) else {
                 break;
             };
             self.in_flight += 1;
+            let load = self.clients.entry(waiter.client).or_default();
+            load.queued = load.queued.saturating_sub(1);
+            load.in_flight += 1;
             let _ = waiter.wake.send(());
         }
     }
 
-    /// FIFO while the queue is fresh, LIFO once it is standing.
+    /// A waiter of the client with the fewest requests in flight: among
+    /// those, FIFO while the queue is fresh, LIFO once it is standing.
     fn next_waiter(&mut self, now: Instant, queue_timeout: Duration) -> Option<Waiter> {
         let oldest = self.queue.front()?.since;
-        if now.saturating_duration_since(oldest) < queue_timeout / 2 {
-            self.queue.pop_front()
+        let in_flight = |clients: &HashMap<ClientId, ClientLoad>, client: &ClientId| {
+            clients.get(client).map_or(0, |load| load.in_flight)
+        };
+        let lightest = self
+            .queue
+            .iter()
+            .map(|w| in_flight(&self.clients, &w.client))
+            .min()?;
+        let mut candidates = self
+            .queue
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| in_flight(&self.clients, &w.client) == lightest)
+            .map(|(index, _)| index);
+        let index = if now.saturating_duration_since(oldest) < queue_timeout / 2 {
+            candidates.next()
         } else {
-            self.queue.pop_back()
+            candidates.next_back()
+        }?;
+        // The lightest is over its share only when every waiter is.
+        if self.over_share(self.queue[index].client, now) {
+            return None;
+        }
+        self.queue.remove(index)
+    }
+
+    /// With the queue full: when `client` holds fewer requests than the
+    /// heaviest client with a request queued, takes that client's newest
+    /// waiter out (it learns it on waking) to make room, and says so.
+    fn displace_heavier_than(&mut self, client: ClientId) -> bool {
+        let total = |clients: &HashMap<ClientId, ClientLoad>, client: &ClientId| {
+            clients.get(client).map_or(0, ClientLoad::total)
+        };
+        let mine = total(&self.clients, &client);
+        let Some((heaviest_client, heaviest)) = self
+            .queue
+            .iter()
+            .map(|w| (w.client, total(&self.clients, &w.client)))
+            .max_by_key(|&(_, load)| load)
+        else {
+            return false;
+        };
+        // After the swap the heavier client still holds at least as many
+        // as the newcomer: no two clients displace each other in turn.
+        if heaviest <= mine + 1 {
+            return false;
+        }
+        let Some(index) = self.queue.iter().rposition(|w| w.client == heaviest_client) else {
+            return false;
+        };
+        let Some(waiter) = self.queue.remove(index) else {
+            return false;
+        };
+        self.forget_queued(waiter.client);
+        self.displaced.insert(waiter.id);
+        let _ = waiter.wake.send(());
+        true
+    }
+
+    fn forget_queued(&mut self, client: ClientId) {
+        if let Some(load) = self.clients.get_mut(&client) {
+            load.queued = load.queued.saturating_sub(1);
+            if load.total() == 0 {
+                self.clients.remove(&client);
+            }
+        }
+    }
+
+    fn forget_in_flight(&mut self, client: ClientId) {
+        if let Some(load) = self.clients.get_mut(&client) {
+            load.in_flight = load.in_flight.saturating_sub(1);
+            if load.total() == 0 {
+                self.clients.remove(&client);
+            }
         }
     }
 }

@@ -36,16 +36,24 @@ pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 pub enum Rejection {
     QueueFull,
     QueueTimeout,
+    /// Taken out of the queue to make room for a client holding fewer
+    /// slots (fair admission).
+    Displaced,
 }
 
 impl Rejection {
-    pub const ALL: &'static [Rejection] = &[Rejection::QueueFull, Rejection::QueueTimeout];
+    pub const ALL: &'static [Rejection] = &[
+        Rejection::QueueFull,
+        Rejection::QueueTimeout,
+        Rejection::Displaced,
+    ];
 
     /// The name in metric labels.
     pub fn label(&self) -> &'static str {
         match self {
             Rejection::QueueFull => "queue_full",
             Rejection::QueueTimeout => "queue_timeout",
+            Rejection::Displaced => "displaced",
         }
     }
 
@@ -54,6 +62,9 @@ impl Rejection {
         match self {
             Rejection::QueueFull => "too many requests in flight and queued; retry later",
             Rejection::QueueTimeout => "no capacity freed up in time; retry later",
+            Rejection::Displaced => {
+                "this client holds more of the capacity than others; retry later"
+            }
         }
     }
 }

@@ -285,7 +285,7 @@ async fn status_page_drops_a_killed_replica_within_its_lease() {
     let survivor = cluster.leaf(0, 0).advertised().to_string();
     let row = |address: &str| format!("data-address=\"{address}\"");
 
-    let url = cluster.url("/status");
+    let url = cluster.admin_url("/status");
     let dom = dump_dom(&url, Duration::from_millis(1500)).await;
     for address in [&killed, &survivor] {
         assert!(dom.contains(&row(address)), "{address} is listed:\n{dom}");

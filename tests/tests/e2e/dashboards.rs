@@ -128,9 +128,14 @@ fn the_demo_scrape_config_is_valid_and_matches_the_demo_defaults() {
     for job in ["job_name: frontend", "job_name: leaf", "job_name: cache"] {
         assert!(config.contains(job), "no `{job}`");
     }
-    // `frontend demo` defaults: http 127.0.0.1:8080; 4 shards x 2 replicas
-    // with /metrics from --metrics-base 9100 + 1; 2 caches from 9100 + 51.
-    let ports = std::iter::once(8080).chain(9101..=9108).chain(9151..=9152);
+    // `frontend demo` defaults: the admin listener (the frontend's
+    // /metrics) on --metrics-base 9100; 4 shards x 2 replicas with /metrics
+    // from 9100 + 1; 2 caches from 9100 + 51.
+    assert!(
+        !config.contains("127.0.0.1:8080"),
+        "the public port serves no /metrics"
+    );
+    let ports = std::iter::once(9100).chain(9101..=9108).chain(9151..=9152);
     for port in ports {
         assert!(
             config.contains(&format!("127.0.0.1:{port}")),

@@ -115,7 +115,8 @@ async fn cluster_view_lists_every_holder_with_its_lease() {
     let holders = view["holders"].as_array().unwrap();
     assert_eq!(holders.len(), 5, "{view}");
     for holder in holders {
-        assert!(holder["lease_id"].as_u64().unwrap() > 0);
+        let lease_id: u64 = holder["lease_id"].as_str().unwrap().parse().unwrap();
+        assert!(lease_id > 0);
         assert!(holder["ttl_left_ms"].as_u64().unwrap() > 0);
         assert!(holder["address"]
             .as_str()

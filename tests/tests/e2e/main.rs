@@ -5,6 +5,7 @@
 mod browser;
 mod cache_tier;
 mod dashboards;
+mod edge;
 mod etcd_membership;
 mod layers;
 mod leases;

@@ -419,3 +419,150 @@ fn percentile_picks_the_nearest_rank() {
 fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
+
+const HEAVY: ClientId = ClientId(101);
+const LIGHT: ClientId = ClientId(202);
+
+#[tokio::test(start_paused = true)]
+async fn a_freed_slot_goes_to_the_client_with_the_fewest_in_flight() {
+    let (admission, metrics) = start(fixed(2, Some(4)));
+    let heavy_a = admission.admit_client(HEAVY).await.expect("admitted");
+    let heavy_b = admission.admit_client(HEAVY).await.expect("admitted");
+    let mut heavy_queued = Box::pin(admission.admit_client(HEAVY));
+    assert!(futures::poll!(&mut heavy_queued).is_pending());
+    let mut light = Box::pin(admission.admit_client(LIGHT));
+    assert!(futures::poll!(&mut light).is_pending());
+
+    // The heavy client queued first, but holds two slots: the light one
+    // goes first.
+    drop(heavy_a);
+    let light = light.await.expect("the light client gets the slot");
+    assert!(futures::poll!(&mut heavy_queued).is_pending());
+    drop(heavy_b);
+    let heavy = heavy_queued.await.expect("then the heavy one");
+    drop((light, heavy));
+    assert_eq!(metrics.admission_in_flight.get(), 0);
+    assert!(
+        admission.shared.state.lock().clients.is_empty(),
+        "no client is remembered once it holds nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_displaces_the_heaviest_clients_newest_waiter() {
+    let (admission, metrics) = start(AdmissionConfig {
+        queue_timeout: Duration::from_secs(1),
+        ..fixed(1, Some(2))
+    });
+    let held = admission.admit_client(HEAVY).await.expect("admitted");
+    let mut older = Box::pin(admission.admit_client(HEAVY));
+    let mut newer = Box::pin(admission.admit_client(HEAVY));
+    assert!(futures::poll!(&mut older).is_pending());
+    assert!(futures::poll!(&mut newer).is_pending());
+
+    // The heavy client itself is refused when the queue is full…
+    let error = admission
+        .admit_client(HEAVY)
+        .await
+        .err()
+        .expect("queue is full for the heavy client");
+    assert_overloaded(&error);
+    assert_eq!(rejections(&metrics, "queue_full"), 1);
+
+    // …but a light client takes the place of its newest waiter.
+    let mut light = Box::pin(admission.admit_client(LIGHT));
+    assert!(futures::poll!(&mut light).is_pending());
+    let error = newer
+        .await
+        .err()
+        .expect("the newest heavy waiter is displaced");
+    assert_overloaded(&error);
+    assert_eq!(rejections(&metrics, "displaced"), 1);
+    assert_eq!(metrics.admission_queue.get(), 2);
+
+    // Released, the heavy client holds nothing in flight either: the tie
+    // goes to the oldest waiter, then the light client.
+    drop(held);
+    let older = older.await.expect("the oldest waiter");
+    assert!(futures::poll!(&mut light).is_pending());
+    drop(older);
+    let light = light.await.expect("then the light client");
+    drop(light);
+    assert_eq!(metrics.admission_in_flight.get(), 0);
+    assert!(admission.shared.state.lock().displaced.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clients_holding_as_much_as_each_other_do_not_displace_each_other() {
+    let (admission, metrics) = start(fixed(1, Some(1)));
+    let held = admission.admit_client(LIGHT).await.expect("admitted");
+    let mut queued = Box::pin(admission.admit_client(HEAVY));
+    assert!(futures::poll!(&mut queued).is_pending());
+    // HEAVY holds one (queued), a third client holds none: one more would
+    // leave them even, so no displacement, a plain refusal.
+    let error = admission
+        .admit_client(ClientId(303))
+        .await
+        .err()
+        .expect("refused");
+    assert_overloaded(&error);
+    assert_eq!(rejections(&metrics, "displaced"), 0);
+    drop(held);
+    drop(queued.await.expect("still served"));
+}
+
+#[test]
+fn client_ids_of_keys_and_addresses_differ_and_are_never_anonymous() {
+    let addr = ClientId::of_addr("127.0.0.1".parse().unwrap());
+    let other = ClientId::of_addr("127.0.0.2".parse().unwrap());
+    let key = ClientId::of_key("127.0.0.1");
+    assert_ne!(addr, other);
+    assert_ne!(addr, key);
+    for id in [addr, other, key] {
+        assert_ne!(id, ClientId::ANONYMOUS);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flooding_client_leaves_a_reserved_slot_for_another_seen_recently() {
+    let (admission, _metrics) = start(AdmissionConfig {
+        queue_timeout: Duration::from_millis(20),
+        ..fixed(8, Some(16))
+    });
+    // Alone, a client may use every slot.
+    let mut held: Vec<_> = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            admission
+                .admit_client(HEAVY)
+                .await
+                .expect("alone: every slot"),
+        );
+    }
+    drop(held);
+    // Once another client has been seen, the heavy one stops short of the
+    // reserve (8 - 8/4 = 6 slots)…
+    drop(admission.admit_client(LIGHT).await.expect("admitted"));
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(
+            admission
+                .admit_client(HEAVY)
+                .await
+                .expect("within its share"),
+        );
+    }
+    let error = admission
+        .admit_client(HEAVY)
+        .await
+        .err()
+        .expect("past its share it waits and is shed");
+    assert_overloaded(&error);
+    // …which the light client gets at once.
+    let light = admission
+        .admit_client(LIGHT)
+        .now_or_never()
+        .expect("no wait")
+        .expect("the reserve");
+    drop((light, held));
+}
