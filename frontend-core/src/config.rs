@@ -2,10 +2,14 @@
 //! (clap reads `FRONTEND_…` variables for flags not given), with defaults
 //! that run a cluster on loopback.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use lease::registry::RegistryConfig;
+use svc::args::SecurityArgs;
+use svc::auth::TokenConfig;
+use svc::tls::TlsConfig;
 
 use crate::query::admission::AdmissionConfig;
 use crate::query::fanout::FanoutConfig;
@@ -30,6 +34,32 @@ pub struct FrontendConfig {
     /// Use the cache tier (live cache servers found through leases).
     pub cache: bool,
     pub admission: AdmissionConfig,
+    /// The cluster tokens: checked on the lease registry's RPCs, sent to
+    /// leaves and cache servers. Empty: an open frontend that sends none
+    /// (the binary refuses that unless `--insecure-no-auth`).
+    pub auth: TokenConfig,
+    /// TLS of the lease registry's gRPC listener and of the calls to
+    /// leaves and cache servers.
+    pub tls: TlsConfig,
+    /// TLS of the public HTTP API (its own certificate, usually from
+    /// another authority than the internal plane's).
+    pub http_tls: TlsConfig,
+    /// The secret that signs cached answers; every frontend sharing the
+    /// cache tier needs the same. None (and no file): a random one per
+    /// process.
+    pub cache_secret: Option<Secret>,
+    /// A file whose contents (trimmed) are the cache secret.
+    pub cache_secret_file: Option<PathBuf>,
+}
+
+/// A secret that `Debug` does not print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 impl FrontendConfig {
@@ -43,6 +73,11 @@ impl FrontendConfig {
             root: RootConfig::default(),
             cache: true,
             admission: AdmissionConfig::default(),
+            auth: TokenConfig::default(),
+            tls: TlsConfig::default(),
+            http_tls: TlsConfig::default(),
+            cache_secret: None,
+            cache_secret_file: None,
         }
     }
 }
@@ -56,9 +91,23 @@ pub struct SearchFlags {
     /// Leaves and cache servers then take the same address as --frontend.
     #[arg(long, env = "FRONTEND_MEMBERSHIP", value_name = "etcd://HOST:PORT")]
     pub membership: Option<String>,
-    /// The cluster token that lease holders must present (embedded registry only).
-    #[arg(long, env = "SEARCH_CLUSTER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// The cluster token (with rotation) and the internal plane's TLS.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// The secret that signs cached answers (every frontend sharing the
+    /// cache tier needs the same one; default: random per process).
+    #[arg(long, env = "SEARCH_CACHE_SECRET", hide_env_values = true)]
+    pub cache_secret: Option<String>,
+    /// A file holding the cache secret.
+    #[arg(long, env = "SEARCH_CACHE_SECRET_FILE", value_name = "FILE")]
+    pub cache_secret_file: Option<PathBuf>,
+    /// Serve the HTTP API over TLS with this certificate chain (PEM),
+    /// reloaded when it changes.
+    #[arg(long, env = "FRONTEND_HTTP_TLS_CERT", value_name = "FILE")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM).
+    #[arg(long, env = "FRONTEND_HTTP_TLS_KEY", value_name = "FILE")]
+    pub http_tls_key: Option<PathBuf>,
     /// Shortest lease term granted.
     #[arg(long, env = "FRONTEND_LEASE_TTL_MIN", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_ttl_min: Duration,
@@ -119,8 +168,23 @@ impl SearchFlags {
         config.registry = RegistryConfig {
             min_ttl: self.lease_ttl_min,
             max_ttl: self.lease_ttl_max,
-            token: self.token.clone(),
+            // The server's auth layer checks every lease RPC (see
+            // `Frontend::start`), with rotation.
+            token: None,
         };
+        config.auth = self.security.token_config();
+        config.tls = self.security.tls();
+        config.http_tls = TlsConfig {
+            cert: self.http_tls_cert.clone(),
+            key: self.http_tls_key.clone(),
+            ..TlsConfig::default()
+        };
+        config.cache_secret = self
+            .cache_secret
+            .clone()
+            .filter(|secret| !secret.is_empty())
+            .map(Secret);
+        config.cache_secret_file = self.cache_secret_file.clone();
         config.fanout = FanoutConfig {
             replica_choice: self.replica_choice,
             hedging: self.hedging,

@@ -24,6 +24,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod query;
+mod security;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ impl Frontend {
         anyhow::ensure!(config.shards > 0, "--shards must be at least 1");
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).context("metrics")?);
         init_metrics(&metrics, &config);
+        let (config, plane) = security::prepare(config)?;
         let (membership, registry): (Arc<dyn Membership>, Option<Arc<Registry>>) =
             if let Some(url) = &config.membership {
                 anyhow::ensure!(
@@ -99,11 +101,19 @@ impl Frontend {
                 (registry.clone(), Some(registry))
             } else {
                 (
-                    StaticMembership::start(config.static_leaves.clone(), shutdown.clone()),
+                    StaticMembership::start(
+                        config.static_leaves.clone(),
+                        plane.connect.clone(),
+                        shutdown.clone(),
+                    ),
                     None,
                 )
             };
-        let routing = Routing::new(config.shards, topology::grpc_clients());
+        let routing = Routing::with_connect(
+            config.shards,
+            topology::grpc_clients(plane.connect.clone()),
+            plane.connect.clone(),
+        );
         routing.follow(membership.watch(), shutdown.clone());
         spawn_live_gauge(Arc::clone(&routing), Arc::clone(&metrics), shutdown.clone());
 
@@ -116,6 +126,7 @@ impl Frontend {
         let cache = config.cache.then(|| {
             Arc::new(
                 CacheTier::new(Arc::clone(&routing), Arc::clone(&metrics))
+                    .with_signer(plane.signer.clone())
                     .with_tasks(background.clone()),
             )
         });
@@ -144,12 +155,21 @@ impl Frontend {
         let mut tasks = Vec::new();
         let app = http::router(state);
         let http_shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await
-                .context("http server")
-        }));
+        if let Some(acceptor) = plane.http_tls.clone() {
+            tasks.push(tokio::spawn(security::serve_https(
+                http,
+                acceptor,
+                app,
+                http_shutdown,
+            )));
+        } else {
+            tasks.push(tokio::spawn(async move {
+                axum::serve(http, app)
+                    .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                    .await
+                    .context("http server")
+            }));
+        }
         tracing::info!(url = %format!("http://{http_addr}/"), metrics = %format!("http://{http_addr}/metrics"), "frontend serving http");
 
         let mut grpc_addr = None;
@@ -161,12 +181,15 @@ impl Frontend {
                 .await;
             let service = registry.service();
             let grpc_shutdown = shutdown.clone();
+            let auth = plane.auth_layer(&metrics.registry);
+            let acceptor = plane.security.acceptor.clone();
             tasks.push(tokio::spawn(async move {
                 tonic::transport::Server::builder()
+                    .layer(auth)
                     .add_service(health)
                     .add_service(service)
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
+                        svc::tls::incoming(TcpListenerStream::new(listener), acceptor),
                         grpc_shutdown.cancelled_owned(),
                     )
                     .await

@@ -78,6 +78,13 @@ async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     if flags.shards == 0 {
         anyhow::bail!("--shards must be at least 1");
     }
+    // A frontend is never open by accident: no token means no start,
+    // unless --insecure-no-auth says so.
+    flags
+        .search
+        .security
+        .tokens()
+        .map_err(|error| anyhow::anyhow!(error))?;
     let mut config = flags.search.to_config(flags.shards);
     config.static_leaves = flags.leaves;
     let http = TcpListener::bind(flags.http)

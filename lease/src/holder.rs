@@ -99,11 +99,32 @@ pub struct HolderSet {
     status: watch::Receiver<Vec<EndpointStatus>>,
 }
 
+/// How a holder turns a registry's endpoint into a channel when it should
+/// not connect plainly (over TLS, for one: `svc::tls::ClientTls::channel`).
+#[derive(Clone)]
+pub struct Connect(pub std::sync::Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>);
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connect(..)")
+    }
+}
+
 /// Starts one lease per endpoint and keeps each alive until `shutdown` is
 /// cancelled or [`HolderSet::revoke_all`] is called. Must be called within a
 /// tokio runtime.
 pub fn spawn(
     config: HolderConfig,
+    metrics: &prometheus::Registry,
+    shutdown: CancellationToken,
+) -> HolderSet {
+    spawn_with(config, None, metrics, shutdown)
+}
+
+/// [`spawn`], with registries reached through `connect` when given.
+pub fn spawn_with(
+    config: HolderConfig,
+    connect: Option<Connect>,
     metrics: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> HolderSet {
@@ -152,6 +173,7 @@ pub fn spawn(
             let task = Task {
                 endpoint: endpoint.clone(),
                 auth: auth.clone(),
+                connect: connect.clone(),
                 info: config.info.clone(),
                 requested_ttl: config.ttl,
                 report,
@@ -396,6 +418,7 @@ impl Report {
 struct Task {
     endpoint: String,
     auth: Option<AsciiMetadataValue>,
+    connect: Option<Connect>,
     info: HolderInfo,
     requested_ttl: Duration,
     report: Report,
@@ -405,8 +428,11 @@ struct Task {
 impl Task {
     #[tracing::instrument(name = "lease_holder", skip_all, fields(endpoint = %self.endpoint, role = self.info.role.label(), shard = self.info.shard))]
     async fn run(self) {
-        let client = match connect(&self.endpoint) {
-            Ok(channel) => LeaseClient::new(channel),
+        let client = match endpoint(&self.endpoint) {
+            Ok(endpoint) => LeaseClient::new(match &self.connect {
+                Some(connect) => (connect.0)(&endpoint),
+                None => endpoint.connect_lazy(),
+            }),
             Err(error) => {
                 tracing::error!(%error, "invalid lease endpoint, not holding a lease there");
                 self.report
@@ -548,8 +574,8 @@ impl Task {
     }
 }
 
-/// A lazy channel to `endpoint` ("host:port" or "http://host:port").
-fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
+/// The endpoint of a registry ("host:port" or "http://host:port").
+fn endpoint(endpoint: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if endpoint.contains("://") {
         endpoint.to_owned()
     } else {
@@ -557,8 +583,7 @@ fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
     };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true))
 }
 
 /// Awaits a call for at most `timeout`, whatever the transport does.
@@ -642,8 +667,8 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_without_a_scheme_get_http() {
-        assert!(connect("127.0.0.1:7000").is_ok());
-        assert!(connect("http://127.0.0.1:7000").is_ok());
-        assert!(connect("not a uri").is_err());
+        assert!(endpoint("127.0.0.1:7000").is_ok());
+        assert!(endpoint("http://127.0.0.1:7000").is_ok());
+        assert!(endpoint("not a uri").is_err());
     }
 }

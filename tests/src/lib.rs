@@ -423,6 +423,8 @@ impl TestCluster {
                 ttl: self.lease_ttl,
             });
         }
+        // Every call to a test leaf must carry the cluster token.
+        config.auth = svc::auth::TokenConfig::single(TOKEN);
         if let Some(change) = &self.leaf_config {
             change(&mut config);
         }
@@ -462,6 +464,7 @@ impl TestCluster {
                 token: Some(TOKEN.to_string()),
                 ttl: self.lease_ttl,
             }),
+            auth: svc::auth::TokenConfig::single(TOKEN),
             ..cache::CacheConfig::default()
         };
         let metrics = self.metrics_listener().await;

@@ -14,9 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use proto::cache::cache_client::CacheClient;
-use tonic::transport::Channel;
+use svc::auth::AuthChannel;
 
-use crate::cluster::leaf_client::{lazy_channel, GrpcLeaf, LeafService};
+use crate::cluster::leaf_client::{lazy_channel, Connect, GrpcLeaf, LeafService};
 use crate::cluster::load::PeakEwma;
 
 /// One live leaf replica and what the frontend has learned about it.
@@ -30,7 +30,7 @@ pub struct Replica {
 /// A live cache server.
 pub struct CacheNode {
     pub member: Member,
-    pub client: CacheClient<Channel>,
+    pub client: CacheClient<AuthChannel>,
 }
 
 /// A replica that stays much slower than its peers is kept out of primary
@@ -94,15 +94,17 @@ impl Topology {
 /// Makes the client for a new replica; tests swap in fakes.
 pub type ClientFactory = Arc<dyn Fn(&Member) -> Option<Arc<dyn LeafService>> + Send + Sync>;
 
-/// The gRPC client factory.
-pub fn grpc_clients() -> ClientFactory {
-    Arc::new(|member: &Member| match GrpcLeaf::new(&member.address) {
-        Ok(client) => Some(Arc::new(client) as Arc<dyn LeafService>),
-        Err(error) => {
-            tracing::warn!(address = %member.address, %error, "cannot build leaf client");
-            None
-        }
-    })
+/// The gRPC client factory: clients that reach leaves with `connect`.
+pub fn grpc_clients(connect: Connect) -> ClientFactory {
+    Arc::new(
+        move |member: &Member| match GrpcLeaf::with_connect(&member.address, &connect) {
+            Ok(client) => Some(Arc::new(client) as Arc<dyn LeafService>),
+            Err(error) => {
+                tracing::warn!(address = %member.address, %error, "cannot build leaf client");
+                None
+            }
+        },
+    )
 }
 
 /// Holds the current [`Topology`] and rebuilds it from membership changes.
@@ -112,10 +114,17 @@ pub struct Routing {
     factory: ClientFactory,
     initial_latency: Duration,
     decay: Duration,
+    /// How cache servers are reached.
+    connect: Connect,
 }
 
 impl Routing {
     pub fn new(shards: u32, factory: ClientFactory) -> Arc<Self> {
+        Routing::with_connect(shards, factory, Connect::default())
+    }
+
+    /// A table whose cache clients reach cache servers with `connect`.
+    pub fn with_connect(shards: u32, factory: ClientFactory, connect: Connect) -> Arc<Self> {
         Arc::new(Routing {
             shards,
             current: RwLock::new(Arc::new(Topology {
@@ -125,6 +134,7 @@ impl Routing {
             factory,
             initial_latency: Duration::from_millis(5),
             decay: Duration::from_secs(10),
+            connect,
         })
     }
 
@@ -184,7 +194,7 @@ impl Routing {
                 }
                 Role::Cache => match known_caches.get(member.address.as_str()) {
                     Some(node) if node.member == *member => caches.push(Arc::clone(node)),
-                    _ => match lazy_channel(&member.address) {
+                    _ => match lazy_channel(&member.address, &self.connect) {
                         Ok(channel) => caches.push(Arc::new(CacheNode {
                             member: member.clone(),
                             client: CacheClient::new(channel),
