@@ -630,6 +630,39 @@ pub mod testing {
         }
     }
 
+    /// `GET path` over HTTPS/1.1 at `addr`, trusting the CA in `ca_pem`:
+    /// the whole response (status line, headers, body) as text.
+    pub async fn https_get(
+        addr: std::net::SocketAddr,
+        ca_pem: &Path,
+        path: &str,
+    ) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let config = rustls::ClientConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(super::roots(ca_pem).map_err(std::io::Error::other)?)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut bytes = Vec::new();
+        match tls.read_to_end(&mut bytes).await {
+            Ok(_) => {}
+            // A peer that closes without close_notify after the response.
+            Err(_) if !bytes.is_empty() => {}
+            Err(error) => return Err(error),
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Writes `text` to `path` through a rename, as a deployment would, so
     /// that a reader never sees half a file.
     pub fn write_atomically(path: &Path, text: &str) {
