@@ -109,22 +109,29 @@ async fn a_forged_put_without_the_token_is_refused_and_never_served() {
         assert_eq!(refused.code(), Code::Unauthenticated);
         let metrics = svc::metrics::encode(cluster.cache(index).registry());
         assert_eq!(
-            counter(&metrics, "cache_rpc_unauthenticated_total{reason=\"missing\"}"),
+            counter(
+                &metrics,
+                "cache_rpc_unauthenticated_total{reason=\"missing\"}"
+            ),
             1,
             "{metrics}"
         );
         assert_eq!(
-            counter(&metrics, "cache_rpc_unauthenticated_total{reason=\"wrong\"}"),
+            counter(
+                &metrics,
+                "cache_rpc_unauthenticated_total{reason=\"wrong\"}"
+            ),
             1
         );
         assert_eq!(cluster.cache(index).stats().await.inserts, 0);
     }
-    let (status, body) = cluster
-        .search("q=json+parser&k=10&timeout_ms=2000")
-        .await;
+    let (status, body) = cluster.search("q=json+parser&k=10&timeout_ms=2000").await;
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["cache"], "hit", "{body}");
-    assert!(!hit_ids(&body).contains(&"evil-package".to_string()), "{body}");
+    assert!(
+        !hit_ids(&body).contains(&"evil-package".to_string()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +170,10 @@ async fn leaf_lease_and_cache_calls_without_a_valid_token_are_refused() {
     assert_eq!(info.shard, 0);
     let metrics = svc::metrics::encode(leaf.registry());
     assert_eq!(
-        counter(&metrics, "leaf_rpc_unauthenticated_total{reason=\"missing\"}"),
+        counter(
+            &metrics,
+            "leaf_rpc_unauthenticated_total{reason=\"missing\"}"
+        ),
         3,
         "{metrics}"
     );
@@ -183,7 +193,10 @@ async fn leaf_lease_and_cache_calls_without_a_valid_token_are_refused() {
 
     let registry = cluster.grpc_addr().expect("the frontend serves leases");
     let mut lease = LeaseClient::new(plain(registry).await);
-    let listed = lease.list(ListRequest {}).await.expect_err("list is closed");
+    let listed = lease
+        .list(ListRequest {})
+        .await
+        .expect_err("list is closed");
     assert_eq!(listed.code(), Code::Unauthenticated);
     let granted = lease
         .grant(GrantRequest {
@@ -220,7 +233,10 @@ async fn leaf_lease_and_cache_calls_without_a_valid_token_are_refused() {
     let (status, body) = cluster.search("q=json&timeout_ms=2000").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["partial"], false, "{body}");
-    assert_eq!(body["global_stats"], true, "term statistics answered: {body}");
+    assert_eq!(
+        body["global_stats"], true,
+        "term statistics answered: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,12 +261,13 @@ async fn a_value_from_a_compromised_cache_is_not_served_and_is_counted() {
             ))
             .await
             .expect("the token lets the write in");
-        let (status, body) = cluster
-            .search("q=json+parser&k=10&timeout_ms=2000")
-            .await;
+        let (status, body) = cluster.search("q=json+parser&k=10&timeout_ms=2000").await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["cache"], "miss", "round {round}: {body}");
-        assert!(!hit_ids(&body).contains(&"evil-package".to_string()), "{body}");
+        assert!(
+            !hit_ids(&body).contains(&"evil-package".to_string()),
+            "{body}"
+        );
         let (_, metrics) = cluster.get_text("/metrics").await;
         assert_eq!(
             counter(&metrics, "frontend_cache_rejected_total"),
@@ -271,9 +288,7 @@ async fn a_value_from_a_compromised_cache_is_not_served_and_is_counted() {
     // The frontend's own entry is served.
     let mut served = Value::Null;
     for _ in 0..50 {
-        (_, served) = cluster
-            .search("q=json+parser&k=10&timeout_ms=2000")
-            .await;
+        (_, served) = cluster.search("q=json+parser&k=10&timeout_ms=2000").await;
         if served["cache"] == "hit" {
             break;
         }
@@ -306,11 +321,11 @@ async fn get_over(
     tls: Option<&ClientTls>,
     token: &str,
 ) -> Result<bool, (Code, String)> {
-    let channel = svc::tls::channel(
-        &endpoint(addr).connect_timeout(Duration::from_secs(5)),
-        tls,
-    );
-    let tokens = TokenConfig::single(token).build().expect("token").expect("set");
+    let channel = svc::tls::channel(&endpoint(addr).connect_timeout(Duration::from_secs(5)), tls);
+    let tokens = TokenConfig::single(token)
+        .build()
+        .expect("token")
+        .expect("set");
     let mut client = CacheClient::with_interceptor(channel, tokens.credentials());
     let response = tokio::time::timeout(
         Duration::from_secs(10),
@@ -334,7 +349,10 @@ async fn with_mutual_tls_a_client_certificate_from_another_authority_is_refused(
 
     let member = cluster_ca.write(dir.path(), "frontend");
     let member = member.client().expect("client tls").expect("on");
-    assert_eq!(get_over(server.addr(), Some(&member), TOKEN).await, Ok(false));
+    assert_eq!(
+        get_over(server.addr(), Some(&member), TOKEN).await,
+        Ok(false)
+    );
 
     // Trusts the server, and even has the token, but its certificate comes
     // from another authority.
@@ -352,7 +370,9 @@ async fn with_mutual_tls_a_client_certificate_from_another_authority_is_refused(
         ..TlsConfig::default()
     };
     let anonymous = anonymous.client().expect("client tls").expect("on");
-    assert!(get_over(server.addr(), Some(&anonymous), TOKEN).await.is_err());
+    assert!(get_over(server.addr(), Some(&anonymous), TOKEN)
+        .await
+        .is_err());
     assert!(get_over(server.addr(), None, TOKEN).await.is_err());
     // A client that does not trust the server's authority refuses it.
     let wary = TlsConfig {
@@ -362,7 +382,10 @@ async fn with_mutual_tls_a_client_certificate_from_another_authority_is_refused(
     let wary = wary.client().expect("client tls").expect("on");
     assert!(get_over(server.addr(), Some(&wary), TOKEN).await.is_err());
     // The member still gets in after all that.
-    assert_eq!(get_over(server.addr(), Some(&member), TOKEN).await, Ok(false));
+    assert_eq!(
+        get_over(server.addr(), Some(&member), TOKEN).await,
+        Ok(false)
+    );
     shutdown.cancel();
 }
 
@@ -440,7 +463,9 @@ async fn a_replaced_certificate_is_seen_by_new_connections_without_a_restart() {
         "a new connection gets the new certificate"
     );
     assert!(
-        get_over(server.addr(), Some(&trusts_first), TOKEN).await.is_err(),
+        get_over(server.addr(), Some(&trusts_first), TOKEN)
+            .await
+            .is_err(),
         "the old authority no longer matches"
     );
     shutdown.cancel();
