@@ -300,6 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn a_server_without_a_token_needs_insecure_no_auth() {
+        let open = SecurityArgs::default();
+        assert!(open.tokens().unwrap_err().contains("--insecure-no-auth"));
+        let insecure = SecurityArgs {
+            insecure_no_auth: true,
+            ..SecurityArgs::default()
+        };
+        assert!(insecure.tokens().unwrap().is_empty());
+        let rotating = SecurityArgs {
+            token: Some("old".into()),
+            token_next: Some("new".into()),
+            ..SecurityArgs::default()
+        };
+        let config = rotating.tokens().unwrap();
+        assert_eq!(config.token.as_deref(), Some("old"));
+        assert_eq!(config.next.as_deref(), Some("new"));
+    }
+
+    #[test]
     fn optional_endpoints_are_off_and_old_spellings_still_parse() {
         let demo: Demo = try_parse_from("DEMO_ARGS_TEST", &[], ["demo"]).unwrap();
         assert_eq!(demo.server.metrics, None);
