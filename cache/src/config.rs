@@ -27,6 +27,12 @@ pub struct CacheConfig {
     pub advertise: Option<String>,
     /// How long in-flight calls may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// The cluster tokens that calls must carry (none: an open server, for
+    /// in-process tests; the binary refuses to start without one unless
+    /// `--insecure-no-auth`).
+    pub auth: svc::auth::TokenConfig,
+    /// TLS on the gRPC listener and toward the lease registries.
+    pub tls: svc::tls::TlsConfig,
 }
 
 impl Default for CacheConfig {
@@ -37,6 +43,8 @@ impl Default for CacheConfig {
             lease: None,
             advertise: None,
             drain_timeout: Duration::from_secs(5),
+            auth: svc::auth::TokenConfig::default(),
+            tls: svc::tls::TlsConfig::default(),
         }
     }
 }
@@ -87,6 +95,8 @@ impl Args {
             lease: self.holder.lease(&self.server),
             advertise: self.holder.advertise.clone(),
             drain_timeout: self.server.drain_timeout,
+            auth: self.server.security.token_config(),
+            tls: self.server.security.tls(),
         }
     }
 }

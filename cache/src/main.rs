@@ -16,6 +16,10 @@ async fn main() -> ExitCode {
 
 async fn serve(args: cache::config::Args) -> Result<(), Failure> {
     let config = args.config();
+    args.server
+        .security
+        .tokens()
+        .map_err(|error| Failure::config(cache::Error::Config(error)))?;
     let grpc = svc::net::bind("grpc", &args.grpc.to_string()).await?;
     let metrics = svc::net::bind_optional("metrics", args.server.metrics.as_deref()).await?;
     let shutdown = svc::shutdown::on_signal();

@@ -87,10 +87,15 @@ pub async fn start(
 
     let mut lifecycle = Lifecycle::new("cache", registry.clone(), config.drain_timeout, &shutdown);
     lifecycle.serve_metrics(metrics);
+    lifecycle.secure(
+        svc::Security::new(&config.auth, &config.tls)
+            .map_err(|error| Error::Config(error.to_string()))?,
+    );
     let health = lifecycle
         .health_service::<CacheServer<CacheService>>()
         .await;
     let grpc = tonic::transport::Server::builder()
+        .layer(lifecycle.auth_layer())
         .add_service(health)
         .add_service(CacheService::new(store.clone()).server())
         .serve_with_incoming_shutdown(

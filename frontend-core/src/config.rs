@@ -2,10 +2,14 @@
 //! (`svc::args::parse` gives every flag `--foo-bar` the variable
 //! `FRONTEND_FOO_BAR`), with defaults that run a cluster on loopback.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use lease::registry::RegistryConfig;
+use svc::args::SecurityArgs;
+use svc::auth::TokenConfig;
+use svc::tls::TlsConfig;
 
 use crate::http::serve::HttpLimits;
 use crate::query::admission::AdmissionConfig;
@@ -38,9 +42,42 @@ pub struct FrontendConfig {
     pub api_keys: Vec<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// The cluster tokens: checked on the lease registry's RPCs, sent to
+    /// leaves and cache servers. Empty: an open frontend that sends none
+    /// (the binary refuses that unless `--insecure-no-auth`).
+    pub auth: TokenConfig,
+    /// TLS of the lease registry's gRPC listener and of the calls to
+    /// leaves and cache servers.
+    pub tls: TlsConfig,
+    /// TLS of the public HTTP API (its own certificate, usually from
+    /// another authority than the internal plane's).
+    pub http_tls: TlsConfig,
+    /// The secret that signs cached answers; every frontend sharing the
+    /// cache tier needs the same. None (and no file): a random one per
+    /// process.
+    pub cache_secret: Option<Secret>,
+    /// A file whose contents (trimmed) are the cache secret.
+    pub cache_secret_file: Option<PathBuf>,
+}
+
+/// A secret that `Debug` does not print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 impl FrontendConfig {
+    /// Takes the cluster tokens and the internal plane's TLS from the
+    /// shared server flags.
+    pub fn secure(&mut self, security: &SecurityArgs) {
+        self.auth = security.token_config();
+        self.tls = security.tls();
+    }
+
     pub fn new(shards: u32) -> Self {
         FrontendConfig {
             shards,
@@ -54,6 +91,11 @@ impl FrontendConfig {
             http: HttpLimits::default(),
             api_keys: Vec::new(),
             drain_timeout: Duration::from_secs(5),
+            auth: TokenConfig::default(),
+            tls: TlsConfig::default(),
+            http_tls: TlsConfig::default(),
+            cache_secret: None,
+            cache_secret_file: None,
         }
     }
 }
@@ -110,6 +152,20 @@ pub struct SearchFlags {
     /// Leaves and cache servers then take the same address as --frontend.
     #[arg(long, value_name = "etcd://HOST:PORT")]
     pub membership: Option<String>,
+    /// The secret that signs cached answers (every frontend sharing the
+    /// cache tier needs the same one; default: random per process).
+    #[arg(long, env = "SEARCH_CACHE_SECRET", hide_env_values = true)]
+    pub cache_secret: Option<String>,
+    /// A file holding the cache secret.
+    #[arg(long, env = "SEARCH_CACHE_SECRET_FILE", value_name = "FILE")]
+    pub cache_secret_file: Option<PathBuf>,
+    /// Serve the HTTP API over TLS with this certificate chain (PEM),
+    /// reloaded when it changes.
+    #[arg(long, env = "FRONTEND_HTTP_TLS_CERT", value_name = "FILE")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM).
+    #[arg(long, env = "FRONTEND_HTTP_TLS_KEY", value_name = "FILE")]
+    pub http_tls_key: Option<PathBuf>,
     /// Shortest lease term granted.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_ttl_min: Duration,
@@ -170,9 +226,21 @@ impl SearchFlags {
         config.registry = RegistryConfig {
             min_ttl: self.lease_ttl_min,
             max_ttl: self.lease_ttl_max,
-            // The cluster token is `svc::ServerArgs::token`, set by the caller.
+            // The server's auth layer checks every lease RPC (see
+            // `Frontend::start`), with rotation.
             token: None,
         };
+        config.http_tls = TlsConfig {
+            cert: self.http_tls_cert.clone(),
+            key: self.http_tls_key.clone(),
+            ..TlsConfig::default()
+        };
+        config.cache_secret = self
+            .cache_secret
+            .clone()
+            .filter(|secret| !secret.is_empty())
+            .map(Secret);
+        config.cache_secret_file = self.cache_secret_file.clone();
         config.fanout = FanoutConfig {
             replica_choice: self.replica_choice,
             hedging: self.hedging,

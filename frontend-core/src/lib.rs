@@ -24,6 +24,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod query;
+mod security;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +120,7 @@ impl Frontend {
         anyhow::ensure!(config.shards > 0, "--shards must be at least 1");
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).context("metrics")?);
         init_metrics(&metrics, &config);
+        let (config, plane) = security::prepare(config)?;
         let http_metrics = HttpMetrics::new(&metrics.registry).context("metrics")?;
         let mut lc = Lifecycle::new(
             "frontend",
@@ -150,11 +152,19 @@ impl Frontend {
                 (registry.clone(), Some(registry))
             } else {
                 (
-                    StaticMembership::start(config.static_leaves.clone(), stopping.clone()),
+                    StaticMembership::start(
+                        config.static_leaves.clone(),
+                        plane.connect.clone(),
+                        stopping.clone(),
+                    ),
                     None,
                 )
             };
-        let routing = Routing::new(config.shards, topology::grpc_clients());
+        let routing = Routing::with_connect(
+            config.shards,
+            topology::grpc_clients(plane.connect.clone()),
+            plane.connect.clone(),
+        );
         routing.follow(membership.watch(), stopping.clone());
         spawn_live_gauge(Arc::clone(&routing), Arc::clone(&metrics), stopping.clone());
 
@@ -169,6 +179,7 @@ impl Frontend {
         let cache = config.cache.then(|| {
             Arc::new(
                 CacheTier::new(Arc::clone(&routing), Arc::clone(&metrics))
+                    .with_signer(plane.signer.clone())
                     .with_tasks(background.clone()),
             )
         });
@@ -214,6 +225,20 @@ impl Frontend {
                 .map(|admin| (Listener::Admin, admin, http::admin_router(state.clone()))),
         );
         for (which, listener, app) in http_listeners {
+            // The public API over TLS has its own certificate and server
+            // (`svc::tls::serve_http`, with a header timeout); the
+            // hardened accept loop serves plain connections.
+            if let (Listener::Public, Some(acceptor)) = (which, plane.http_tls.clone()) {
+                let draining = lc.draining();
+                lc.spawn(async move {
+                    if let Err(error) =
+                        security::serve_https(listener, acceptor, app, draining).await
+                    {
+                        tracing::error!(%error, "https server failed");
+                    }
+                });
+                continue;
+            }
             lc.spawn(http::serve::accept_loop(
                 http::serve::with_peers(lc.incoming(listener)),
                 app,
@@ -247,7 +272,12 @@ impl Frontend {
             (Some(listener), Some(registry)) => {
                 grpc_addr = Some(listener.local_addr()?);
                 let health = lc.health_service::<LeaseServer<LeaseService>>().await;
+                // From here on the lifecycle's connections are the internal
+                // plane's: TLS with its certificate when configured (the
+                // HTTP listeners above were taken before, in plain).
+                lc.secure(plane.security.clone());
                 let grpc = tonic::transport::Server::builder()
+                    .layer(lc.auth_layer())
                     .add_service(health)
                     .add_service(registry.service())
                     .serve_with_incoming_shutdown(

@@ -64,6 +64,7 @@ impl LeafCallOutcome {
 const CACHE_LOOKUP_RESULTS: &[&str] = &[
     "hit",
     "miss",
+    "rejected",
     "error",
     "timeout",
     "undecodable",
@@ -189,7 +190,7 @@ impl Metrics {
         let cache_lookups = IntCounterVec::new(
             opts!(
                 "frontend_cache_lookups_total",
-                "Result cache lookups by result (hit, miss, error, timeout, undecodable, no_server)."
+                "Result cache lookups by result (hit, miss, rejected, error, timeout, undecodable, no_server)."
             ),
             &["result"],
         )?;

@@ -6,6 +6,11 @@
 //! root that `indexer build` filled: then the leaves serve its newest
 //! generations and swap to every newer one published while the demo runs,
 //! which `/status` shows rolling out.
+//!
+//! The demo's internal plane is closed like a real cluster's: unless given,
+//! it makes a random cluster token (which every leaf and cache server
+//! checks and the frontend sends) and a random cache secret; `--tls-*`
+//! flags, when given, apply to every part.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,12 +118,20 @@ pub async fn run(flags: DemoFlags) -> Result<(), Failure> {
 
 async fn run_cluster(flags: DemoFlags, listeners: Listeners) -> anyhow::Result<()> {
     let shutdown = svc::shutdown::on_signal();
-    let token = flags.server.token().unwrap_or_else(|| {
+    let random = || {
         let bytes: [u8; 16] = rand::rng().random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    });
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     let mut config = flags.search.to_config(flags.shards);
-    config.registry.token = Some(token.clone());
+    if config.auth.is_empty() {
+        config.auth = svc::auth::TokenConfig::single(random());
+    }
+    if config.cache_secret.is_none() && config.cache_secret_file.is_none() {
+        config.cache_secret = Some(frontend_core::config::Secret(random()));
+    }
+    let auth = config.auth.clone();
+    let tls = config.tls.clone();
+    let token = auth.token.clone();
     config.cache = config.cache && flags.caches > 0;
     config.drain_timeout = flags.server.drain_timeout;
     flags.http_limits.apply(&mut config);
@@ -147,7 +160,7 @@ async fn run_cluster(flags: DemoFlags, listeners: Listeners) -> anyhow::Result<(
             let mut leaf_config = leaf::LeafConfig::new(shard, flags.shards);
             leaf_config.lease = Some(leaf::LeaseConfig {
                 frontends: vec![registry.clone()],
-                token: Some(token.clone()),
+                token: token.clone(),
                 ttl: flags.lease_ttl,
             });
             if let Some(root) = &flags.index_root {
@@ -156,6 +169,8 @@ async fn run_cluster(flags: DemoFlags, listeners: Listeners) -> anyhow::Result<(
                     ..leaf::GenerationsConfig::new(root)
                 });
             }
+            leaf_config.auth = auth.clone();
+            leaf_config.tls = tls.clone();
             if let Some(dir) = &flags.index_dir {
                 leaf_config.index.dir = Some(dir.join(format!(
                     "shard-{shard}-of-{}-replica-{replica}",
@@ -194,9 +209,11 @@ async fn run_cluster(flags: DemoFlags, listeners: Listeners) -> anyhow::Result<(
         let cache_config = cache::CacheConfig {
             lease: Some(cache::LeaseConfig {
                 frontends: vec![registry.clone()],
-                token: Some(token.clone()),
+                token: token.clone(),
                 ttl: flags.lease_ttl,
             }),
+            auth: auth.clone(),
+            tls: tls.clone(),
             ..cache::CacheConfig::default()
         };
         let metrics = match port(flags.metrics_base, 51 + index) {

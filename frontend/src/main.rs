@@ -87,9 +87,16 @@ async fn serve(flags: ServeFlags) -> Result<(), Failure> {
             "--shards must be at least 1"
         )));
     }
+    // A frontend is never open by accident: no token means no start,
+    // unless --insecure-no-auth says so.
+    flags
+        .server
+        .security
+        .tokens()
+        .map_err(|error| Failure::config(anyhow::anyhow!(error)))?;
     let mut config = flags.search.to_config(flags.shards);
     config.static_leaves = flags.leaves;
-    config.registry.token = flags.server.token();
+    config.secure(&flags.server.security);
     config.drain_timeout = flags.server.drain_timeout;
     flags.http_limits.apply(&mut config);
     let http = svc::net::bind("http", &flags.http).await?;

@@ -42,6 +42,12 @@ pub struct LeafConfig {
     /// Time kept in reserve after scoring to load hits and reply, on top of
     /// a small per-hit allowance.
     pub reply_margin: Duration,
+    /// The cluster tokens that calls must carry (none: an open leaf, for
+    /// in-process tests; the binary refuses to start without one unless
+    /// `--insecure-no-auth`).
+    pub auth: svc::auth::TokenConfig,
+    /// TLS on the gRPC listener and toward the lease registries.
+    pub tls: svc::tls::TlsConfig,
 }
 
 impl LeafConfig {
@@ -58,6 +64,8 @@ impl LeafConfig {
             advertise: None,
             drain_timeout: Duration::from_secs(5),
             reply_margin: Duration::from_millis(1),
+            auth: svc::auth::TokenConfig::default(),
+            tls: svc::tls::TlsConfig::default(),
         }
     }
 
@@ -240,9 +248,12 @@ impl Cli {
             lease,
             advertise: self.holder.advertise.clone(),
             drain_timeout: self.server.drain_timeout,
+            auth: self.server.security.token_config(),
+            tls: self.server.security.tls(),
             ..LeafConfig::new(self.shard, self.shards)
         };
         config.validate()?;
+        self.server.security.tokens().map_err(LeafError::Config)?;
         Ok(Settings {
             config,
             // Unused with --index-root.

@@ -219,9 +219,14 @@ pub async fn start(
         reply_margin: config.reply_margin,
     });
 
+    lifecycle.secure(
+        svc::Security::new(&config.auth, &config.tls)
+            .map_err(|error| LeafError::Config(error.to_string()))?,
+    );
     let health = lifecycle.health_service::<LeafServer<LeafService>>().await;
     let grpc = tonic::transport::Server::builder()
         .layer(ArrivalLayer)
+        .layer(lifecycle.auth_layer())
         .add_service(health)
         .add_service(LeafServer::new(LeafService::new(shared)))
         .serve_with_incoming_shutdown(

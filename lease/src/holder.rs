@@ -123,11 +123,32 @@ impl GenerationAnnouncer {
     }
 }
 
+/// How a holder turns a registry's endpoint into a channel when it should
+/// not connect plainly (over TLS, for one: `svc::tls::ClientTls::channel`).
+#[derive(Clone)]
+pub struct Connect(pub std::sync::Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>);
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connect(..)")
+    }
+}
+
 /// Starts one lease per endpoint and keeps each alive until `shutdown` is
 /// cancelled or [`HolderSet::revoke_all`] is called. Must be called within a
 /// tokio runtime.
 pub fn spawn(
     config: HolderConfig,
+    metrics: &prometheus::Registry,
+    shutdown: CancellationToken,
+) -> HolderSet {
+    spawn_with(config, None, metrics, shutdown)
+}
+
+/// [`spawn`], with registries reached through `connect` when given.
+pub fn spawn_with(
+    config: HolderConfig,
+    connect: Option<Connect>,
     metrics: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> HolderSet {
@@ -178,6 +199,7 @@ pub fn spawn(
             let task = Task {
                 endpoint: endpoint.clone(),
                 auth: auth.clone(),
+                connect: connect.clone(),
                 info: config.info.clone(),
                 requested_ttl: config.ttl,
                 report,
@@ -455,6 +477,7 @@ impl Report {
 struct Task {
     endpoint: String,
     auth: Option<AsciiMetadataValue>,
+    connect: Option<Connect>,
     info: HolderInfo,
     requested_ttl: Duration,
     report: Report,
@@ -464,7 +487,7 @@ struct Task {
 impl Task {
     #[tracing::instrument(name = "lease_holder", skip_all, fields(endpoint = %self.endpoint, role = self.info.role.label(), shard = self.info.shard))]
     async fn run(self) {
-        let mut client = match connect(&self.endpoint) {
+        let mut client = match self.connect() {
             Ok(channel) => LeaseClient::new(channel),
             Err(error) => {
                 tracing::error!(%error, "invalid lease endpoint, not holding a lease there");
@@ -649,9 +672,18 @@ impl Task {
         ) {
             return;
         }
-        if let Ok(channel) = connect(&self.endpoint) {
+        if let Ok(channel) = self.connect() {
             *client = LeaseClient::new(channel);
         }
+    }
+
+    /// A lazy channel to the registry, over TLS when configured.
+    fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = endpoint(&self.endpoint)?;
+        Ok(match &self.connect {
+            Some(connect) => (connect.0)(&endpoint),
+            None => endpoint.connect_lazy(),
+        })
     }
 
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
@@ -664,11 +696,11 @@ impl Task {
     }
 }
 
-/// A lazy channel to `endpoint` ("host:port" or "http://host:port"), with
+/// The endpoint of a registry ("host:port" or "http://host:port"), with
 /// HTTP/2 keep-alive pings: a connection that stops answering is closed
 /// within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`]. The same figures
 /// as `svc::channel::ChannelOptions::default()` (`svc` sits above `lease`).
-fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
+fn endpoint(endpoint: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if endpoint.contains("://") {
         endpoint.to_owned()
     } else {
@@ -680,8 +712,7 @@ fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
         .tcp_keepalive(Some(Duration::from_secs(10)))
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
 }
 
 /// Awaits a call for at most `timeout`, whatever the transport does.
@@ -765,8 +796,8 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_without_a_scheme_get_http() {
-        assert!(connect("127.0.0.1:7000").is_ok());
-        assert!(connect("http://127.0.0.1:7000").is_ok());
-        assert!(connect("not a uri").is_err());
+        assert!(endpoint("127.0.0.1:7000").is_ok());
+        assert!(endpoint("http://127.0.0.1:7000").is_ok());
+        assert!(endpoint("not a uri").is_err());
     }
 }

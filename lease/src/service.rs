@@ -1,9 +1,12 @@
 //! The gRPC `Lease` service in front of the embedded [`Registry`].
 //!
-//! Grant, KeepAlive and Revoke check the cluster token before anything else;
-//! a refused call is logged with the peer address (never the token) and
-//! counted, and never reaches the table. List is open: it reveals only what
-//! the frontend's status page shows anyway.
+//! When the registry has a token of its own (`RegistryConfig::token`),
+//! Grant, KeepAlive and Revoke check it before anything else; a refused
+//! call is logged with the peer address (never the token) and counted, and
+//! never reaches the table. The frontend does not use that check: it serves
+//! this service behind `svc::auth::AuthLayer`, which checks every RPC, List
+//! included, against the cluster's token set (with rotation), so this
+//! service sees only authenticated calls.
 
 use std::sync::Arc;
 use std::time::Duration;

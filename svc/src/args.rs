@@ -25,6 +25,10 @@ use lease::LeaseConfig;
 
 /// The environment variable of the cluster token, the same for every binary.
 pub const TOKEN_ENV: &str = "SEARCH_CLUSTER_TOKEN";
+/// The next token of a rotation, also accepted.
+pub const TOKEN_NEXT_ENV: &str = "SEARCH_CLUSTER_TOKEN_NEXT";
+/// A file of tokens, one a line, re-read when it changes.
+pub const TOKEN_FILE_ENV: &str = "SEARCH_CLUSTER_TOKEN_FILE";
 
 /// Flags every server binary shares. Flatten it into the binary's own
 /// arguments with `#[command(flatten)]`.
@@ -43,15 +47,104 @@ pub struct ServerArgs {
     #[arg(long, alias = "drain", value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
-    /// The cluster token (lease registries and holders).
-    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 impl ServerArgs {
     /// The token, none when empty.
     pub fn token(&self) -> Option<String> {
+        self.security.token()
+    }
+}
+
+/// The internal plane's credentials: the cluster token (with rotation) and
+/// TLS. Part of [`ServerArgs`]; the frontend flattens it on its own.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
+pub struct SecurityArgs {
+    /// The cluster token: sent on every internal RPC and accepted from
+    /// callers.
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// A second accepted token, for a rotation: servers accept both, then
+    /// clients move to it.
+    #[arg(long, env = TOKEN_NEXT_ENV, hide_env_values = true)]
+    pub token_next: Option<String>,
+
+    /// A file of accepted tokens, one a line (the first is sent when
+    /// --token is absent), re-read when it changes.
+    #[arg(long, env = TOKEN_FILE_ENV, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// Serve and call without a cluster token. Without a token and without
+    /// this flag the server refuses to start.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+
+    /// This server's TLS certificate chain (PEM), also its client
+    /// certificate for mutual TLS; reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Require client certificates from this authority (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Call other servers over TLS, verifying their certificates against
+    /// this authority.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// The name checked in servers' certificates instead of the host called.
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl SecurityArgs {
+    /// The token, none when empty.
+    pub fn token(&self) -> Option<String> {
         self.token.clone().filter(|token| !token.is_empty())
+    }
+
+    /// The token configuration as given, unchecked.
+    pub fn token_config(&self) -> crate::auth::TokenConfig {
+        crate::auth::TokenConfig {
+            token: self.token(),
+            next: self.token_next.clone().filter(|token| !token.is_empty()),
+            file: self.token_file.clone(),
+        }
+    }
+
+    /// The token configuration; an error (a usage error, exit 2) when none
+    /// is given and `--insecure-no-auth` is not set, so that a server is
+    /// never open by accident.
+    pub fn tokens(&self) -> Result<crate::auth::TokenConfig, String> {
+        let config = self.token_config();
+        if config.is_empty() && !self.insecure_no_auth {
+            return Err(format!(
+                "no cluster token: set {TOKEN_ENV} (or --token, --token-file), or pass --insecure-no-auth to serve without one"
+            ));
+        }
+        if !config.is_empty() && self.insecure_no_auth {
+            tracing::warn!("--insecure-no-auth ignored: a cluster token is configured");
+        }
+        Ok(config)
+    }
+
+    /// The TLS files.
+    pub fn tls(&self) -> crate::tls::TlsConfig {
+        crate::tls::TlsConfig {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+            ca: self.tls_ca.clone(),
+            server_name: self.tls_server_name.clone(),
+        }
     }
 }
 
@@ -204,6 +297,25 @@ mod tests {
         );
         let demo: Demo = try_parse_from("SVC_ARGS_LEGACY_TEST", &legacy, ["demo"]).unwrap();
         assert_eq!(demo.holder.frontends, ["old:1"]);
+    }
+
+    #[test]
+    fn a_server_without_a_token_needs_insecure_no_auth() {
+        let open = SecurityArgs::default();
+        assert!(open.tokens().unwrap_err().contains("--insecure-no-auth"));
+        let insecure = SecurityArgs {
+            insecure_no_auth: true,
+            ..SecurityArgs::default()
+        };
+        assert!(insecure.tokens().unwrap().is_empty());
+        let rotating = SecurityArgs {
+            token: Some("old".into()),
+            token_next: Some("new".into()),
+            ..SecurityArgs::default()
+        };
+        let config = rotating.tokens().unwrap();
+        assert_eq!(config.token.as_deref(), Some("old"));
+        assert_eq!(config.next.as_deref(), Some("new"));
     }
 
     #[test]

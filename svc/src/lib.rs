@@ -16,6 +16,12 @@
 //!   timeout, HTTP/2 keep-alive pings with a timeout, TCP keep-alive).
 //! - [`exit`]: the exit-code convention and [`main_exit`].
 //! - [`telemetry`]: `tracing` with `RUST_LOG` (`EnvFilter`), text or JSON.
+//! - [`auth`]: the cluster token on every internal RPC: the server-side
+//!   check ([`auth::AuthLayer`]), the client's [`auth::Credentials`], the
+//!   token set with rotation ([`auth::Tokens`]).
+//! - [`tls`]: TLS, optionally mutual, for gRPC servers and clients and the
+//!   HTTP API, reloaded when the certificate files change.
+//! - [`security`]: the two together as one server's live [`Security`].
 //! - [`metrics`]: Prometheus text encoding and a small HTTP server for
 //!   `/metrics`, `/healthz` and `/readyz`.
 //!
@@ -23,16 +29,20 @@
 //! `leaf`, `cache` and `frontend` know `svc`; `lease` knows neither.
 
 pub mod args;
+pub mod auth;
 pub mod channel;
 pub mod exit;
 pub mod metrics;
 pub mod net;
+pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use args::{HolderArgs, ServerArgs};
 pub use exit::{main_exit, Failure};
+pub use security::{Security, SecurityError};
 pub use server::{Lifecycle, ServeError, ServerHandle};
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;

@@ -46,8 +46,11 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::auth::{AuthLayer, Tokens};
 use crate::metrics::Ready;
 use crate::net::Killable;
+use crate::security::Security;
+use crate::tls::Conn;
 
 /// How long background tasks and the metrics endpoint may take to stop
 /// after the drain, before they are cut.
@@ -87,6 +90,8 @@ pub struct Lifecycle {
     holders: Option<HolderSet>,
     metrics_addr: Option<SocketAddr>,
     served: bool,
+    /// Tokens and TLS of the internal plane (open and plain by default).
+    security: Security,
 }
 
 impl Lifecycle {
@@ -112,7 +117,27 @@ impl Lifecycle {
             holders: None,
             metrics_addr: None,
             served: false,
+            security: Security::default(),
         }
+    }
+
+    /// Uses `security` for the gRPC listener ([`Lifecycle::incoming`]), the
+    /// check of incoming calls ([`Lifecycle::auth_layer`]) and the lease
+    /// holders. Call it before those.
+    pub fn secure(&mut self, security: Security) {
+        self.security = security;
+    }
+
+    /// The credentials in force.
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// The check of every incoming call but health, for
+    /// `tonic::transport::Server::builder().layer(…)`; it passes everything
+    /// on an open server.
+    pub fn auth_layer(&self) -> AuthLayer {
+        AuthLayer::new(self.name, self.security.tokens.clone(), &self.registry)
     }
 
     /// Cancelled when a graceful stop is asked for: for work that runs
@@ -163,25 +188,35 @@ impl Lifecycle {
     }
 
     /// The connections accepted on `listener` for the gRPC server, each cut
-    /// by a kill (and by the stop's last step).
+    /// by a kill (and by the stop's last step), after a TLS handshake when
+    /// the server has a certificate.
     pub fn incoming(
         &self,
         listener: TcpListener,
-    ) -> impl Stream<Item = std::io::Result<Killable>> + Send + 'static {
-        crate::net::incoming(listener, self.kill.clone())
+    ) -> impl Stream<Item = std::io::Result<Conn<Killable>>> + Send + 'static {
+        crate::tls::incoming(
+            crate::net::incoming(listener, self.kill.clone()),
+            self.security.acceptor.clone(),
+        )
     }
 
     /// Holds `lease` (none: no lease) as `info` until the stop revokes it;
     /// a kill leaves it to expire.
     pub fn hold_leases(&mut self, lease: Option<&LeaseConfig>, info: HolderInfo) {
+        let connect = self.security.client.clone().map(|tls| {
+            lease::holder::Connect(std::sync::Arc::new(move |endpoint| tls.channel(endpoint)))
+        });
+        let current = self.security.tokens.as_ref().and_then(Tokens::current);
         self.holders = lease.map(|lease| {
-            lease::holder::spawn(
+            lease::holder::spawn_with(
                 HolderConfig {
                     endpoints: lease.frontends.clone(),
-                    token: lease.token.clone(),
+                    // The lease's own token, else the one this server sends.
+                    token: lease.token.clone().or(current),
                     ttl: lease.ttl,
                     info,
                 },
+                connect,
                 &self.registry,
                 // Not the caller's token: the stop revokes explicitly, after
                 // NOT_SERVING and before the drain.

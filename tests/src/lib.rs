@@ -47,9 +47,16 @@ pub struct TestClusterBuilder {
     frontend: FrontendConfig,
     leaf: Option<LeafConfigFn>,
     metrics: bool,
+    cache_tls: svc::tls::TlsConfig,
 }
 
 impl TestClusterBuilder {
+    /// TLS of every cache server (its listener and its lease).
+    pub fn cache_tls(mut self, tls: svc::tls::TlsConfig) -> Self {
+        self.cache_tls = tls;
+        self
+    }
+
     pub fn shards(mut self, shards: u32) -> Self {
         self.shards = shards;
         self.frontend.shards = shards;
@@ -122,6 +129,7 @@ impl TestClusterBuilder {
             leaf_config: self.leaf,
             metrics: self.metrics,
             leaf_metrics: std::sync::Mutex::new(Vec::new()),
+            cache_tls: self.cache_tls.clone(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -198,6 +206,7 @@ pub struct TestCluster {
     /// The `/metrics` address of every leaf started, by its gRPC address
     /// (a `LeafHandle` does not know it).
     leaf_metrics: std::sync::Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    cache_tls: svc::tls::TlsConfig,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -214,6 +223,7 @@ impl TestCluster {
             frontend: FrontendConfig::new(4),
             leaf: None,
             metrics: false,
+            cache_tls: svc::tls::TlsConfig::default(),
         }
     }
 
@@ -446,6 +456,8 @@ impl TestCluster {
                 ttl: self.lease_ttl,
             });
         }
+        // Every call to a test leaf must carry the cluster token.
+        config.auth = svc::auth::TokenConfig::single(TOKEN);
         if let Some(change) = &self.leaf_config {
             change(&mut config);
         }
@@ -485,6 +497,8 @@ impl TestCluster {
                 token: Some(TOKEN.to_string()),
                 ttl: self.lease_ttl,
             }),
+            auth: svc::auth::TokenConfig::single(TOKEN),
+            tls: self.cache_tls.clone(),
             ..cache::CacheConfig::default()
         };
         let metrics = self.metrics_listener().await;

@@ -1,5 +1,9 @@
 //! The fan-out talks to leaves through [`LeafService`]; a client is either
 //! gRPC ([`GrpcLeaf`]) or, in unit tests, an in-process fake.
+//!
+//! Every gRPC channel to a leaf or a cache server is made by
+//! [`lazy_channel`] with the frontend's [`Connect`]: the cluster token on
+//! every call, and TLS when configured.
 
 use crate::metrics::LeafCallOutcome;
 use std::time::Duration;
@@ -9,7 +13,9 @@ use proto::leaf::leaf_client::LeafClient;
 use proto::leaf::{
     InfoRequest, InfoResponse, SearchRequest, SearchResponse, TermStatsRequest, TermStatsResponse,
 };
-use tonic::transport::Channel;
+use svc::auth::{AuthChannel, Credentials};
+use svc::tls::ClientTls;
+use tonic::service::interceptor::InterceptedService;
 
 /// How one call to one replica ended, when it did not answer.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,28 +88,59 @@ pub trait LeafService: Send + Sync + 'static {
     async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError>;
 }
 
+/// How the frontend reaches leaves and cache servers: the credentials sent
+/// on every call, and TLS when configured. The default sends no token over
+/// plain TCP.
+#[derive(Clone, Default)]
+pub struct Connect {
+    pub credentials: Credentials,
+    pub tls: Option<ClientTls>,
+}
+
+impl Connect {
+    /// The token and TLS of `security`.
+    pub fn new(security: &svc::Security) -> Self {
+        Connect {
+            credentials: security.credentials(),
+            tls: security.client.clone(),
+        }
+    }
+}
+
 /// A gRPC leaf client over one lazily connected HTTP/2 channel.
 #[derive(Clone)]
 pub struct GrpcLeaf {
-    client: LeafClient<Channel>,
+    client: LeafClient<AuthChannel>,
 }
 
 impl GrpcLeaf {
-    /// Builds a client for `addr` (`host:port` or a URL) without connecting.
+    /// Builds a client for `addr` (`host:port` or a URL) without connecting,
+    /// sending no token.
     pub fn new(addr: &str) -> Result<Self, CallError> {
+        GrpcLeaf::with_connect(addr, &Connect::default())
+    }
+
+    /// A client for `addr` that connects and authenticates with `connect`.
+    pub fn with_connect(addr: &str, connect: &Connect) -> Result<Self, CallError> {
         Ok(GrpcLeaf {
-            client: LeafClient::new(lazy_channel(addr)?),
+            client: LeafClient::new(lazy_channel(addr, connect)?),
         })
     }
 }
 
 /// A lazily connected channel to `addr`, shared by every call to it, with
 /// the cluster's connect timeout and keep-alive pings
-/// ([`svc::channel::ChannelOptions`]): a connection that stops answering
-/// pings is closed and the next call connects anew.
-pub fn lazy_channel(addr: &str) -> Result<Channel, CallError> {
-    svc::channel::lazy(addr, &svc::channel::ChannelOptions::default())
-        .map_err(|error| CallError::Unavailable(format!("bad address {addr}: {error}")))
+/// ([`svc::channel::ChannelOptions`]: a connection that stops answering
+/// pings is closed and the next call connects anew), that sends
+/// `connect`'s token on every call (over TLS when configured).
+pub fn lazy_channel(addr: &str, connect: &Connect) -> Result<AuthChannel, CallError> {
+    let endpoint = svc::channel::endpoint(addr, &svc::channel::ChannelOptions::default())
+        .map_err(|error| CallError::Unavailable(format!("bad address {addr}: {error}")))?;
+    let channel = svc::tls::channel(&endpoint, connect.tls.as_ref());
+    Ok(InterceptedService::new(
+        channel,
+        connect.credentials.clone(),
+    ))
 }
 
 /// Runs `call` with `budget` as both the gRPC deadline the server sees and a

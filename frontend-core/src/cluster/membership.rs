@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::leaf_client::{GrpcLeaf, LeafService};
+use crate::cluster::leaf_client::{Connect, GrpcLeaf, LeafService};
 
 pub struct StaticMembership {
     members: watch::Sender<Arc<Vec<Member>>>,
@@ -19,7 +19,8 @@ pub struct StaticMembership {
 
 impl StaticMembership {
     /// Starts discovering the shard of every address in `leaves`.
-    pub fn start(leaves: Vec<String>, shutdown: CancellationToken) -> Arc<Self> {
+    /// `connect` says how the leaves are reached.
+    pub fn start(leaves: Vec<String>, connect: Connect, shutdown: CancellationToken) -> Arc<Self> {
         let (members, _) = watch::channel(Arc::new(Vec::new()));
         let membership = Arc::new(StaticMembership {
             members,
@@ -27,9 +28,9 @@ impl StaticMembership {
         });
         for (index, address) in leaves.into_iter().enumerate() {
             let membership = Arc::clone(&membership);
-            let shutdown = shutdown.clone();
+            let (shutdown, connect) = (shutdown.clone(), connect.clone());
             tokio::spawn(async move {
-                let client = match GrpcLeaf::new(&address) {
+                let client = match GrpcLeaf::with_connect(&address, &connect) {
                     Ok(client) => client,
                     Err(error) => {
                         tracing::error!(%address, %error, "bad leaf address");

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use proto::cache::cache_client::CacheClient;
-use tonic::transport::Channel;
+use svc::auth::AuthChannel;
 
-use crate::cluster::leaf_client::{lazy_channel, CallError, GrpcLeaf, LeafService};
+use crate::cluster::leaf_client::{lazy_channel, CallError, Connect, GrpcLeaf, LeafService};
 use crate::cluster::load::PeakEwma;
 
 /// One live leaf replica and what the frontend has learned about it.
@@ -42,7 +42,7 @@ pub struct Replica {
 /// A live cache server.
 pub struct CacheNode {
     pub member: Member,
-    pub client: CacheClient<Channel>,
+    pub client: CacheClient<AuthChannel>,
 }
 
 /// A replica that stays much slower than its peers is kept out of primary
@@ -252,15 +252,17 @@ pub fn export_generations(
 /// Makes the client for a new replica; tests swap in fakes.
 pub type ClientFactory = Arc<dyn Fn(&Member) -> Option<Arc<dyn LeafService>> + Send + Sync>;
 
-/// The gRPC client factory.
-pub fn grpc_clients() -> ClientFactory {
-    Arc::new(|member: &Member| match GrpcLeaf::new(&member.address) {
-        Ok(client) => Some(Arc::new(client) as Arc<dyn LeafService>),
-        Err(error) => {
-            tracing::warn!(address = %member.address, %error, "cannot build leaf client");
-            None
-        }
-    })
+/// The gRPC client factory: clients that reach leaves with `connect`.
+pub fn grpc_clients(connect: Connect) -> ClientFactory {
+    Arc::new(
+        move |member: &Member| match GrpcLeaf::with_connect(&member.address, &connect) {
+            Ok(client) => Some(Arc::new(client) as Arc<dyn LeafService>),
+            Err(error) => {
+                tracing::warn!(address = %member.address, %error, "cannot build leaf client");
+                None
+            }
+        },
+    )
 }
 
 /// How long a replica must have answered nothing (every call failed or
@@ -364,10 +366,17 @@ pub struct Routing {
     decay: Duration,
     observed: Arc<Observed>,
     rollout: RwLock<RolloutStatus>,
+    /// How cache servers are reached.
+    connect: Connect,
 }
 
 impl Routing {
     pub fn new(shards: u32, factory: ClientFactory) -> Arc<Self> {
+        Routing::with_connect(shards, factory, Connect::default())
+    }
+
+    /// A table whose cache clients reach cache servers with `connect`.
+    pub fn with_connect(shards: u32, factory: ClientFactory, connect: Connect) -> Arc<Self> {
         let observed = Arc::new(Observed::default());
         Arc::new(Routing {
             shards,
@@ -381,6 +390,7 @@ impl Routing {
             decay: Duration::from_secs(10),
             observed,
             rollout: RwLock::new(RolloutStatus::default()),
+            connect,
         })
     }
 
@@ -462,7 +472,7 @@ impl Routing {
                 }
                 Role::Cache => match known_caches.get(member.address.as_str()) {
                     Some(node) if node.member == *member => caches.push(Arc::clone(node)),
-                    _ => match lazy_channel(&member.address) {
+                    _ => match lazy_channel(&member.address, &self.connect) {
                         Ok(channel) => caches.push(Arc::new(CacheNode {
                             member: member.clone(),
                             client: CacheClient::new(channel),
@@ -653,7 +663,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rollout_runs_from_the_first_announcement_to_the_last_replica() {
-        let routing = Routing::new(2, grpc_clients());
+        let routing = Routing::new(2, grpc_clients(Connect::default()));
         routing.apply(&table(0));
         let settled = routing.rollout();
         assert_eq!(settled.generation, 1);
@@ -687,7 +697,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_generation_seen_in_an_answer_counts_before_its_lease_announces_it() {
-        let routing = Routing::new(2, grpc_clients());
+        let routing = Routing::new(2, grpc_clients(Connect::default()));
         routing.apply(&table(0));
         routing.snapshot().observe(1, 2);
         assert_eq!(routing.snapshot().generations(), vec![1, 2]);

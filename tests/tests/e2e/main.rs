@@ -2,6 +2,7 @@
 //! instead of one per file): each module is one area of behaviour, run
 //! against real servers on loopback started by the `tests` crate's harness.
 
+mod attacker;
 mod browser;
 mod cache_tier;
 mod dashboards;
