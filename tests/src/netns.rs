@@ -793,6 +793,8 @@ pub struct Sample {
     /// HTTP status, or 0 when no answer came (client timeout, refused).
     pub status: u16,
     pub partial: bool,
+    /// The error code of a non-200 answer (`overloaded`, `unavailable`, …).
+    pub code: Option<String>,
 }
 
 /// Searches at a steady rate against one frontend, each answer recorded.
@@ -847,20 +849,25 @@ impl Load {
                     let samples = Arc::clone(&samples);
                     tokio::spawn(async move {
                         let sent = Instant::now();
-                        let (status, partial) = match client.get(&url).send().await {
+                        let (status, partial, code) = match client.get(&url).send().await {
                             Ok(response) => {
                                 let status = response.status().as_u16();
                                 let body: serde_json::Value =
                                     response.json().await.unwrap_or_default();
-                                (status, body["partial"].as_bool().unwrap_or(false))
+                                (
+                                    status,
+                                    body["partial"].as_bool().unwrap_or(false),
+                                    body["error"]["code"].as_str().map(str::to_string),
+                                )
                             }
-                            Err(_) => (0, false),
+                            Err(_) => (0, false, None),
                         };
                         samples.lock().unwrap().push(Sample {
                             at: sent.duration_since(started),
                             latency: sent.elapsed(),
                             status,
                             partial,
+                            code,
                         });
                     });
                 }
@@ -933,11 +940,15 @@ impl Window {
         latencies[rank.min(latencies.len() - 1)]
     }
 
-    /// The statuses that were not 200, with counts.
-    pub fn error_kinds(&self) -> Vec<(u16, usize)> {
-        let mut kinds: std::collections::BTreeMap<u16, usize> = Default::default();
+    /// The answers that were not 200 by status and error code, with counts.
+    pub fn error_kinds(&self) -> Vec<(String, usize)> {
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
         for s in self.0.iter().filter(|s| s.status != 200) {
-            *kinds.entry(s.status).or_default() += 1;
+            let kind = match &s.code {
+                Some(code) => format!("{} {code}", s.status),
+                None => s.status.to_string(),
+            };
+            *kinds.entry(kind).or_default() += 1;
         }
         kinds.into_iter().collect()
     }

@@ -16,6 +16,8 @@ const CUT: Duration = Duration::from_secs(8);
 /// Generous bound for every condition polled (never a timing assertion).
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Two shards: a search whose shard 0 call is caught on the cut link is a
+/// partial answer (shard 1 answered), never a 503 "no shard answered".
 async fn cluster(test: &str, config: NetClusterConfig) -> Option<NetCluster> {
     let bed = TestBed::new(test)?;
     Some(
@@ -55,7 +57,7 @@ async fn a_replica_cut_off_from_the_frontend_takes_its_share_again_after_the_hea
     let Some(cluster) = cluster(
         "partitions::replica",
         NetClusterConfig {
-            shards: 1,
+            shards: 2,
             replicas: 2,
             ..NetClusterConfig::default()
         },
@@ -77,7 +79,7 @@ async fn a_replica_cut_off_from_the_frontend_takes_its_share_again_after_the_hea
         .wait_for(
             PATIENCE,
             "the cut-off replica's lease to expire",
-            || async { cluster.routed_leaves(0).await.is_ok_and(|n| n == 1) },
+            || async { cluster.routed_leaves(0).await.is_ok_and(|n| n == 3) },
         )
         .await
         .unwrap();
@@ -87,7 +89,7 @@ async fn a_replica_cut_off_from_the_frontend_takes_its_share_again_after_the_hea
         .wait_for(
             PATIENCE,
             "the healed replica's lease to be live again",
-            || async { cluster.routed_leaves(0).await.is_ok_and(|n| n == 2) },
+            || async { cluster.routed_leaves(0).await.is_ok_and(|n| n == 4) },
         )
         .await
         .unwrap();
@@ -105,7 +107,7 @@ async fn a_leaf_cut_off_from_its_registry_only_leaves_routing_and_returns_after_
     let Some(cluster) = cluster(
         "partitions::holder_registry",
         NetClusterConfig {
-            shards: 1,
+            shards: 2,
             replicas: 2,
             ..NetClusterConfig::default()
         },
@@ -129,7 +131,7 @@ async fn a_leaf_cut_off_from_its_registry_only_leaves_routing_and_returns_after_
         .wait_for(
             PATIENCE,
             "the lease to expire although the leaf serves",
-            || async { cluster.routed_leaves(0).await.is_ok_and(|n| n == 1) },
+            || async { cluster.routed_leaves(0).await.is_ok_and(|n| n == 3) },
         )
         .await
         .unwrap();
@@ -141,7 +143,7 @@ async fn a_leaf_cut_off_from_its_registry_only_leaves_routing_and_returns_after_
     cluster.bed.heal_service(cut, frontend, GRPC_PORT).unwrap();
     cluster
         .wait_for(PATIENCE, "the holder's lease to be live again", || async {
-            cluster.routed_leaves(0).await.is_ok_and(|n| n == 2)
+            cluster.routed_leaves(0).await.is_ok_and(|n| n == 4)
         })
         .await
         .unwrap();
@@ -155,7 +157,7 @@ async fn a_one_way_cut_from_the_frontend_to_a_replica_heals_like_a_full_one() {
     let Some(cluster) = cluster(
         "partitions::one_way",
         NetClusterConfig {
-            shards: 1,
+            shards: 2,
             replicas: 2,
             ..NetClusterConfig::default()
         },
@@ -181,7 +183,7 @@ async fn a_one_way_cut_from_the_frontend_to_a_replica_heals_like_a_full_one() {
     cluster.bed.heal(frontend, cut).unwrap();
     cluster
         .wait_for(PATIENCE, "both replicas routed again", || async {
-            cluster.routed_leaves(0).await.is_ok_and(|n| n == 2)
+            cluster.routed_leaves(0).await.is_ok_and(|n| n == 4)
         })
         .await
         .unwrap();
