@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::cache_client::CacheTier;
 use crate::metrics::Metrics;
 use crate::query::answer::{Answer, AnswerHit, CacheResult, SearchParams};
-use crate::query::coalesce::Coalescer;
+use crate::query::coalesce::{Coalescer, Window};
 use crate::query::error::QueryError;
 use crate::query::fanout::{Fanout, ShardOutcome};
 use crate::query::merge::{self, Coverage, Merged};
@@ -67,8 +67,9 @@ pub struct Root {
     pub stats: Arc<TermStatsCache>,
     /// Last known document count per shard, for coverage of missing shards.
     known_docs: Arc<Vec<AtomicU64>>,
-    /// Fan-outs in flight by cache key, so identical misses share one.
-    in_flight: Coalescer<Arc<Merged>>,
+    /// Fan-outs in flight by cache key, so identical misses share one; each
+    /// result carries the window it ran in.
+    in_flight: Coalescer<(Window, Arc<Merged>)>,
     /// Coalesced fan-outs run as tasks of their own, drained on shutdown.
     tasks: TaskTracker,
 }
@@ -156,27 +157,41 @@ impl Root {
         Ok(answer)
     }
 
-    /// Joins an identical fan-out already in flight, or starts one.
+    /// Joins an identical fan-out already in flight when it can serve this
+    /// request (see [`Window::serves`]), or starts one. A joiner whose shared
+    /// fan-out ended before its own deadline without a complete answer
+    /// fans out by itself for the time it has left: joining never costs a
+    /// request any of its budget.
     async fn coalesced(
         &self,
         key: String,
         params: &SearchParams,
         deadline: Instant,
     ) -> Result<Arc<Merged>, QueryError> {
-        let (shared, leader) = self.in_flight.join_or_start(key, &self.tasks, || {
+        let mine = Window::new(Instant::now(), deadline);
+        let (shared, leader) = self.in_flight.join_or_start(key, mine, &self.tasks, || {
             let root = self.detached();
             let params = params.clone();
-            async move { Arc::new(root.fan_out(params, deadline).await) }
+            async move {
+                let merged = root.fan_out(params, deadline).await;
+                (mine, Arc::new(merged))
+            }
         });
         if !leader {
             self.metrics.cache_coalesced.inc();
         }
         // A follower never waits past its own deadline for the leader's.
-        match tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await {
-            Ok(Some(merged)) => Ok(merged),
-            Ok(None) => Err(QueryError::Internal("the fan-out task failed".into())),
-            Err(_) => Err(QueryError::NoShardAnswered { answer: None }),
+        let (theirs, merged) =
+            match tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await {
+                Ok(Some(joined)) => joined,
+                Ok(None) => return Err(QueryError::Internal("the fan-out task failed".into())),
+                Err(_) => return Err(QueryError::NoShardAnswered { answer: None }),
+            };
+        let incomplete = merged.partial || merged.coverage.shards_answered == 0;
+        if !leader && incomplete && merged.invalid_query.is_none() && mine.outlives(&theirs) {
+            return Ok(Arc::new(self.fan_out(params.clone(), deadline).await));
         }
+        Ok(merged)
     }
 
     /// A handle on the shared parts that a spawned fan-out can own.
@@ -350,3 +365,6 @@ fn to_cached(merged: &Merged) -> CachedAnswer {
         shards_total: merged.coverage.shards_total,
     }
 }
+
+#[cfg(test)]
+mod tests;
