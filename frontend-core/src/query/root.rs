@@ -1,6 +1,7 @@
 //! The root search: everything between an admitted request and its answer.
 //!
-//! cache lookup (own small budget) → coalesce identical misses → global term
+//! cache lookup (own small budget) → canary of a first-seen query (one
+//! replica of one shard) → coalesce identical misses → global term
 //! statistics (warm cache or one round trip) → fan-out under the deadline →
 //! merge → answer, and store complete answers in the cache tier.
 //!
@@ -17,8 +18,10 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::cache_client::CacheTier;
+use crate::cluster::topology::Topology;
 use crate::metrics::Metrics;
 use crate::query::answer::{Answer, AnswerHit, CacheResult, SearchParams};
+use crate::query::canary::{Canaries, CanaryConfig};
 use crate::query::coalesce::{Coalescer, Window};
 use crate::query::error::QueryError;
 use crate::query::fanout::{Fanout, ShardOutcome};
@@ -43,6 +46,8 @@ pub struct RootConfig {
     pub wait_for_all: bool,
     /// Bytes of per-term statistics (frequencies and champion lists) kept.
     pub stats_cache_bytes: u64,
+    /// Canary requests of first-seen queries.
+    pub canary: CanaryConfig,
 }
 
 impl Default for RootConfig {
@@ -55,6 +60,7 @@ impl Default for RootConfig {
             global_stats: true,
             wait_for_all: false,
             stats_cache_bytes: crate::query::term_stats::DEFAULT_CACHE_BYTES,
+            canary: CanaryConfig::default(),
         }
     }
 }
@@ -72,6 +78,8 @@ pub struct Root {
     in_flight: Coalescer<(Window, Arc<Merged>)>,
     /// Coalesced fan-outs run as tasks of their own, drained on shutdown.
     tasks: TaskTracker,
+    /// First-seen queries go to one replica before they go to all.
+    canaries: Arc<Canaries>,
 }
 
 impl Root {
@@ -83,6 +91,7 @@ impl Root {
         metrics: Arc<Metrics>,
     ) -> Self {
         let shards = fanout.routing().shards() as usize;
+        let canaries = Arc::new(Canaries::new(config.canary.clone(), Arc::clone(&metrics)));
         Root {
             config,
             fanout,
@@ -92,6 +101,7 @@ impl Root {
             known_docs: Arc::new((0..shards).map(|_| AtomicU64::new(0)).collect()),
             in_flight: Coalescer::default(),
             tasks: TaskTracker::new(),
+            canaries,
         }
     }
 
@@ -125,6 +135,7 @@ impl Root {
             cache_result = CacheResult::Miss;
         }
 
+        self.canary(params, &topology, deadline).await?;
         let merged = if cache.is_some() {
             self.coalesced(key.clone(), params, deadline).await?
         } else {
@@ -132,6 +143,9 @@ impl Root {
         };
         if let Some(message) = &merged.invalid_query {
             return Err(QueryError::InvalidQuery(message.clone()));
+        }
+        if !merged.partial && merged.coverage.shards_answered > 0 {
+            self.canaries.answered(&params.q);
         }
         if let Some(cache) = cache {
             if merged.partial {
@@ -194,6 +208,26 @@ impl Root {
         Ok(merged)
     }
 
+    /// Sends a first-seen query's canary to the shard holding the most
+    /// documents (the likeliest to meet whatever kills), before any other
+    /// leaf sees the query; see [`crate::query::canary`].
+    async fn canary(
+        &self,
+        params: &SearchParams,
+        topology: &Topology,
+        deadline: Instant,
+    ) -> Result<(), QueryError> {
+        let shard = self
+            .known_docs
+            .iter()
+            .enumerate()
+            .max_by_key(|(shard, docs)| (docs.load(Ordering::Relaxed), std::cmp::Reverse(*shard)))
+            .map_or(0, |(shard, _)| shard);
+        self.canaries
+            .admit(&params.q, params.k, topology, shard, deadline, &self.tasks)
+            .await
+    }
+
     /// A handle on the shared parts that a spawned fan-out can own.
     fn detached(&self) -> Root {
         Root {
@@ -205,6 +239,7 @@ impl Root {
             known_docs: Arc::clone(&self.known_docs),
             in_flight: self.in_flight.clone(),
             tasks: self.tasks.clone(),
+            canaries: Arc::clone(&self.canaries),
         }
     }
 
