@@ -4,6 +4,7 @@
 
 mod browser;
 mod cache_tier;
+mod canary;
 mod dashboards;
 mod etcd_membership;
 mod layers;
