@@ -178,10 +178,11 @@ impl Canaries {
         if self.memory.is_good(fingerprint) {
             return Ok(());
         }
-        let Some(replica) = pick(topology, shard) else {
-            // Nobody to ask: the fan-out reports the shard unavailable.
+        let candidates = candidates(topology, shard);
+        if candidates.is_empty() {
+            // Nobody to ask: the fan-out reports the shards unavailable.
             return Ok(());
-        };
+        }
         let now = Instant::now();
         let budget = deadline
             .saturating_duration_since(now)
@@ -197,6 +198,13 @@ impl Canaries {
                     let (memory, metrics) = (Arc::clone(&self.memory), Arc::clone(&self.metrics));
                     let probe_budget = self.config.probe_budget;
                     async move {
+                        let Some(replica) = first_alive(candidates, probe_budget).await else {
+                            metrics
+                                .canaries
+                                .with_label_values(&[Verdict::OrdinaryError.label()])
+                                .inc();
+                            return Verdict::OrdinaryError;
+                        };
                         let verdict = run(&replica, request, budget, probe_budget).await;
                         metrics.canaries.with_label_values(&[verdict.label()]).inc();
                         match verdict {
@@ -252,22 +260,42 @@ impl Canaries {
     }
 }
 
-/// The canary's replica: one at random among those of the shard not on
-/// probation, else any (spreading canaries spreads their cost; which one
-/// dies on a query of death does not matter).
-fn pick(topology: &Topology, shard: usize) -> Option<Arc<Replica>> {
-    use rand::seq::IndexedRandom;
-    let replicas = topology.shards.get(shard)?;
+/// The replicas a canary may go to, in order: those of `shard` not on
+/// probation at random (spreading canaries spreads their cost), then its
+/// others, then the other shards'.
+fn candidates(topology: &Topology, shard: usize) -> Vec<Arc<Replica>> {
+    use rand::seq::SliceRandom;
     let now = Instant::now();
-    let healthy: Vec<&Arc<Replica>> = replicas
-        .iter()
-        .filter(|r| !r.probation.active(now))
-        .collect();
-    healthy
-        .choose(&mut rand::rng())
-        .copied()
-        .or_else(|| replicas.first())
-        .cloned()
+    let mut order: Vec<Arc<Replica>> = Vec::new();
+    let shards = topology.shards.len();
+    for offset in 0..shards {
+        let Some(replicas) = topology.shards.get((shard + offset) % shards) else {
+            continue;
+        };
+        let (mut healthy, mut rest): (Vec<_>, Vec<_>) = replicas
+            .iter()
+            .cloned()
+            .partition(|r| !r.probation.active(now));
+        healthy.shuffle(&mut rand::rng());
+        order.append(&mut healthy);
+        order.append(&mut rest);
+    }
+    order
+}
+
+/// The first candidate that answers a probe: a canary must go to a replica
+/// that is alive before it, or one already dead would pass for one that
+/// died on the query.
+async fn first_alive(
+    candidates: Vec<Arc<Replica>>,
+    probe_budget: Duration,
+) -> Option<Arc<Replica>> {
+    for replica in candidates {
+        if replica.client.info(probe_budget).await.is_ok() {
+            return Some(replica);
+        }
+    }
+    None
 }
 
 /// Sends the canary and judges how it ended.

@@ -137,7 +137,8 @@ impl Root {
 
         self.canary(params, &topology, deadline).await?;
         let merged = if cache.is_some() {
-            self.coalesced(key.clone(), params, deadline).await?
+            self.coalesced(key.clone(), params, Window::new(started, deadline))
+                .await?
         } else {
             Arc::new(self.fan_out(params.clone(), deadline).await)
         };
@@ -172,7 +173,9 @@ impl Root {
     }
 
     /// Joins an identical fan-out already in flight when it can serve this
-    /// request (see [`Window::serves`]), or starts one. A joiner whose shared
+    /// request (see [`Window::serves`]; `mine` runs from the request's
+    /// arrival, so that time spent before, e.g. on a canary, does not make
+    /// identical requests look different), or starts one. A joiner whose shared
     /// fan-out ended before its own deadline without a complete answer
     /// fans out by itself for the time it has left: joining never costs a
     /// request any of its budget.
@@ -180,9 +183,9 @@ impl Root {
         &self,
         key: String,
         params: &SearchParams,
-        deadline: Instant,
+        mine: Window,
     ) -> Result<Arc<Merged>, QueryError> {
-        let mine = Window::new(Instant::now(), deadline);
+        let deadline = mine.deadline;
         let (shared, leader) = self.in_flight.join_or_start(key, mine, &self.tasks, || {
             let root = self.detached();
             let params = params.clone();

@@ -112,3 +112,19 @@ async fn without_canaries_a_query_of_death_reaches_every_shard() {
         "one replica of every shard at least"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_first_seen_requests_share_one_canary_and_one_fan_out() {
+    let cluster = TestCluster::builder().shards(3).caches(1).build().await;
+    for leaf in cluster.leaves() {
+        leaf.faults()
+            .set_delay(std::time::Duration::from_millis(200), 1.0);
+    }
+    let requests = (0..8).map(|_| cluster.search("q=stream+parser&timeout_ms=3000"));
+    for (status, body) in futures::future::join_all(requests).await {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partial"], false, "{body}");
+    }
+    let searches: u64 = cluster.leaves().map(|l| l.stats().searches).sum();
+    assert_eq!(searches, 3 + 1, "one call per shard and one canary");
+}

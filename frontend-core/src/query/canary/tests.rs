@@ -72,6 +72,8 @@ fn a_refusal_expires() {
 struct Fake {
     unavailable: AtomicBool,
     dead: AtomicBool,
+    /// The next search kills it.
+    dies_on_search: AtomicBool,
     searches: AtomicUsize,
 }
 
@@ -79,6 +81,9 @@ struct Fake {
 impl LeafService for Fake {
     async fn search(&self, _: SearchRequest, _: Duration) -> Result<SearchResponse, CallError> {
         self.searches.fetch_add(1, Ordering::SeqCst);
+        if self.dies_on_search.load(Ordering::SeqCst) {
+            self.dead.store(true, Ordering::SeqCst);
+        }
         if self.dead.load(Ordering::SeqCst) || self.unavailable.load(Ordering::SeqCst) {
             return Err(CallError::Unavailable("connection reset".into()));
         }
@@ -157,7 +162,7 @@ async fn an_unavailable_replica_that_is_still_up_is_an_ordinary_error() {
 #[tokio::test]
 async fn a_query_whose_canary_died_is_refused_without_reaching_a_leaf_again() {
     let (topology, fake) = one_replica();
-    fake.dead.store(true, Ordering::SeqCst);
+    fake.dies_on_search.store(true, Ordering::SeqCst);
     let (canaries, metrics) = canaries();
     for _ in 0..3 {
         let error = admit(&canaries, &topology, "deadly query")
@@ -176,6 +181,18 @@ async fn a_query_whose_canary_died_is_refused_without_reaching_a_leaf_again() {
     assert_eq!(fake.searches.load(Ordering::SeqCst), 1, "one canary only");
     assert_eq!(metrics.canaries.with_label_values(&["died"]).get(), 1);
     assert_eq!(metrics.queries_rejected.get(), 3);
+}
+
+#[tokio::test]
+async fn a_replica_already_dead_is_not_taken_for_a_query_of_death() {
+    let (topology, fake) = one_replica();
+    let (canaries, metrics) = canaries();
+    // Dead before the canary: the probe before it finds nobody, so nothing
+    // is sent and nothing refused.
+    fake.dead.store(true, Ordering::SeqCst);
+    admit(&canaries, &topology, "json parser").await.unwrap();
+    assert_eq!(fake.searches.load(Ordering::SeqCst), 0);
+    assert_eq!(metrics.queries_rejected.get(), 0);
 }
 
 #[tokio::test]

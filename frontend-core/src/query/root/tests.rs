@@ -101,8 +101,9 @@ async fn two_identical_misses(
     let run = |timeout_ms: u64| {
         let root = Arc::clone(&root);
         tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-            root.coalesced("key".into(), &params(timeout_ms), deadline)
+            let now = Instant::now();
+            let window = Window::new(now, now + Duration::from_millis(timeout_ms));
+            root.coalesced("key".into(), &params(timeout_ms), window)
                 .await
                 .unwrap()
         })
