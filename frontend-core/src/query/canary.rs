@@ -196,8 +196,21 @@ impl Canaries {
             self.in_flight
                 .join_or_start(format!("{fingerprint:016x}"), (), tasks, || {
                     let (memory, metrics) = (Arc::clone(&self.memory), Arc::clone(&self.metrics));
-                    let probe_budget = self.config.probe_budget;
+                    let probe_budget = self.config.probe_budget.min(budget);
+                    // Checked again under the coalescer's lock: a canary that
+                    // just ended updated the memory before leaving the map,
+                    // so a query is never sent twice.
+                    let known = if memory.is_refused(fingerprint) {
+                        Some(Verdict::Died)
+                    } else if memory.is_good(fingerprint) {
+                        Some(Verdict::Answered)
+                    } else {
+                        None
+                    };
                     async move {
+                        if let Some(verdict) = known {
+                            return verdict;
+                        }
                         let Some(replica) = first_alive(candidates, probe_budget).await else {
                             metrics
                                 .canaries
