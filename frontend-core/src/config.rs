@@ -13,6 +13,7 @@ use svc::tls::TlsConfig;
 
 use crate::http::serve::HttpLimits;
 use crate::query::admission::AdmissionConfig;
+use crate::query::canary::CanaryConfig;
 use crate::query::fanout::FanoutConfig;
 use crate::query::root::RootConfig;
 
@@ -204,6 +205,16 @@ pub struct SearchFlags {
     /// Wait for every shard whatever the deadline (a benchmark baseline).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub wait_for_all: bool,
+    /// Send a first-seen query to one replica of one shard before the
+    /// fan-out, and refuse queries that crash it (query_rejected).
+    #[arg(long, env = "FRONTEND_CANARY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub canary: bool,
+    /// Known-good query fingerprints remembered (they skip the canary).
+    #[arg(long, env = "FRONTEND_CANARY_KNOWN_GOOD", default_value_t = 100_000)]
+    pub canary_known_good: u64,
+    /// How long a query whose canary died is refused.
+    #[arg(long, env = "FRONTEND_CANARY_REJECT_FOR", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub canary_reject_for: Duration,
     /// Adaptive admission control in front of the request path.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub admission: bool,
@@ -254,6 +265,12 @@ impl SearchFlags {
             global_stats: self.global_stats,
             wait_for_all: self.wait_for_all,
             stats_cache_bytes: self.stats_cache_mib.saturating_mul(1 << 20),
+            canary: CanaryConfig {
+                enabled: self.canary,
+                known_good: self.canary_known_good,
+                reject_for: self.canary_reject_for,
+                ..CanaryConfig::default()
+            },
             ..RootConfig::default()
         };
         config.cache = self.cache;

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     pub cache_stores: IntCounterVec,
     pub cache_coalesced: IntCounter,
+    /// `frontend_canaries_total{outcome}`: canary requests by verdict.
+    pub canaries: IntCounterVec,
+    /// Requests refused because their query's canary died.
+    pub queries_rejected: IntCounter,
     pub term_stats: IntCounterVec,
     pub recall_models: IntCounterVec,
     pub admission_limit: IntGauge,
@@ -205,6 +209,17 @@ impl Metrics {
             "frontend_cache_coalesced_total",
             "Requests answered by joining an identical fan-out already in flight.",
         )?;
+        let canaries = IntCounterVec::new(
+            opts!(
+                "frontend_canaries_total",
+                "Canary requests of first-seen queries by outcome (answered, ordinary_error, died)."
+            ),
+            &["outcome"],
+        )?;
+        let queries_rejected = IntCounter::new(
+            "frontend_queries_rejected_total",
+            "Requests refused with query_rejected because their query's canary died.",
+        )?;
         let term_stats = IntCounterVec::new(
             opts!(
                 "frontend_term_stats_total",
@@ -292,6 +307,8 @@ impl Metrics {
             cache_lookups,
             cache_stores,
             cache_coalesced,
+            canaries,
+            queries_rejected,
             term_stats,
             recall_models,
             admission_limit,
@@ -322,6 +339,8 @@ impl Metrics {
         r.register(Box::new(metrics.cache_lookups.clone()))?;
         r.register(Box::new(metrics.cache_stores.clone()))?;
         r.register(Box::new(metrics.cache_coalesced.clone()))?;
+        r.register(Box::new(metrics.canaries.clone()))?;
+        r.register(Box::new(metrics.queries_rejected.clone()))?;
         r.register(Box::new(metrics.term_stats.clone()))?;
         r.register(Box::new(metrics.recall_models.clone()))?;
         r.register(Box::new(metrics.admission_limit.clone()))?;

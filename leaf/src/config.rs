@@ -185,6 +185,10 @@ pub struct Cli {
     /// Fault: time added at every budget check of a search's scoring loop.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub fault_slow_scan: Duration,
+    /// Fault: a search whose query contains TERM (ignoring case) aborts the
+    /// process, as a query of death would.
+    #[arg(long, value_name = "TERM")]
+    pub fault_crash_on: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
@@ -244,6 +248,7 @@ impl Cli {
                 error_fraction: self.fault_error_fraction,
                 hang: self.fault_hang,
                 slow_scan: self.fault_slow_scan,
+                crash_on: self.fault_crash_on.clone(),
             },
             lease,
             advertise: self.holder.advertise.clone(),

@@ -1,15 +1,23 @@
-//! Fault knobs: added latency, injected errors and hangs, set from flags
-//! and changed at runtime through a cloneable [`Faults`] handle.
+//! Fault knobs: added latency, injected errors and hangs, and a query of
+//! death, set from flags and changed at runtime through a cloneable
+//! [`Faults`] handle.
 //!
 //! Faults act on the `Search` RPC only, before admission: `Info`,
 //! `TermStats` and health keep answering, so a faulty leaf keeps its lease
 //! and stays routable, which is what hedging and deadline tests need. They
-//! are applied in this order: hang, delay, error.
+//! are applied in this order: crash, hang, delay, error.
+//!
+//! A crash (`--fault-crash-on TERM`, a query containing TERM) runs the
+//! crash hook, which aborts the process as a real query of death would. A
+//! harness that runs leaves inside its own process replaces the hook (see
+//! [`Faults::set_crash_hook`]) with one that kills only that leaf: its
+//! connections are cut as a vanished process's would be.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +40,14 @@ pub struct FaultConfig {
     /// hundred matches): a slow disk or a cold cache, so that deadlines cut
     /// searches short.
     pub slow_scan: Duration,
+    /// A search whose query contains this text (ignoring case) crashes the
+    /// leaf (see [`Faults::set_crash_hook`]).
+    pub crash_on: Option<String>,
 }
+
+/// What a crash does: abort the process, or, inside a test harness, kill
+/// one in-process leaf.
+pub type CrashHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Runtime handle on the fault knobs; clones share the same state.
 #[derive(Clone, Debug)]
@@ -40,7 +55,6 @@ pub struct Faults {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     delay_nanos: AtomicU64,
     /// f64 bits.
@@ -51,6 +65,20 @@ struct Inner {
     /// is turned off.
     hang: watch::Sender<bool>,
     slow_scan_nanos: AtomicU64,
+    /// Lowercase.
+    crash_on: RwLock<Option<String>>,
+    crash_hook: RwLock<CrashHook>,
+    /// Crashes run, for harnesses whose hook does not end the process.
+    crashes: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("crash_on", &*self.crash_on.read())
+            .field("crashes", &self.crashes.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Faults {
@@ -68,6 +96,9 @@ impl Faults {
                 error_fraction: AtomicU64::new(0f64.to_bits()),
                 hang: watch::Sender::new(false),
                 slow_scan_nanos: AtomicU64::new(0),
+                crash_on: RwLock::new(None),
+                crash_hook: RwLock::new(Arc::new(|| std::process::abort())),
+                crashes: AtomicU64::new(0),
             }),
         };
         faults.set(config);
@@ -80,6 +111,7 @@ impl Faults {
         self.set_error_fraction(config.error_fraction);
         self.set_hang(config.hang);
         self.set_slow_scan(config.slow_scan);
+        self.set_crash_on(config.crash_on.as_deref());
     }
 
     /// Turns every fault off.
@@ -110,6 +142,33 @@ impl Faults {
         self.inner.slow_scan_nanos.store(nanos, Ordering::Relaxed);
     }
 
+    /// Crashes the leaf on queries containing `term` (ignoring case);
+    /// `None` or an empty term turns it off.
+    pub fn set_crash_on(&self, term: Option<&str>) {
+        *self.inner.crash_on.write() = term.filter(|t| !t.is_empty()).map(str::to_lowercase);
+    }
+
+    /// Replaces what a crash does (by default `std::process::abort`). An
+    /// in-process harness sets a hook that kills just this leaf; the search
+    /// that crashed never answers.
+    pub fn set_crash_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.inner.crash_hook.write() = Arc::new(hook);
+    }
+
+    /// Crashes run so far (only ever seen when the hook does not abort).
+    pub fn crashes(&self) -> u64 {
+        self.inner.crashes.load(Ordering::Relaxed)
+    }
+
+    /// True when `query` is one that crashes this leaf.
+    pub fn crashes_on(&self, query: &str) -> bool {
+        self.inner
+            .crash_on
+            .read()
+            .as_deref()
+            .is_some_and(|term| query.to_lowercase().contains(term))
+    }
+
     /// The current knobs.
     pub fn config(&self) -> FaultConfig {
         FaultConfig {
@@ -118,17 +177,23 @@ impl Faults {
             error_fraction: load_fraction(&self.inner.error_fraction),
             hang: *self.inner.hang.borrow(),
             slow_scan: Duration::from_nanos(self.inner.slow_scan_nanos.load(Ordering::Relaxed)),
+            crash_on: self.inner.crash_on.read().clone(),
         }
     }
 
-    /// Applies the knobs to one call: hang, then delay (never past the
-    /// deadline), then error.
+    /// Applies the knobs to one call of `query`: crash, hang, then delay
+    /// (never past the deadline), then error.
     pub(crate) async fn apply(
         &self,
+        query: &str,
         deadline: Option<Instant>,
         shutdown: &CancellationToken,
         metrics: &Metrics,
     ) -> Result<()> {
+        if self.crashes_on(query) {
+            self.crash(shutdown).await;
+            return Err(LeafError::ShuttingDown);
+        }
         let mut hang = self.inner.hang.subscribe();
         if *hang.borrow_and_update() {
             metrics.fault(FaultKind::Hang);
@@ -163,6 +228,20 @@ impl Faults {
             return Err(LeafError::InjectedFault);
         }
         Ok(())
+    }
+}
+
+impl Faults {
+    /// Runs the crash hook; when it returns (an in-process leaf), the call
+    /// never answers, as a vanished process's would not, until shutdown.
+    async fn crash(&self, shutdown: &CancellationToken) {
+        self.inner.crashes.fetch_add(1, Ordering::Relaxed);
+        // The query's text stays at debug level, like every query's.
+        tracing::error!("injected fault: crashing on a query of death");
+        tracing::debug!(crash_on = ?self.inner.crash_on.read(), "crash");
+        let hook = Arc::clone(&*self.inner.crash_hook.read());
+        hook();
+        shutdown.cancelled().await;
     }
 }
 
@@ -215,11 +294,11 @@ mod tests {
         let token = CancellationToken::new();
         let faults = Faults::default();
         for _ in 0..20 {
-            assert!(faults.apply(None, &token, &metrics).await.is_ok());
+            assert!(faults.apply("q", None, &token, &metrics).await.is_ok());
         }
         faults.set_error_fraction(1.0);
         for _ in 0..20 {
-            let error = faults.apply(None, &token, &metrics).await.unwrap_err();
+            let error = faults.apply("q", None, &token, &metrics).await.unwrap_err();
             assert!(matches!(error, LeafError::InjectedFault));
         }
         assert_eq!(
@@ -240,7 +319,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let deadline = Instant::now() + Duration::from_secs(2);
         faults
-            .apply(Some(deadline), &token, &metrics)
+            .apply("q", Some(deadline), &token, &metrics)
             .await
             .unwrap();
         // Logical time: the sleep ended at the deadline, not after an hour.
@@ -261,7 +340,7 @@ mod tests {
         });
         let call = {
             let (faults, token, metrics) = (faults.clone(), token.clone(), metrics.clone());
-            tokio::spawn(async move { faults.apply(None, &token, &metrics).await })
+            tokio::spawn(async move { faults.apply("q", None, &token, &metrics).await })
         };
         // The call stays pending while the knob is on.
         tokio::task::yield_now().await;
@@ -272,10 +351,46 @@ mod tests {
         faults.set_hang(true);
         let call = {
             let (faults, token, metrics) = (faults.clone(), token.clone(), metrics.clone());
-            tokio::spawn(async move { faults.apply(None, &token, &metrics).await })
+            tokio::spawn(async move { faults.apply("q", None, &token, &metrics).await })
         };
         token.cancel();
         let error = call.await.unwrap().unwrap_err();
         assert!(matches!(error, LeafError::ShuttingDown));
+    }
+
+    #[tokio::test]
+    async fn a_query_containing_the_term_runs_the_crash_hook_and_never_answers() {
+        let metrics = metrics();
+        let token = CancellationToken::new();
+        let faults = Faults::new(&FaultConfig {
+            crash_on: Some("Poison".into()),
+            ..FaultConfig::default()
+        });
+        assert_eq!(faults.config().crash_on.as_deref(), Some("poison"));
+        let (killed, mut kills) = tokio::sync::mpsc::unbounded_channel();
+        faults.set_crash_hook(move || {
+            let _ = killed.send(());
+        });
+        assert!(faults
+            .apply("json parser", None, &token, &metrics)
+            .await
+            .is_ok());
+        assert_eq!(faults.crashes(), 0);
+        let call = {
+            let (faults, token, metrics) = (faults.clone(), token.clone(), metrics.clone());
+            tokio::spawn(async move {
+                faults
+                    .apply("a POISONed pill", None, &token, &metrics)
+                    .await
+            })
+        };
+        kills.recv().await.unwrap();
+        assert_eq!(faults.crashes(), 1);
+        tokio::task::yield_now().await;
+        assert!(!call.is_finished(), "a crashed call never answers");
+        token.cancel();
+        assert!(call.await.unwrap().is_err());
+        faults.clear();
+        assert!(!faults.crashes_on("poison"));
     }
 }

@@ -129,6 +129,18 @@ impl LeafHandle {
         tracing::info!(shard = self.shard(), "leaf killed");
     }
 
+    /// Makes a crash fault (`crash_on`) kill this leaf, as [`LeafHandle::kill`]
+    /// does, instead of aborting the whole process: for harnesses that run
+    /// leaves in process.
+    pub fn kill_on_crash(&self) {
+        let kill = self.server.kill_switch();
+        let shard = self.shard();
+        self.faults.set_crash_hook(move || {
+            tracing::info!(shard, "leaf killed by a query of death");
+            kill.cancel();
+        });
+    }
+
     /// Waits until the leaf has shut down, with the reason when it stopped
     /// on its own (what `main` turns into its exit code).
     pub async fn join(mut self) -> Result<()> {

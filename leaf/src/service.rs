@@ -286,7 +286,7 @@ impl Shared {
             validate_stats(stats)?;
         }
         self.faults
-            .apply(deadline, &self.stopping, &self.metrics)
+            .apply(&request.query, deadline, &self.stopping, &self.metrics)
             .await?;
         ensure_time_left(deadline)?;
         let permit = self.admission.admit(deadline).await?;

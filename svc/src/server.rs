@@ -355,6 +355,12 @@ impl ServerHandle {
         (&mut self.supervisor).await?
     }
 
+    /// A token that, cancelled, kills the server as [`ServerHandle::kill`]
+    /// does (a crash from inside, e.g. a leaf's query-of-death hook).
+    pub fn kill_switch(&self) -> CancellationToken {
+        self.kill.clone()
+    }
+
     /// Stops at once without revoking or draining, as a crash would.
     pub fn kill(&self) {
         self.kill.cancel();

@@ -32,6 +32,7 @@ pub enum ErrorCode {
     Overloaded,
     Internal,
     NotFound,
+    QueryRejected,
 }
 
 impl ErrorCode {
@@ -52,6 +53,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::Internal,
         ErrorCode::NotFound,
+        ErrorCode::QueryRejected,
     ];
 
     /// The code as clients see it.
@@ -73,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::QueryRejected => "query_rejected",
         }
     }
 }
@@ -168,7 +171,9 @@ impl ApiError {
     /// The outcome label for metrics.
     pub fn outcome(&self) -> RequestOutcome {
         match self.status {
-            StatusCode::BAD_REQUEST => RequestOutcome::BadRequest,
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                RequestOutcome::BadRequest
+            }
             StatusCode::SERVICE_UNAVAILABLE if self.code == ErrorCode::Overloaded => {
                 RequestOutcome::Overloaded
             }
@@ -201,6 +206,13 @@ impl From<QueryError> for ApiError {
                 ApiError::unavailable(ErrorCode::Partial, message, RETRY_AFTER_UNAVAILABLE)
                     .with_answer(SearchBody::from(&*answer))
             }
+            QueryError::QueryRejected { retry_after, .. } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: ErrorCode::QueryRejected,
+                message,
+                retry_after: Some(u32::try_from(retry_after.as_secs()).unwrap_or(u32::MAX)),
+                answer: None,
+            },
             QueryError::Internal(_) => ApiError::internal(message),
         }
     }

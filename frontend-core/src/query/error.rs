@@ -23,6 +23,16 @@ pub enum QueryError {
     /// The answer is partial and the request did not allow that.
     #[error("the answer is partial and allow_partial is false")]
     PartialNotAllowed { answer: Box<Answer> },
+    /// The query's canary killed the replica it went to (a query of
+    /// death); it is refused for `retry_after`. `fingerprint` names it in
+    /// logs without its text.
+    #[error(
+        "this query crashed a search server and is refused for a while (fingerprint {fingerprint})"
+    )]
+    QueryRejected {
+        fingerprint: String,
+        retry_after: std::time::Duration,
+    },
     /// A bug or a panic in the query path.
     #[error("{0}")]
     Internal(String),

@@ -2,7 +2,8 @@
 //! with no knowledge of HTTP or JSON.
 //!
 //! [`admission`] decides whether a request may start; [`root`] looks up the
-//! cache, [`coalesce`]s identical misses, fetches corpus-wide
+//! cache, sends a [`canary`] for a first-seen query, [`coalesce`]s
+//! identical misses, fetches corpus-wide
 //! [`term_stats`], then [`fanout`] sends one call per shard (the replica
 //! picked by [`replica`] choice and probation, a [`hedge`] within budget),
 //! and [`merge`] builds one top-k with exact coverage and an [`estimate`]
@@ -15,6 +16,7 @@
 
 pub mod admission;
 pub mod answer;
+pub mod canary;
 pub mod coalesce;
 pub mod coverage;
 pub mod error;
@@ -49,6 +51,9 @@ pub fn preregister(metrics: &Metrics, shards: u32) {
         if *model != estimate::RecallModel::Complete {
             metrics.recall_models.with_label_values(&[model.label()]);
         }
+    }
+    for verdict in canary::Verdict::ALL {
+        metrics.canaries.with_label_values(&[verdict.label()]);
     }
     for reason in error::Rejection::ALL {
         metrics

@@ -1,6 +1,7 @@
 //! The root search: everything between an admitted request and its answer.
 //!
-//! cache lookup (own small budget) → coalesce identical misses → global term
+//! cache lookup (own small budget) → canary of a first-seen query (one
+//! replica of one shard) → coalesce identical misses → global term
 //! statistics (warm cache or one round trip) → fan-out under the deadline →
 //! merge → answer, and store complete answers in the cache tier.
 //!
@@ -26,9 +27,11 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::cache_client::CacheTier;
+use crate::cluster::topology::Topology;
 use crate::metrics::Metrics;
 use crate::query::answer::{Answer, AnswerHit, CacheResult, SearchParams};
-use crate::query::coalesce::Coalescer;
+use crate::query::canary::{Canaries, CanaryConfig};
+use crate::query::coalesce::{Coalescer, Window};
 use crate::query::error::QueryError;
 use crate::query::fanout::{Fanout, ShardOutcome};
 use crate::query::merge::{self, Coverage, Merged};
@@ -52,6 +55,8 @@ pub struct RootConfig {
     pub wait_for_all: bool,
     /// Bytes of per-term statistics (frequencies and champion lists) kept.
     pub stats_cache_bytes: u64,
+    /// Canary requests of first-seen queries.
+    pub canary: CanaryConfig,
 }
 
 impl Default for RootConfig {
@@ -64,6 +69,7 @@ impl Default for RootConfig {
             global_stats: true,
             wait_for_all: false,
             stats_cache_bytes: crate::query::term_stats::DEFAULT_CACHE_BYTES,
+            canary: CanaryConfig::default(),
         }
     }
 }
@@ -76,10 +82,13 @@ pub struct Root {
     pub stats: Arc<TermStatsCache>,
     /// Last known document count per shard, for coverage of missing shards.
     known_docs: Arc<Vec<AtomicU64>>,
-    /// Fan-outs in flight by cache key, so identical misses share one.
-    in_flight: Coalescer<Arc<Merged>>,
+    /// Fan-outs in flight by cache key, so identical misses share one; each
+    /// result carries the window it ran in.
+    in_flight: Coalescer<(Window, Arc<Merged>)>,
     /// Coalesced fan-outs run as tasks of their own, drained on shutdown.
     tasks: TaskTracker,
+    /// First-seen queries go to one replica before they go to all.
+    canaries: Arc<Canaries>,
 }
 
 impl Root {
@@ -91,6 +100,7 @@ impl Root {
         metrics: Arc<Metrics>,
     ) -> Self {
         let shards = fanout.routing().shards() as usize;
+        let canaries = Arc::new(Canaries::new(config.canary.clone(), Arc::clone(&metrics)));
         Root {
             config,
             fanout,
@@ -100,6 +110,7 @@ impl Root {
             known_docs: Arc::new((0..shards).map(|_| AtomicU64::new(0)).collect()),
             in_flight: Coalescer::default(),
             tasks: TaskTracker::new(),
+            canaries,
         }
     }
 
@@ -133,13 +144,18 @@ impl Root {
             cache_result = CacheResult::Miss;
         }
 
+        self.canary(params, &topology, deadline).await?;
         let merged = if cache.is_some() {
-            self.coalesced(key.clone(), params, deadline).await?
+            self.coalesced(key.clone(), params, Window::new(started, deadline))
+                .await?
         } else {
             Arc::new(self.fan_out(params.clone(), deadline).await)
         };
         if let Some(message) = &merged.invalid_query {
             return Err(QueryError::InvalidQuery(message.clone()));
+        }
+        if !merged.partial && merged.coverage.shards_answered > 0 {
+            self.canaries.answered(&params.q);
         }
         if let Some(cache) = cache {
             if merged.partial {
@@ -173,27 +189,63 @@ impl Root {
         Ok(answer)
     }
 
-    /// Joins an identical fan-out already in flight, or starts one.
+    /// Joins an identical fan-out already in flight when it can serve this
+    /// request (see [`Window::serves`]; `mine` runs from the request's
+    /// arrival, so that time spent before, e.g. on a canary, does not make
+    /// identical requests look different), or starts one. A joiner whose shared
+    /// fan-out ended before its own deadline without a complete answer
+    /// fans out by itself for the time it has left: joining never costs a
+    /// request any of its budget.
     async fn coalesced(
         &self,
         key: String,
         params: &SearchParams,
-        deadline: Instant,
+        mine: Window,
     ) -> Result<Arc<Merged>, QueryError> {
-        let (shared, leader) = self.in_flight.join_or_start(key, &self.tasks, || {
+        let deadline = mine.deadline;
+        let (shared, leader) = self.in_flight.join_or_start(key, mine, &self.tasks, || {
             let root = self.detached();
             let params = params.clone();
-            async move { Arc::new(root.fan_out(params, deadline).await) }
+            async move {
+                let merged = root.fan_out(params, deadline).await;
+                (mine, Arc::new(merged))
+            }
         });
         if !leader {
             self.metrics.cache_coalesced.inc();
         }
         // A follower never waits past its own deadline for the leader's.
-        match tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await {
-            Ok(Some(merged)) => Ok(merged),
-            Ok(None) => Err(QueryError::Internal("the fan-out task failed".into())),
-            Err(_) => Err(QueryError::NoShardAnswered { answer: None }),
+        let (theirs, merged) =
+            match tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await {
+                Ok(Some(joined)) => joined,
+                Ok(None) => return Err(QueryError::Internal("the fan-out task failed".into())),
+                Err(_) => return Err(QueryError::NoShardAnswered { answer: None }),
+            };
+        let incomplete = merged.partial || merged.coverage.shards_answered == 0;
+        if !leader && incomplete && merged.invalid_query.is_none() && mine.outlives(&theirs) {
+            return Ok(Arc::new(self.fan_out(params.clone(), deadline).await));
         }
+        Ok(merged)
+    }
+
+    /// Sends a first-seen query's canary to the shard holding the most
+    /// documents (the likeliest to meet whatever kills), before any other
+    /// leaf sees the query; see [`crate::query::canary`].
+    async fn canary(
+        &self,
+        params: &SearchParams,
+        topology: &Topology,
+        deadline: Instant,
+    ) -> Result<(), QueryError> {
+        let shard = self
+            .known_docs
+            .iter()
+            .enumerate()
+            .max_by_key(|(shard, docs)| (docs.load(Ordering::Relaxed), std::cmp::Reverse(*shard)))
+            .map_or(0, |(shard, _)| shard);
+        self.canaries
+            .admit(&params.q, params.k, topology, shard, deadline, &self.tasks)
+            .await
     }
 
     /// A handle on the shared parts that a spawned fan-out can own.
@@ -207,6 +259,7 @@ impl Root {
             known_docs: Arc::clone(&self.known_docs),
             in_flight: self.in_flight.clone(),
             tasks: self.tasks.clone(),
+            canaries: Arc::clone(&self.canaries),
         }
     }
 
@@ -378,3 +431,6 @@ fn to_cached(merged: &Merged) -> CachedAnswer {
         shards_total: merged.coverage.shards_total,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
 //! The leaf's integration tests, in one binary: a real leaf over gRPC on
 //! loopback (`grpc`), and a leaf holding a lease (`leases`).
 
+mod crash;
 mod grpc;
 mod leases;

@@ -5,6 +5,7 @@
 mod attacker;
 mod browser;
 mod cache_tier;
+mod canary;
 mod dashboards;
 mod edge;
 mod etcd_membership;

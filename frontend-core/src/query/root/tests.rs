@@ -1,0 +1,163 @@
+//! The root search over in-process fake leaves and logical time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use lease::{Member, Role};
+use proto::leaf::{Hit, InfoResponse, SearchResponse, TermStatsResponse};
+
+use super::*;
+use crate::cluster::leaf_client::{CallError, LeafService};
+use crate::cluster::topology::{ClientFactory, Routing};
+use crate::query::fanout::FanoutConfig;
+
+/// A leaf that answers after `delay`.
+struct Slow {
+    delay: Duration,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl LeafService for Slow {
+    async fn search(
+        &self,
+        request: SearchRequest,
+        _budget: Duration,
+    ) -> Result<SearchResponse, CallError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        Ok(SearchResponse {
+            hits: vec![Hit {
+                id: format!("doc-{}", request.query),
+                score: 1.0,
+                ..Hit::default()
+            }],
+            docs_searched: 10,
+            docs_total: 10,
+            ..SearchResponse::default()
+        })
+    }
+
+    async fn term_stats(&self, _: &str, _: Duration) -> Result<TermStatsResponse, CallError> {
+        Err(CallError::Failed("not used".into()))
+    }
+
+    async fn info(&self, _: Duration) -> Result<InfoResponse, CallError> {
+        Ok(InfoResponse::default())
+    }
+}
+
+/// A root over one shard served by one leaf that takes `delay`.
+fn root_over_one_slow_leaf(delay: Duration) -> (Root, Arc<Slow>) {
+    let leaf = Arc::new(Slow {
+        delay,
+        calls: AtomicUsize::new(0),
+    });
+    let client = Arc::clone(&leaf);
+    let factory: ClientFactory =
+        Arc::new(move |_: &Member| Some(Arc::clone(&client) as Arc<dyn LeafService>));
+    let routing = Routing::new(1, factory);
+    routing.apply(&[Member {
+        lease_id: 1,
+        role: Role::Leaf,
+        shard: 0,
+        address: "s0r0".into(),
+        generation: 1,
+    }]);
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
+    let fanout = Arc::new(Fanout::new(
+        routing,
+        FanoutConfig {
+            hedging: false,
+            ..FanoutConfig::default()
+        },
+        Arc::clone(&metrics),
+    ));
+    let config = RootConfig {
+        global_stats: false,
+        ..RootConfig::default()
+    };
+    let stats = Arc::new(TermStatsCache::new(1 << 20, 100));
+    (Root::new(config, fanout, None, stats, metrics), leaf)
+}
+
+fn params(timeout_ms: u64) -> SearchParams {
+    SearchParams {
+        q: "json schema tool".into(),
+        k: 10,
+        timeout_ms,
+        allow_partial: true,
+        nocache: false,
+    }
+}
+
+/// Runs `first` now and `second` 10 ms later through the coalescer, as two
+/// identical cache misses would be.
+async fn two_identical_misses(
+    root: Arc<Root>,
+    first: u64,
+    second: u64,
+) -> (Arc<Merged>, Arc<Merged>) {
+    let run = |timeout_ms: u64| {
+        let root = Arc::clone(&root);
+        tokio::spawn(async move {
+            let now = Instant::now();
+            let window = Window::new(now, now + Duration::from_millis(timeout_ms));
+            root.coalesced("key".into(), &params(timeout_ms), window)
+                .await
+                .unwrap()
+        })
+    };
+    let a = run(first);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = run(second);
+    (a.await.unwrap(), b.await.unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_longer_budget_is_not_cut_short_by_a_shorter_fan_out_in_flight() {
+    let (root, leaf) = root_over_one_slow_leaf(Duration::from_millis(300));
+    let (short, long) = two_identical_misses(Arc::new(root), 60, 3000).await;
+    assert_eq!(
+        short.coverage.shards_answered, 0,
+        "60 ms cannot wait 300 ms"
+    );
+    assert_eq!(long.coverage.shards_answered, 1, "3 s is plenty for 300 ms");
+    assert!(!long.partial);
+    assert_eq!(
+        leaf.calls.load(Ordering::SeqCst),
+        2,
+        "it ran its own fan-out"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shorter_budget_joins_a_longer_fan_out() {
+    let (root, leaf) = root_over_one_slow_leaf(Duration::from_millis(20));
+    let (long, short) = two_identical_misses(Arc::new(root), 3000, 60).await;
+    assert_eq!(long.coverage.shards_answered, 1);
+    assert_eq!(short.coverage.shards_answered, 1);
+    assert_eq!(leaf.calls.load(Ordering::SeqCst), 1, "one fan-out for both");
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_budgets_a_little_apart_still_share_one_complete_fan_out() {
+    let (root, leaf) = root_over_one_slow_leaf(Duration::from_millis(20));
+    let (a, b) = two_identical_misses(Arc::new(root), 500, 500).await;
+    assert_eq!(a.coverage.shards_answered, 1);
+    assert_eq!(b.coverage.shards_answered, 1);
+    assert_eq!(leaf.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joiner_left_with_time_after_an_incomplete_shared_fan_out_carries_on() {
+    // Both ask 100 ms; the second arrives 10 ms later and joins (same
+    // budget). The leaf takes 105 ms: the shared fan-out gives up at its
+    // deadline, and the joiner spends its last 10 ms on a fan-out of its
+    // own rather than answering early.
+    let (root, leaf) = root_over_one_slow_leaf(Duration::from_millis(105));
+    let (a, b) = two_identical_misses(Arc::new(root), 100, 100).await;
+    assert_eq!(a.coverage.shards_answered, 0);
+    assert_eq!(b.coverage.shards_answered, 0);
+    assert_eq!(leaf.calls.load(Ordering::SeqCst), 2);
+}
