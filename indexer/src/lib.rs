@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 pub use error::{IndexerError, Result};
 pub use pipeline::Hooks;
-pub use stages::StageStats;
 pub use report::{BadLine, BuildReport, ShardReport, StageReport};
+pub use stages::StageStats;
 
 /// What to build, and how.
 #[derive(Clone, Debug, PartialEq)]

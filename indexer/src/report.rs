@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::stages::{Shared, STAGES};
 use crate::publish::Target;
+use crate::stages::{Shared, STAGES};
 use crate::BuildConfig;
 
 /// A corpus line that was not a valid document.
