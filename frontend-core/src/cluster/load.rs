@@ -301,6 +301,47 @@ mod tests {
         assert_eq!(ewma.cost(), idle);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_call_is_owed_until_the_replica_answers_another() {
+        let ewma = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1));
+        assert_eq!(ewma.waiting_for(Instant::now()), None);
+        let first = ewma.start();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // Abandoned (a hedge won): still owed.
+        drop(first);
+        assert_eq!(
+            ewma.waiting_for(Instant::now()),
+            Some(Duration::from_millis(10))
+        );
+        let second = ewma.start();
+        let third = ewma.start();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        // An answer clears the debt down to the oldest call still running.
+        second.answered();
+        assert_eq!(
+            ewma.waiting_for(Instant::now()),
+            Some(Duration::from_millis(5))
+        );
+        third.answered();
+        assert_eq!(ewma.waiting_for(Instant::now()), None);
+    }
+
+    #[test]
+    fn the_c3_score_weighs_the_reported_queue() {
+        let a = PeakEwma::new(Duration::from_millis(2), Duration::from_secs(1));
+        let b = PeakEwma::new(Duration::from_millis(2), Duration::from_secs(1));
+        // Before any report the score is the frontend's own view.
+        assert_eq!(a.score(), a.cost());
+        a.observe_server(0, Duration::from_millis(1));
+        b.observe_server(4, Duration::from_millis(1));
+        assert!(a.score() < b.score(), "{} vs {}", a.score(), b.score());
+        // Idle, the score is the latency estimate.
+        assert!((a.score() - 2e6).abs() < 1.0, "{}", a.score());
+        // Outstanding calls of this frontend count like queued ones.
+        let _calls: Vec<_> = (0..4).map(|_| a.start()).collect();
+        assert!((a.score() - b.score()).abs() < 1.0);
+    }
+
     #[test]
     fn window_percentile_tracks_the_tail() {
         let window = LatencyWindow::new(100, 0.95);

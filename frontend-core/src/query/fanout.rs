@@ -63,6 +63,8 @@ pub struct FanoutConfig {
     pub probation_time: Duration,
     /// Fraction of calls that probe a replica on probation.
     pub probe_fraction: f64,
+    /// Keep replicas that owe an answer for too long out of primary choice.
+    pub stuck_replicas: bool,
     /// A replica that has owed an answer for longer than this factor × the
     /// shard's healthy high percentile…
     pub stuck_factor: f64,
@@ -89,6 +91,7 @@ impl Default for FanoutConfig {
             probation_min_gap: Duration::from_millis(10),
             probation_time: Duration::from_secs(10),
             probe_fraction: 0.02,
+            stuck_replicas: true,
             stuck_factor: 4.0,
             stuck_floor: Duration::from_millis(5),
             server_load: true,
@@ -174,8 +177,11 @@ impl Fanout {
 
     /// How long a replica of `shard` may owe an answer before it is stuck:
     /// `stuck_factor` × the shard's healthy percentile, at least
-    /// `stuck_floor`.
+    /// `stuck_floor` (never, with `stuck_replicas` off).
     pub fn stuck_after(&self, shard: u32) -> Duration {
+        if !self.config.stuck_replicas {
+            return Duration::MAX;
+        }
         match self
             .windows
             .get(shard as usize)
