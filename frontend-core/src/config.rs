@@ -179,8 +179,9 @@ pub struct SearchFlags {
     /// The percentile of a shard's recent latencies after which to hedge.
     #[arg(long, default_value_t = 0.95)]
     pub hedge_quantile: f64,
-    /// Hedges allowed per primary call (on top of a floor of one per second).
-    #[arg(long, default_value_t = 0.05)]
+    /// Hedges allowed per primary call (on top of a floor of one per second;
+    /// the bound is in ARCHITECTURE.md, tail tolerance).
+    #[arg(long, default_value_t = 0.1)]
     pub hedge_budget: f64,
     /// Choose replicas by the power of two choices on load (else at random).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

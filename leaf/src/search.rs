@@ -155,6 +155,7 @@ impl SearchOutput {
             early_terminated: self.early_terminated,
             global_stats: self.global_stats,
             layout: self.layout,
+            ..SearchResponse::default()
         }
     }
 }

@@ -278,6 +278,7 @@ impl Shared {
         deadline: Option<Instant>,
         cancel: Arc<AtomicBool>,
     ) -> Result<SearchResponse> {
+        let arrived = Instant::now();
         ensure_time_left(deadline)?;
         let index = self.index.load_full();
         let k = validate_k(request.k)?;
@@ -318,7 +319,13 @@ impl Shared {
         if output.early_terminated {
             self.metrics.early_stops.inc();
         }
-        Ok(output.into_response(shard, generation))
+        let mut response = output.into_response(shard, generation);
+        // The leaf's own load, for the callers' replica choice.
+        let gauge = |value: i64| u32::try_from(value.max(0)).unwrap_or(u32::MAX);
+        response.in_flight = gauge(self.metrics.searches_in_flight.get());
+        response.queued = gauge(self.metrics.queue_depth.get());
+        response.service_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Ok(response)
     }
 
     async fn term_stats(

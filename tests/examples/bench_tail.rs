@@ -9,14 +9,30 @@
 //!     [--corpus PATH] [--queries PATH] [--rate 150] [--seconds 40] \
 //!     [--timeout-ms 100] [--delay-ms <50 × median leaf call>]
 //! ```
+//!
+//! Stalls (issue 16), with `--stalls`: 3 shards × 2 replicas as real `leaf`
+//! processes (build them first: `cargo build --release -p leaf`), the same
+//! three frontends in process, and whole processes frozen with SIGSTOP /
+//! SIGCONT: replica 0 of every shard 60 ms of every 600 ms (all at once),
+//! 200 ms of every 2 s, and replica 0 of shard 0 frozen for good, after a
+//! no-fault baseline, one config after the other in one run:
+//!
+//! ```text
+//! cargo run --release -p tests --example bench_tail -- --stalls \
+//!     [--rate 150] [--seconds 20] [--timeout-ms 500]
+//! ```
 
 use std::time::Duration;
 
 use frontend_core::FrontendConfig;
-use tests::bench::{self, ExtraFrontend, Load, Pick};
+use tests::bench::{self, ExtraFrontend, LeafProcesses, Load, Pick};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().any(|a| a == "--stalls") {
+        return stalls().await;
+    }
     let corpus = bench::arg("--corpus", bench::DEFAULT_CORPUS);
     let queries = bench::load_queries(bench::arg("--queries", bench::DEFAULT_QUERIES));
     let rate: f64 = bench::arg_num("--rate", 150.0);
@@ -34,6 +50,8 @@ async fn main() {
         config.fanout.hedging = tolerant;
         config.fanout.replica_choice = tolerant;
         config.fanout.probation = tolerant;
+        config.fanout.stuck_replicas = tolerant;
+        config.fanout.server_load = tolerant;
         config
     };
     let configs = [
@@ -152,6 +170,179 @@ async fn main() {
     }
     println!(
         "\nLatency is client-side from each request's scheduled send time · {}",
+        bench::machine_load()
+    );
+}
+
+/// How leaf processes are frozen during a run.
+#[derive(Clone, Copy)]
+enum Freeze {
+    None,
+    /// Replica 0 of every shard, `frozen` of every `period`, all at once.
+    Periodic {
+        frozen: Duration,
+        period: Duration,
+    },
+    /// Replica 0 of shard 0 for the whole run.
+    ForGood,
+}
+
+async fn stalls() {
+    const SHARDS: u32 = 3;
+    let corpus = bench::arg("--corpus", bench::DEFAULT_CORPUS);
+    let queries = bench::load_queries(bench::arg("--queries", bench::DEFAULT_QUERIES));
+    let rate: f64 = bench::arg_num("--rate", 150.0);
+    let seconds: f64 = bench::arg_num("--seconds", 20.0);
+    let timeout_ms: u64 = bench::arg_num("--timeout-ms", 500);
+    let leaves = LeafProcesses::start(&corpus, SHARDS, 2).await;
+
+    let config = |wait_for_all: bool, tolerant: bool| {
+        let mut config = FrontendConfig::new(SHARDS);
+        config.cache = false;
+        config.admission.enabled = false;
+        config.root.wait_for_all = wait_for_all;
+        config.fanout.hedging = tolerant;
+        config.fanout.replica_choice = tolerant;
+        config.fanout.probation = tolerant;
+        config.fanout.stuck_replicas = tolerant;
+        config.fanout.server_load = tolerant;
+        config
+    };
+    let configs = [
+        ("(a) wait for every shard", config(true, false)),
+        ("(b) deadline only", config(false, false)),
+        ("(c) tail-tolerant (defaults)", config(false, true)),
+    ];
+    let mut frontends = Vec::new();
+    for (name, config) in configs {
+        frontends.push((
+            name,
+            ExtraFrontend::start(config, leaves.addresses(), 2).await,
+        ));
+    }
+    let client = bench::client();
+    let load_for = |fe: &ExtraFrontend| {
+        Load::new(
+            fe.search_url(),
+            queries.clone(),
+            Pick::zipf(queries.len(), 0.0, 11),
+        )
+        .param("nocache", true)
+        .param("timeout_ms", timeout_ms)
+    };
+    let scenarios = [
+        ("no fault", Freeze::None),
+        (
+            "replica 0 of every shard frozen 60 ms every 600 ms",
+            Freeze::Periodic {
+                frozen: Duration::from_millis(60),
+                period: Duration::from_millis(600),
+            },
+        ),
+        (
+            "replica 0 of every shard frozen 200 ms every 2 s",
+            Freeze::Periodic {
+                frozen: Duration::from_millis(200),
+                period: Duration::from_secs(2),
+            },
+        ),
+        ("replica 0 of shard 0 frozen for good", Freeze::ForGood),
+    ];
+    println!(
+        "### Stalls: {SHARDS} shards × 2 replicas as leaf processes, {rate:.0} req/s open loop \
+         for {seconds:.0} s per row, timeout_ms={timeout_ms}, nocache=true\n"
+    );
+    println!(
+        "| scenario | config | answers | p50 ms | p99 ms | p99.9 ms | max ms | p99 ÷ no-fault | \
+         p99.9 ÷ no-fault | partial | errors | hedges ÷ shard queries | \
+         extra leaf calls ÷ shard queries |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let every_replica_0: Vec<(u32, u32)> = (0..SHARDS).map(|s| (s, 0)).collect();
+    let mut baseline = vec![(f64::NAN, f64::NAN); frontends.len()];
+    let mut run = 0u64;
+    for (scenario, freeze) in scenarios {
+        for (which, (name, fe)) in frontends.iter().enumerate() {
+            run += 1;
+            let load = load_for(fe);
+            // Warm up without faults: connections, latency windows.
+            bench::open_loop(
+                &client,
+                &load,
+                rate,
+                Duration::from_secs(2),
+                run * 1_000_000,
+            )
+            .await;
+            let before = bench::scrape(&client, &fe.base()).await;
+            let stop = CancellationToken::new();
+            let measured = bench::open_loop(
+                &client,
+                &load,
+                rate,
+                Duration::from_secs_f64(seconds),
+                run * 1_000_000 + 100_000,
+            );
+            let samples = match freeze {
+                Freeze::None => measured.await,
+                Freeze::Periodic { frozen, period } => {
+                    let freezer =
+                        leaves.freeze_periodically(&every_replica_0, frozen, period, stop.clone());
+                    let (samples, ()) = tokio::join!(
+                        async {
+                            let samples = measured.await;
+                            stop.cancel();
+                            samples
+                        },
+                        freezer
+                    );
+                    samples
+                }
+                Freeze::ForGood => {
+                    leaves.freeze(&[(0, 0)]);
+                    let samples = measured.await;
+                    leaves.thaw(&[(0, 0)]);
+                    samples
+                }
+            };
+            let after = bench::scrape(&client, &fe.base()).await;
+            let diff = |name: &str, filters: &[&str]| {
+                bench::metric(&after, name, filters) - bench::metric(&before, name, filters)
+            };
+            let shard_queries = diff("frontend_shard_results_total", &[]);
+            let calls = diff("frontend_leaf_calls_total", &[])
+                - diff("frontend_leaf_calls_total", &["outcome=\"unavailable\""]);
+            let hedges = diff("frontend_hedges_total", &[]);
+            let all = bench::latencies(&samples, |s| s.status != 0);
+            let p99 = bench::percentile(&all, 99.0);
+            let p999 = bench::percentile(&all, 99.9);
+            if matches!(freeze, Freeze::None) {
+                baseline[which] = (p99, p999);
+            }
+            let partial = samples.iter().filter(|s| s.partial).count() as f64;
+            let errors = samples.iter().filter(|s| s.status != 200).count() as f64;
+            let n = samples.len() as f64;
+            println!(
+                "| {scenario} | {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                samples.len(),
+                bench::ms(bench::percentile(&all, 50.0)),
+                bench::ms(p99),
+                bench::ms(p999),
+                bench::ms(bench::percentile(&all, 100.0)),
+                p99 / baseline[which].0,
+                p999 / baseline[which].1,
+                bench::pct(partial, n),
+                bench::pct(errors, n),
+                bench::pct(hedges, shard_queries),
+                bench::pct(calls - shard_queries, shard_queries),
+            );
+            // Let the thawed leaves drain before the next row.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    println!(
+        "\nLatency is client-side from each request's scheduled send time; ratios are \
+         against the same config's no-fault row · {}",
         bench::machine_load()
     );
 }

@@ -490,3 +490,151 @@ pub fn pct(part: f64, whole: f64) -> String {
         format!("{:.2}%", 100.0 * part / whole)
     }
 }
+
+/// Leaf servers as real processes (the built `leaf` binary next to the
+/// running example, `target/<profile>/leaf`), `shards` × `replicas` over one
+/// corpus file, for scenarios that freeze a whole process with SIGSTOP.
+/// Only these processes are ever signalled; they are thawed and killed on
+/// drop.
+pub struct LeafProcesses {
+    /// `(shard, replica, child, gRPC address)`.
+    children: Vec<(u32, u32, std::process::Child, String)>,
+}
+
+impl LeafProcesses {
+    /// Starts the leaves and waits until every one is ready (`/readyz`).
+    pub async fn start(corpus: &str, shards: u32, replicas: u32) -> LeafProcesses {
+        let exe = std::env::current_exe().expect("current exe");
+        let binary = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|dir| dir.join("leaf"))
+            .expect("target dir");
+        assert!(
+            binary.exists(),
+            "{} is missing: cargo build --release -p leaf",
+            binary.display()
+        );
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("free port")
+        };
+        let mut children = Vec::new();
+        let mut ready = Vec::new();
+        for shard in 0..shards {
+            for replica in 0..replicas {
+                let grpc = format!("127.0.0.1:{}", free_port());
+                let metrics = format!("127.0.0.1:{}", free_port());
+                let child = std::process::Command::new(&binary)
+                    .args(["--corpus", corpus, "--shard", &shard.to_string()])
+                    .args(["--shards", &shards.to_string(), "--grpc", &grpc])
+                    .args(["--metrics", &metrics])
+                    .env("RUST_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("leaf starts");
+                children.push((shard, replica, child, grpc));
+                ready.push(format!("http://{metrics}/readyz"));
+            }
+        }
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        for url in ready {
+            loop {
+                let ok = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "leaf never ready: {url}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        eprintln!(
+            "{} leaf processes ready in {:.1?}",
+            children.len(),
+            started.elapsed()
+        );
+        LeafProcesses { children }
+    }
+
+    /// The leaves' gRPC addresses, shard by shard.
+    pub fn addresses(&self) -> Vec<String> {
+        self.children.iter().map(|c| c.3.clone()).collect()
+    }
+
+    fn pid(&self, shard: u32, replica: u32) -> i32 {
+        let child = self
+            .children
+            .iter()
+            .find(|c| c.0 == shard && c.1 == replica)
+            .expect("no such leaf");
+        i32::try_from(child.2.id()).expect("pid")
+    }
+
+    fn signal(&self, targets: &[(u32, u32)], signal: i32) {
+        for &(shard, replica) in targets {
+            // SAFETY: kill(2) on a child this process started and has not
+            // reaped; no memory is involved.
+            unsafe { libc::kill(self.pid(shard, replica), signal) };
+        }
+    }
+
+    /// Freezes the leaves (SIGSTOP).
+    pub fn freeze(&self, targets: &[(u32, u32)]) {
+        self.signal(targets, libc::SIGSTOP);
+    }
+
+    /// Thaws the leaves (SIGCONT).
+    pub fn thaw(&self, targets: &[(u32, u32)]) {
+        self.signal(targets, libc::SIGCONT);
+    }
+
+    /// Freezes `targets` for `frozen` of every `period` until `stop`, then
+    /// thaws them.
+    pub async fn freeze_periodically(
+        &self,
+        targets: &[(u32, u32)],
+        frozen: Duration,
+        period: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut next = tokio::time::Instant::now() + period - frozen;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            self.freeze(targets);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(frozen) => {}
+            }
+            self.thaw(targets);
+            if stop.is_cancelled() {
+                break;
+            }
+            next += period;
+        }
+        self.thaw(targets);
+    }
+}
+
+impl Drop for LeafProcesses {
+    fn drop(&mut self) {
+        for (_, _, child, _) in &mut self.children {
+            // SAFETY: as in `signal`: our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,7 +1,15 @@
 //! Per-replica load estimates and per-shard latency windows: the inputs of
-//! replica choice (power of two choices on peak-EWMA × in-flight) and of the
-//! hedge delay (a shard's recent high percentile).
+//! replica choice (power of two choices on peak-EWMA × in-flight, or the C3
+//! score when leaves report their own load) and of the hedge delay (a
+//! shard's recent high percentile).
+//!
+//! A replica also remembers since when it has owed an answer
+//! ([`PeakEwma::waiting_for`]): the start of its oldest call that has not
+//! been answered, counting calls the fan-out abandoned (a hedge won, the
+//! deadline passed), because a frozen process answers none of them. Any
+//! answer clears it down to the oldest call still running.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -15,12 +23,41 @@ pub struct PeakEwma {
     state: Mutex<EwmaState>,
     decay: Duration,
     in_flight: AtomicUsize,
+    outstanding: Mutex<Outstanding>,
+    server: Mutex<ServerLoad>,
 }
 
 struct EwmaState {
     estimate_ns: f64,
     updated: Instant,
 }
+
+/// The calls a replica owes an answer for.
+#[derive(Default)]
+struct Outstanding {
+    next_id: u64,
+    /// Calls still running, by id (ids grow with start time, so the first
+    /// entry is the oldest).
+    running: BTreeMap<u64, Instant>,
+    /// The start of the oldest unanswered call, abandoned ones included;
+    /// `None` when the replica owes nothing.
+    waiting_since: Option<Instant>,
+}
+
+/// What the replica itself last reported about its load, smoothed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ServerLoad {
+    /// Moving average of searches running or queued at the leaf.
+    pub queue: f64,
+    /// Moving average of the leaf's own service time, in nanoseconds.
+    pub service_ns: f64,
+    /// Reports received.
+    pub reports: u64,
+}
+
+/// Weight of a new server report in [`ServerLoad`]'s moving averages
+/// (Elasticsearch's adaptive replica selection uses 0.3).
+const SERVER_ALPHA: f64 = 0.3;
 
 impl PeakEwma {
     pub fn new(initial: Duration, decay: Duration) -> Self {
@@ -31,6 +68,8 @@ impl PeakEwma {
             }),
             decay,
             in_flight: AtomicUsize::new(0),
+            outstanding: Mutex::new(Outstanding::default()),
+            server: Mutex::new(ServerLoad::default()),
         }
     }
 
@@ -54,6 +93,54 @@ impl PeakEwma {
         let mut state = self.state.lock();
         state.estimate_ns = latency.as_nanos() as f64;
         state.updated = Instant::now();
+        drop(state);
+        *self.server.lock() = ServerLoad::default();
+    }
+
+    /// Records the load the replica reported with an answer: searches
+    /// running and queued there, and its own service time for the call.
+    pub fn observe_server(&self, queue: u32, service: Duration) {
+        let mut server = self.server.lock();
+        let service_ns = service.as_nanos() as f64;
+        if server.reports == 0 {
+            server.queue = f64::from(queue);
+            server.service_ns = service_ns;
+        } else {
+            server.queue += SERVER_ALPHA * (f64::from(queue) - server.queue);
+            server.service_ns += SERVER_ALPHA * (service_ns - server.service_ns);
+        }
+        server.reports += 1;
+    }
+
+    /// The smoothed load the replica reported, if it ever did.
+    pub fn server_load(&self) -> Option<ServerLoad> {
+        let server = *self.server.lock();
+        (server.reports > 0).then_some(server)
+    }
+
+    /// The C3 score (Suresh et al., NSDI 2015, as Elasticsearch's adaptive
+    /// replica selection computes it): `R − S + S × q̂³` with `R` the
+    /// frontend's latency estimate, `S` the replica's reported service time
+    /// and `q̂ = 1 + calls this frontend has in flight there × concurrency
+    /// compensation + the queue it reported`. Falls back to [`Self::cost`]
+    /// before the first report.
+    pub fn score(&self) -> f64 {
+        let Some(server) = self.server_load() else {
+            return self.cost();
+        };
+        let response_ns = self.state.lock().estimate_ns;
+        let service_ns = server.service_ns.min(response_ns);
+        let q = 1.0 + self.in_flight() as f64 + server.queue;
+        response_ns - service_ns + service_ns * q.powi(3)
+    }
+
+    /// How long the replica has owed an answer: since the start of its
+    /// oldest unanswered call, or `None` when it owes none.
+    pub fn waiting_for(&self, now: Instant) -> Option<Duration> {
+        self.outstanding
+            .lock()
+            .waiting_since
+            .map(|since| now.saturating_duration_since(since))
     }
 
     /// The estimate in seconds.
@@ -71,19 +158,48 @@ impl PeakEwma {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a call in flight until the guard drops.
+    /// Counts a call in flight until the guard drops; the replica owes an
+    /// answer for it until [`InFlight::answered`] (a dropped guard leaves
+    /// the debt standing until the replica answers some later call).
     pub fn start(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        let now = Instant::now();
+        let mut outstanding = self.outstanding.lock();
+        let id = outstanding.next_id;
+        outstanding.next_id += 1;
+        outstanding.running.insert(id, now);
+        outstanding.waiting_since.get_or_insert(now);
+        InFlight {
+            load: self,
+            id,
+            answered: false,
+        }
     }
 }
 
 /// Decrements the in-flight count when dropped (also on cancellation).
-pub struct InFlight<'a>(&'a PeakEwma);
+pub struct InFlight<'a> {
+    load: &'a PeakEwma,
+    id: u64,
+    answered: bool,
+}
+
+impl InFlight<'_> {
+    /// The replica answered this call (any answer, an error included, shows
+    /// that the process runs): it owes only the calls still running.
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut outstanding = self.load.outstanding.lock();
+        outstanding.running.remove(&self.id);
+        if self.answered {
+            outstanding.waiting_since = outstanding.running.values().next().copied();
+        }
     }
 }
 
@@ -183,6 +299,47 @@ mod tests {
         assert!(ewma.cost() > idle);
         drop(guard);
         assert_eq!(ewma.cost(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_call_is_owed_until_the_replica_answers_another() {
+        let ewma = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1));
+        assert_eq!(ewma.waiting_for(Instant::now()), None);
+        let first = ewma.start();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // Abandoned (a hedge won): still owed.
+        drop(first);
+        assert_eq!(
+            ewma.waiting_for(Instant::now()),
+            Some(Duration::from_millis(10))
+        );
+        let second = ewma.start();
+        let third = ewma.start();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        // An answer clears the debt down to the oldest call still running.
+        second.answered();
+        assert_eq!(
+            ewma.waiting_for(Instant::now()),
+            Some(Duration::from_millis(5))
+        );
+        third.answered();
+        assert_eq!(ewma.waiting_for(Instant::now()), None);
+    }
+
+    #[test]
+    fn the_c3_score_weighs_the_reported_queue() {
+        let a = PeakEwma::new(Duration::from_millis(2), Duration::from_secs(1));
+        let b = PeakEwma::new(Duration::from_millis(2), Duration::from_secs(1));
+        // Before any report the score is the frontend's own view.
+        assert_eq!(a.score(), a.cost());
+        a.observe_server(0, Duration::from_millis(1));
+        b.observe_server(4, Duration::from_millis(1));
+        assert!(a.score() < b.score(), "{} vs {}", a.score(), b.score());
+        // Idle, the score is the latency estimate.
+        assert!((a.score() - 2e6).abs() < 1.0, "{}", a.score());
+        // Outstanding calls of this frontend count like queued ones.
+        let _calls: Vec<_> = (0..4).map(|_| a.start()).collect();
+        assert!((a.score() - b.score()).abs() < 1.0);
     }
 
     #[test]

@@ -196,6 +196,7 @@ mod tests {
                 generation: 7,
                 early_terminated: searched < total,
                 global_stats: true,
+                ..SearchResponse::default()
             }),
             hedges: 0,
             hedge_won: false,

@@ -1,9 +1,19 @@
 //! Replica choice and probation: which replica of a shard gets a call.
 //!
-//! Power of two choices on peak-EWMA load among the replicas not on
-//! probation; a small fraction of calls probe one that is. A replica whose
-//! latency estimate is much worse than the best of its peers' goes on
+//! Power of two choices on load among the replicas neither stuck nor on
+//! probation; a small fraction of calls probe one on probation. The load is
+//! peak-EWMA × calls in flight, or with `server_load` the C3 score that adds
+//! what the replica reports about its own queue and service time. A replica
+//! whose latency estimate is much worse than the best of its peers' goes on
 //! probation for a while, unless it is the last healthy one.
+//!
+//! A replica is **stuck** while it has owed an answer for longer than
+//! `stuck_after` (the fan-out sets it from the shard's healthy latency): it
+//! gets no new primary calls, and a hedge only when no other replica is
+//! left, until it answers again. This notices a frozen process within a few
+//! healthy latencies, from the calls that did not come back, where the
+//! latency estimate would learn of it only from the answers after the
+//! freeze.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,23 +34,40 @@ pub struct ReplicaPolicy {
     pub probation_min_gap: Duration,
     pub probation_time: Duration,
     pub probe_fraction: f64,
+    /// Rank replicas by the C3 score with their own reported load.
+    pub server_load: bool,
 }
 
-/// Picks an untried replica: power of two choices among those not on
-/// probation (a small fraction of calls probe one that is).
+/// Whether `replica` has owed an answer for longer than `stuck_after`.
+pub fn is_stuck(replica: &Replica, stuck_after: Duration, now: Instant) -> bool {
+    replica
+        .load
+        .waiting_for(now)
+        .is_some_and(|waited| waited > stuck_after)
+}
+
+/// Picks an untried replica: power of two choices among those neither
+/// stuck nor on probation (a small fraction of calls probe one on
+/// probation); a stuck replica only when no other is left, the one that has
+/// waited least first.
 pub fn choose(
     policy: &ReplicaPolicy,
     metrics: &Metrics,
     replicas: &[Arc<Replica>],
     tried: &[bool],
+    stuck_after: Duration,
 ) -> Option<usize> {
     let now = Instant::now();
     if policy.probation {
         update_probation(policy, metrics, replicas, now);
     }
-    let untried: Vec<usize> = (0..replicas.len()).filter(|&i| !tried[i]).collect();
+    let (untried, stuck): (Vec<usize>, Vec<usize>) = (0..replicas.len())
+        .filter(|&i| !tried[i])
+        .partition(|&i| !is_stuck(&replicas[i], stuck_after, now));
     if untried.is_empty() {
-        return None;
+        return stuck
+            .into_iter()
+            .min_by_key(|&i| replicas[i].load.waiting_for(now).unwrap_or_default());
     }
     let mut rng = rand::rng();
     let (healthy, on_probation): (Vec<usize>, Vec<usize>) = untried
@@ -65,7 +92,14 @@ pub fn choose(
     while b == a {
         b = pick(&mut rng);
     }
-    if replicas[a].load.cost() <= replicas[b].load.cost() {
+    let load = |i: usize| {
+        if policy.server_load {
+            replicas[i].load.score()
+        } else {
+            replicas[i].load.cost()
+        }
+    };
+    if load(a) <= load(b) {
         Some(a)
     } else {
         Some(b)
