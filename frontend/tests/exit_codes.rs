@@ -18,6 +18,7 @@ fn a_taken_port_is_one_line_and_exit_code_3() {
             "127.0.0.1:0",
         ])
         .env_remove("RUST_BACKTRACE")
+        .env("SEARCH_CLUSTER_TOKEN", "exit-code-test")
         .output()
         .expect("the frontend binary runs");
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -361,6 +361,7 @@ mod tests {
             "2",
             "--keep-generations",
             "3",
+            "--insecure-no-auth",
         ])
         .unwrap();
         let generations = cli.settings().unwrap().config.generations.unwrap();

@@ -22,7 +22,7 @@
 //! one. Servers re-read a token file within [`RELOAD_INTERVAL`].
 //!
 //! With no token configured, the binaries refuse to start unless
-//! `--insecure-no-auth` is given (see [`crate::args::ServerArgs::tokens`]);
+//! `--insecure-no-auth` is given (see [`crate::args::SecurityArgs::tokens`]);
 //! a library caller that builds no [`Tokens`] gets an open server, which is
 //! what in-process tests want.
 

@@ -278,7 +278,7 @@ pub enum Conn<IO> {
 
 /// The connections of `incoming` for a tonic server: as they are without
 /// an acceptor, else each after its TLS handshake. Handshakes run
-/// concurrently (at most [`MAX_HANDSHAKES`]) so that a slow client does not
+/// concurrently (at most `MAX_HANDSHAKES`) so that a slow client does not
 /// hold up the others; a failed one is logged at debug level and dropped.
 pub fn incoming<S, IO>(
     incoming: S,

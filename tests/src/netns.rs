@@ -521,6 +521,8 @@ pub fn bin_dir() -> Result<PathBuf> {
 pub const GRPC_PORT: u16 = 7070;
 pub const HTTP_PORT: u16 = 8080;
 pub const METRICS_PORT: u16 = 9100;
+/// The frontend's admin listener (`/cluster`, `/status`, `/metrics`).
+pub const ADMIN_PORT: u16 = 9200;
 pub const ETCD_PORT: u16 = 2379;
 
 /// What [`NetCluster::start`] starts.
@@ -599,6 +601,7 @@ impl NetCluster {
                 "serve".to_string(),
                 format!("--http={}", h.addr(HTTP_PORT)),
                 format!("--grpc={}", h.addr(GRPC_PORT)),
+                format!("--admin-http={}", h.addr(ADMIN_PORT)),
                 format!("--shards={}", config.shards),
                 format!("--token={token}"),
                 format!("--cache={}", config.caches > 0),
@@ -706,7 +709,10 @@ impl NetCluster {
     pub async fn routed_leaves(&self, i: usize) -> Result<usize> {
         let text = self
             .client
-            .get(format!("{}/metrics", self.frontend_url(i)))
+            .get(format!(
+                "http://{}/metrics",
+                self.bed.host(self.frontends[i]).addr(ADMIN_PORT)
+            ))
             .send()
             .await?
             .text()

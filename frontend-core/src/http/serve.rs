@@ -24,7 +24,7 @@
 //!   per [`ACCEPT_LOG_EVERY`].
 //!
 //! [`accept_loop`] is the one place where connections are accepted: a TLS
-//! acceptor wraps the stream there, before [`serve_connection`].
+//! acceptor wraps the stream there, before `serve_connection`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

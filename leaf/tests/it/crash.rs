@@ -26,7 +26,7 @@ async fn a_query_containing_the_term_aborts_the_process() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_leaf"))
         .args(["--corpus", "builtin", "--shard", "0", "--shards", "1"])
         .args(["--grpc", &format!("127.0.0.1:{port}")])
-        .args(["--fault-crash-on", "Poison"])
+        .args(["--fault-crash-on", "Poison", "--insecure-no-auth"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
