@@ -2,5 +2,6 @@
 //! loopback (`grpc`), and a leaf holding a lease (`leases`).
 
 mod crash;
+mod generations;
 mod grpc;
 mod leases;
