@@ -12,10 +12,14 @@ async fn a_hanging_replica_is_answered_by_the_hedge_and_the_loser_is_cancelled()
         .shards(2)
         .replicas(2)
         .frontend(|c| {
-            // Random choice and no probation, so that primaries keep going
-            // to the hanging replica and only hedges can save them.
+            // Random choice, no probation and no stuck-replica rule, so
+            // that primaries keep going to the hanging replica and only
+            // hedges can save them; no canaries, which would meet the
+            // hang first (the fan-out unit tests cover the stuck rule).
             c.fanout.replica_choice = false;
             c.fanout.probation = false;
+            c.fanout.stuck_replicas = false;
+            c.root.canary.enabled = false;
             c.fanout.retry = false;
             c.fanout.hedge_budget_floor = 1000.0;
         })
