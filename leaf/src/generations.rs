@@ -31,10 +31,12 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::builtin::sample_queries;
+use crate::corpus::{shard_of, Document};
 use crate::error::{LeafError, Result};
 use crate::index::ShardIndex;
 use crate::metrics::Metrics;
 use crate::search::Budget;
+use crate::writer::ShardWriter;
 
 /// The name of the manifest inside a generation directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -367,15 +369,48 @@ fn open_newest(
     Ok(None)
 }
 
+/// Builds generation `generation` of `shard` of `shards` from `docs` (those
+/// of the shard; the others are skipped) under `root`, as the indexer does:
+/// in a temporary directory with its manifest, then renamed into place.
+/// For tools and tests that have their documents in memory; returns the
+/// documents written.
+pub fn publish(
+    root: &Path,
+    shard: u32,
+    shards: u32,
+    generation: u64,
+    docs: &[Document],
+) -> Result<u64> {
+    let dir = shard_dir(root, shard);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{generation}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut writer = ShardWriter::create(&tmp, shard, shards, 1, 0)?;
+    for doc in docs.iter().filter(|d| shard_of(&d.id, shards) == shard) {
+        writer.add(doc)?;
+    }
+    let documents = writer.commit(generation, 0)?;
+    Manifest {
+        generation,
+        shard,
+        shards,
+        documents,
+        bad_lines: 0,
+        built_at_unix_ms: 0,
+        build_seconds: 0.0,
+    }
+    .write(&tmp)?;
+    std::fs::rename(&tmp, dir.join(generation.to_string()))?;
+    Ok(documents)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::builtin::generate_corpus;
-    use crate::corpus::{shard_of, Document};
-    use crate::writer::ShardWriter;
+    use crate::corpus::Document;
 
-    /// Writes generation `generation` of `shard` of `shards` under `root` as
-    /// the indexer does (build in a temporary directory, rename).
+    /// Writes generation `generation` of `shard` of `shards` under `root`.
     pub(crate) fn publish(
         root: &Path,
         shard: u32,
@@ -383,27 +418,7 @@ mod tests {
         generation: u64,
         docs: &[Document],
     ) {
-        let dir = shard_dir(root, shard);
-        std::fs::create_dir_all(&dir).unwrap();
-        let tmp = dir.join(format!("{TMP_PREFIX}{generation}-test"));
-        std::fs::create_dir_all(&tmp).unwrap();
-        let mut writer = ShardWriter::create(&tmp, shard, shards, 1, 0).unwrap();
-        for doc in docs.iter().filter(|d| shard_of(&d.id, shards) == shard) {
-            writer.add(doc).unwrap();
-        }
-        let documents = writer.commit(generation, 0).unwrap();
-        Manifest {
-            generation,
-            shard,
-            shards,
-            documents,
-            bad_lines: 0,
-            built_at_unix_ms: 0,
-            build_seconds: 0.0,
-        }
-        .write(&tmp)
-        .unwrap();
-        std::fs::rename(&tmp, dir.join(generation.to_string())).unwrap();
+        super::publish(root, shard, shards, generation, docs).unwrap();
     }
 
     fn config(root: &Path, keep: usize) -> GenerationsConfig {

@@ -11,10 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leaf::generations::{self, shard_dir, GenerationsConfig, Manifest, TMP_PREFIX};
+use leaf::generations::{self, shard_dir, GenerationsConfig};
 use leaf::{
     generate_corpus, shard_of, CorpusSource, Document, LeafConfig, LeafHandle, LeaseConfig,
-    ShardWriter,
 };
 use lease::registry::{Registry, RegistryConfig};
 use proto::leaf::leaf_client::LeafClient;
@@ -26,27 +25,7 @@ use tonic::transport::Channel;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn publish(root: &Path, shard: u32, shards: u32, generation: u64, docs: &[Document]) {
-    let dir = shard_dir(root, shard);
-    std::fs::create_dir_all(&dir).unwrap();
-    let tmp = dir.join(format!("{TMP_PREFIX}{generation}-1"));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut writer = ShardWriter::create(&tmp, shard, shards, 1, 0).unwrap();
-    for doc in docs.iter().filter(|d| shard_of(&d.id, shards) == shard) {
-        writer.add(doc).unwrap();
-    }
-    let documents = writer.commit(generation, 0).unwrap();
-    Manifest {
-        generation,
-        shard,
-        shards,
-        documents,
-        bad_lines: 0,
-        built_at_unix_ms: 0,
-        build_seconds: 0.0,
-    }
-    .write(&tmp)
-    .unwrap();
-    std::fs::rename(&tmp, dir.join(generation.to_string())).unwrap();
+    generations::publish(root, shard, shards, generation, docs).unwrap();
 }
 
 /// A document of `shard` of `shards` with a word no generated one has.
