@@ -225,25 +225,20 @@ impl Frontend {
                 .map(|admin| (Listener::Admin, admin, http::admin_router(state.clone()))),
         );
         for (which, listener, app) in http_listeners {
-            // The public API over TLS has its own certificate and server
-            // (`svc::tls::serve_http`, with a header timeout); the
-            // hardened accept loop serves plain connections.
-            if let (Listener::Public, Some(acceptor)) = (which, plane.http_tls.clone()) {
-                let draining = lc.draining();
-                lc.spawn(async move {
-                    if let Err(error) =
-                        security::serve_https(listener, acceptor, app, draining).await
-                    {
-                        tracing::error!(%error, "https server failed");
-                    }
-                });
-                continue;
-            }
+            // TLS, when configured, is the public API's: the admin
+            // listener stays on loopback in plain HTTP.
+            let tls = match which {
+                Listener::Public => plane.http_tls.clone(),
+                Listener::Admin => None,
+            };
             lc.spawn(http::serve::accept_loop(
                 http::serve::with_peers(lc.incoming(listener)),
-                app,
+                http::serve::Endpoint {
+                    app,
+                    listener: which,
+                    tls,
+                },
                 config.http.clone(),
-                which,
                 http_metrics.clone(),
                 lc.draining(),
                 connections.clone(),

@@ -5,21 +5,14 @@
 //! `svc::auth`, `svc::tls` and [`crate::cluster::cache_client::Signer`];
 //! this file only wires them from [`FrontendConfig`].
 
-use std::time::Duration;
-
 use anyhow::Context;
 use svc::auth::TokenConfig;
 use svc::tls::Acceptor;
 use svc::Security;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::cluster::cache_client::Signer;
 use crate::cluster::leaf_client::Connect;
 use crate::config::FrontendConfig;
-
-/// How long an HTTPS client may take to send its request's header.
-const HTTPS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The frontend's live credentials.
 pub(crate) struct Plane {
@@ -50,7 +43,7 @@ pub(crate) fn prepare(mut config: FrontendConfig) -> anyhow::Result<(FrontendCon
     }
     let http_tls = config
         .http_tls
-        .acceptor(&[b"http/1.1"])
+        .acceptor(&[b"h2", b"http/1.1"])
         .context("http tls")?;
     let signer = match (&config.cache_secret, &config.cache_secret_file) {
         (Some(secret), _) => Signer::new(secret.0.as_bytes()),
@@ -79,16 +72,4 @@ pub(crate) fn prepare(mut config: FrontendConfig) -> anyhow::Result<(FrontendCon
         http_tls,
     };
     Ok((config, plane))
-}
-
-/// Serves the HTTP API over TLS until `shutdown`.
-pub(crate) async fn serve_https(
-    listener: TcpListener,
-    acceptor: Acceptor,
-    app: axum::Router,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    svc::tls::serve_http(listener, acceptor, app, HTTPS_HEADER_TIMEOUT, shutdown)
-        .await
-        .context("https server")
 }

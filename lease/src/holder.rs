@@ -81,6 +81,49 @@ pub struct HolderConfig {
     /// whole seconds and raises it to its minimum.
     pub ttl: Duration,
     pub info: HolderInfo,
+    /// Where the token is read before every call when it can change while
+    /// the holder runs (a token file being rotated); wins over `token`.
+    pub live_token: Option<TokenSource>,
+}
+
+/// The token a holder sends, asked again before every call: a rotated
+/// token file takes effect on the next keep-alive, without a restart.
+#[derive(Clone)]
+pub struct TokenSource(pub Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource(..)")
+    }
+}
+
+/// What a holder sends as `authorization`.
+#[derive(Clone, Debug)]
+enum Auth {
+    Fixed(Option<AsciiMetadataValue>),
+    Live(TokenSource),
+}
+
+impl Auth {
+    fn header(&self) -> Option<AsciiMetadataValue> {
+        match self {
+            Auth::Fixed(header) => header.clone(),
+            Auth::Live(source) => bearer((source.0)().as_deref()?),
+        }
+    }
+}
+
+fn bearer(token: &str) -> Option<AsciiMetadataValue> {
+    match MetadataValue::try_from(format!("Bearer {token}")) {
+        Ok(mut value) => {
+            value.set_sensitive(true);
+            Some(value)
+        }
+        Err(_) => {
+            tracing::error!("cluster token is not valid in a header, sending none");
+            None
+        }
+    }
 }
 
 /// The state of the lease held at one endpoint.
@@ -155,18 +198,10 @@ pub fn spawn_with(
     let metrics = HolderMetrics::new(metrics);
     let stop = shutdown.child_token();
     let endpoints = targets(&config.endpoints);
-    let auth = config.token.as_deref().and_then(|token| {
-        match MetadataValue::try_from(format!("Bearer {token}")) {
-            Ok(mut value) => {
-                value.set_sensitive(true);
-                Some(value)
-            }
-            Err(_) => {
-                tracing::error!("cluster token is not valid in a header, sending none");
-                None
-            }
-        }
-    });
+    let auth = match &config.live_token {
+        Some(source) => Auth::Live(source.clone()),
+        None => Auth::Fixed(config.token.as_deref().and_then(bearer)),
+    };
     let initial = endpoints
         .iter()
         .map(|endpoint| EndpointStatus {
@@ -476,7 +511,7 @@ impl Report {
 
 struct Task {
     endpoint: String,
-    auth: Option<AsciiMetadataValue>,
+    auth: Auth,
     connect: Option<Connect>,
     info: HolderInfo,
     requested_ttl: Duration,
@@ -689,8 +724,8 @@ impl Task {
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
-        if let Some(auth) = &self.auth {
-            request.metadata_mut().insert("authorization", auth.clone());
+        if let Some(auth) = self.auth.header() {
+            request.metadata_mut().insert("authorization", auth);
         }
         request
     }

@@ -46,7 +46,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::auth::{AuthLayer, Tokens};
+use crate::auth::AuthLayer;
 use crate::metrics::Ready;
 use crate::net::Killable;
 use crate::security::Security;
@@ -206,15 +206,26 @@ impl Lifecycle {
         let connect = self.security.client.clone().map(|tls| {
             lease::holder::Connect(std::sync::Arc::new(move |endpoint| tls.channel(endpoint)))
         });
-        let current = self.security.tokens.as_ref().and_then(Tokens::current);
+        let tokens = self.security.tokens.clone();
         self.holders = lease.map(|lease| {
+            // The lease's own token when it names one; else the one this
+            // server sends, read live (a rotated token file takes effect on
+            // the next keep-alive).
+            let live_token = match (&lease.token, tokens) {
+                (None, Some(tokens)) => {
+                    Some(lease::holder::TokenSource(std::sync::Arc::new(move || {
+                        tokens.current()
+                    })))
+                }
+                _ => None,
+            };
             lease::holder::spawn_with(
                 HolderConfig {
                     endpoints: lease.frontends.clone(),
-                    // The lease's own token, else the one this server sends.
-                    token: lease.token.clone().or(current),
+                    token: lease.token.clone(),
                     ttl: lease.ttl,
                     info,
+                    live_token,
                 },
                 connect,
                 &self.registry,

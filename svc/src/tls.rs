@@ -11,10 +11,11 @@
 //!   accepted TCP stream into a TLS stream; [`incoming`] does it for a
 //!   tonic server's `serve_with_incoming` (handshakes run concurrently,
 //!   under a time limit, and a failed one drops only that connection);
-//!   [`serve_http`] serves an axum router over TLS.
 //! - [`ClientTls`] is the client side: [`ClientTls::channel`] connects a
 //!   tonic [`Endpoint`] (whatever timeouts and keep-alives it was built
 //!   with) through TLS, checking the server's certificate against the CA.
+//!   The HTTP API uses [`Acceptor::accept`] in its own accept loop (in
+//!   `frontend-core`), under its connection limits.
 //!
 //! Reloading: the files' modification times are checked on every new
 //! connection (three `stat` calls, small beside a handshake); when one
@@ -38,9 +39,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_stream::Stream;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -270,6 +270,9 @@ impl Acceptor {
     }
 }
 
+/// The stream of an accepted TLS connection.
+pub use tokio_rustls::server::TlsStream;
+
 /// A connection a server accepted, over TLS or not.
 pub enum Conn<IO> {
     Plain(IO),
@@ -396,63 +399,6 @@ impl<IO: Connected> Connected for Conn<IO> {
             Conn::Tls(io) => io.get_ref().0.connect_info(),
         }
     }
-}
-
-/// Serves `app` over TLS on `listener` (HTTP/1.1) until `shutdown`, then
-/// lets open connections finish their request. Each connection's header
-/// must arrive within `header_timeout`.
-pub async fn serve_http(
-    listener: TcpListener,
-    acceptor: Acceptor,
-    app: axum::Router,
-    header_timeout: Duration,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
-        connections.spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "tls handshake failed");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(tls), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "https connection ended");
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
-    Ok(())
 }
 
 /// The client side of TLS (cheap to clone).

@@ -122,6 +122,7 @@ async fn main() {
                 address: format!("127.0.0.1:{}", 40_000 + i),
                 generation: 1,
             },
+            live_token: None,
         };
         sets.push(lease::holder::spawn(
             config,

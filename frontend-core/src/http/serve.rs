@@ -23,8 +23,14 @@
 //!   [`ACCEPT_BACKOFF`] instead of spinning, and are logged at most once
 //!   per [`ACCEPT_LOG_EVERY`].
 //!
-//! [`accept_loop`] is the one place where connections are accepted: a TLS
-//! acceptor wraps the stream there, before `serve_connection`.
+//! - **TLS** (`--http-tls-cert`): the handshake runs in the connection's
+//!   own task, after it has a slot, under the header timeout: a client
+//!   that never finishes its handshake is one more connection without a
+//!   request in progress (evictable, closed at the header timeout), under
+//!   the same cap as plain ones.
+//!
+//! [`accept_loop`] is the one place where connections are accepted, plain
+//! or TLS, on the public and the admin listener alike.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -172,18 +178,26 @@ impl Listener {
     }
 }
 
-/// Accepts connections from `incoming` and serves `app` on each, under
+/// What one listener serves: its router, which surface it is, and its TLS
+/// acceptor if it speaks TLS.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub app: Router,
+    pub listener: Listener,
+    pub tls: Option<svc::tls::Acceptor>,
+}
+
+/// Accepts connections from `incoming` and serves `endpoint` on each, under
 /// `limits`, until `stop` fires; then asks every open connection to close
 /// after its request in progress. Every connection task is on `connections`,
 /// which the caller closes and waits for to drain.
 ///
-/// This is the one accept loop of the HTTP listeners: where a TLS acceptor
-/// wraps each accepted stream.
+/// This is the one accept loop of the HTTP listeners: a TLS acceptor wraps
+/// each accepted stream in the connection's task.
 pub async fn accept_loop<S, I>(
     mut incoming: S,
-    app: Router,
+    endpoint: Endpoint,
     limits: HttpLimits,
-    listener: Listener,
     metrics: HttpMetrics,
     stop: CancellationToken,
     connections: TaskTracker,
@@ -191,6 +205,7 @@ pub async fn accept_loop<S, I>(
     S: Stream<Item = std::io::Result<(I, SocketAddr)>> + Unpin,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Endpoint { app, listener, tls } = endpoint;
     let open = Arc::new(OpenConnections::new(limits.max_connections));
     let mut last_error_log: Option<Instant> = None;
     let mut errors_since_log = 0u64;
@@ -246,6 +261,8 @@ pub async fn accept_loop<S, I>(
             slot,
             open: Arc::clone(&open),
             idle_timeout: limits.idle_timeout,
+            header_timeout: limits.header_timeout,
+            tls: tls.clone(),
             stop: stop.clone(),
             peer,
             metrics: metrics.clone(),
@@ -299,6 +316,9 @@ struct Connection {
     slot: Arc<Slot>,
     open: Arc<OpenConnections>,
     idle_timeout: Duration,
+    /// Also the bound on a TLS handshake.
+    header_timeout: Duration,
+    tls: Option<svc::tls::Acceptor>,
     stop: CancellationToken,
     peer: SocketAddr,
     metrics: HttpMetrics,
@@ -312,6 +332,54 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         self.open_gauge.inc();
+        match self.tls.clone() {
+            None => self.serve_http(stream).await,
+            Some(acceptor) => {
+                if let Some(stream) = self.handshake(&acceptor, stream).await {
+                    self.serve_http(stream).await;
+                }
+            }
+        }
+        self.open.remove(&self.slot);
+        self.open_gauge.dec();
+    }
+
+    /// The TLS handshake, given up at the header timeout, on eviction or
+    /// on stop: until it is done the connection has no request in
+    /// progress, like a client that sent half a head.
+    async fn handshake<I>(
+        &self,
+        acceptor: &svc::tls::Acceptor,
+        stream: I,
+    ) -> Option<svc::tls::TlsStream<I>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = tokio::time::timeout(self.header_timeout, acceptor.accept(stream));
+        tokio::select! {
+            result = handshake => match result {
+                Ok(Ok(tls)) => Some(tls),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, peer = %self.peer, "tls handshake failed");
+                    None
+                }
+                Err(_) => {
+                    self.close(CloseReason::Idle);
+                    None
+                }
+            },
+            () = self.slot.evicted.cancelled() => {
+                self.close(CloseReason::Evicted);
+                None
+            }
+            () = self.stop.cancelled() => None,
+        }
+    }
+
+    async fn serve_http<I>(&self, stream: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let slot = Arc::clone(&self.slot);
         let peer = self.peer;
         let app = self.app.clone();
@@ -365,8 +433,6 @@ impl Connection {
                 () = sleep_until_opt(close_deadline) => break,
             }
         }
-        self.open.remove(&self.slot);
-        self.open_gauge.dec();
     }
 
     fn close(&self, reason: CloseReason) {

@@ -171,6 +171,7 @@ fn hold(
         token: None,
         ttl,
         info,
+        live_token: None,
     };
     (holder::spawn(config, &prom, shutdown), prom)
 }

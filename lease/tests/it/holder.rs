@@ -113,6 +113,7 @@ fn holder_config(endpoints: &[SocketAddr], token: Option<&str>, ttl: Duration) -
             address: "127.0.0.1:7400".into(),
             generation: 3,
         },
+        live_token: None,
     }
 }
 
@@ -378,6 +379,44 @@ async fn the_token_is_required_and_checked() {
     assert!(
         server.watch().borrow().is_empty(),
         "revoke with the token must work"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_live_token_source_is_read_again_before_every_call() {
+    let server = Server::start(registry_config(Some("next-token"))).await;
+    let token = Arc::new(std::sync::Mutex::new("old-token".to_string()));
+    let mut config = holder_config(&[server.addr], Some("ignored"), Duration::from_secs(5));
+    let source = Arc::clone(&token);
+    config.live_token = Some(holder::TokenSource(Arc::new(move || {
+        Some(source.lock().unwrap().clone())
+    })));
+    let holders = holder::spawn(
+        config,
+        &prometheus::Registry::new(),
+        CancellationToken::new(),
+    );
+    eventually("the old token to be refused", || {
+        server.counter("lease_refusals_total", Some(("reason", "unauthenticated"))) >= 1.0
+    })
+    .await;
+    assert!(!holders.is_held());
+
+    // The token file was rotated: the same holder, without a restart,
+    // sends the new token on its next attempt and joins.
+    *token.lock().unwrap() = "next-token".to_string();
+    let mut view = server.watch();
+    wait_members(
+        &mut view,
+        "the holder to join with the rotated token",
+        |m| m.len() == 1,
+    )
+    .await;
+    holders.revoke_all().await;
+    assert!(
+        server.watch().borrow().is_empty(),
+        "revoked with the new token"
     );
     server.stop().await;
 }

@@ -513,3 +513,165 @@ async fn a_whole_cluster_runs_over_mutual_tls_and_serves_https() {
     .expect("answers or fails in time");
     assert!(plain.is_err(), "{plain:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connections_that_never_finish_a_handshake_are_capped_and_closed() {
+    const MAX_CONNECTIONS: usize = 8;
+    const SILENT: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("public ca");
+    let https = TlsConfig {
+        client_ca: None,
+        ca: None,
+        ..ca.write(dir.path(), "public")
+    };
+    let cluster = TestCluster::builder()
+        .shards(1)
+        .frontend(move |c| {
+            c.http_tls = https.clone();
+            c.http.max_connections = MAX_CONNECTIONS;
+            c.http.header_timeout = Duration::from_secs(1);
+        })
+        .build()
+        .await;
+    // Connections that open TCP and never send a ClientHello: on the TLS
+    // port they count against the cap like half-open plain ones.
+    let mut silent = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        silent.push(
+            tokio::net::TcpStream::connect(cluster.http_addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    // A well-formed HTTPS query is still answered beside them.
+    let response = svc::tls::testing::https_get(
+        cluster.http_addr(),
+        &dir.path().join("public-ca.crt"),
+        "/search?q=json&timeout_ms=3000",
+    )
+    .await
+    .expect("https answers beside silent connections");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let client = reqwest::Client::new();
+    let metrics = tests::bench::scrape(&client, &cluster.admin_url("")).await;
+    let evicted = tests::bench::metric(
+        &metrics,
+        "frontend_http_connections_closed_total",
+        &["listener=\"public\"", "reason=\"evicted\""],
+    );
+    assert!(
+        evicted >= (SILENT - 2 * MAX_CONNECTIONS) as f64,
+        "connections in their handshake are evicted for newcomers: {evicted}"
+    );
+    let open = tests::bench::metric(
+        &metrics,
+        "frontend_http_connections",
+        &["listener=\"public\""],
+    );
+    assert!(
+        open <= (2 * MAX_CONNECTIONS) as f64,
+        "open connections stay within twice the cap: {open}"
+    );
+
+    // The server closes every one of them itself (evicted, or at the
+    // header timeout, which bounds the handshake); the bound here is
+    // generous for a busy machine.
+    let closed = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(silent.into_iter().map(|mut stream| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buffer = [0u8; 64];
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })),
+    )
+    .await;
+    assert!(closed.is_ok(), "the server closes silent TLS connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_rotation_keeps_leaf_leases_and_searches_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (frontend_file, leaf_file) = (dir.path().join("frontend"), dir.path().join("leaf"));
+    // Step 1: everyone accepts both, sends the old one.
+    for file in [&frontend_file, &leaf_file] {
+        write_atomically(file, "old-token\nnew-token\n");
+    }
+    let file_config = |file: &std::path::Path| TokenConfig {
+        file: Some(file.to_path_buf()),
+        ..TokenConfig::default()
+    };
+    let (frontend_auth, leaf_auth) = (file_config(&frontend_file), file_config(&leaf_file));
+    let cluster = TestCluster::builder()
+        .shards(2)
+        .lease_ttl(Duration::from_secs(1))
+        .frontend(move |c| c.auth = frontend_auth.clone())
+        .leaf(move |c| {
+            c.auth = leaf_auth.clone();
+            // The lease sends what the token file says, not a fixed token.
+            if let Some(lease) = c.lease.as_mut() {
+                lease.token = None;
+            }
+        })
+        .build()
+        .await;
+    let client = reqwest::Client::new();
+    let refusals = || async {
+        let metrics = tests::bench::scrape(&client, &cluster.admin_url("")).await;
+        let rpc: f64 = metrics
+            .iter()
+            .filter(|(series, _)| series.contains("_rpc_unauthenticated_total"))
+            .map(|(_, value)| value)
+            .sum();
+        rpc + tests::bench::metric(
+            &metrics,
+            "lease_refusals_total",
+            &["reason=\"unauthenticated\""],
+        )
+    };
+    let before = refusals().await;
+    // Step 2: everyone sends the new one. Step 3: the old one is dropped.
+    for contents in ["new-token\nold-token\n", "new-token\n"] {
+        for file in [&frontend_file, &leaf_file] {
+            write_atomically(file, contents);
+        }
+        // Files are re-read every second; keep-alives go every third of
+        // the 1 s term: several of each in this wait.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert_eq!(
+        refusals().await,
+        before,
+        "no lease or search call refused during the rotation"
+    );
+    let view: Value = client
+        .get(cluster.admin_url("/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let leaves = view["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .filter(|h| h["role"] == "leaf")
+        .count();
+    assert_eq!(leaves, 2, "both leaves kept their leases: {view}");
+    let answer: Value = client
+        .get(cluster.url("/search?q=json&timeout_ms=3000&nocache=true"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["coverage"]["shards_answered"], 2, "{answer}");
+}
