@@ -82,6 +82,10 @@
 //!   requests take long to finish (a released slot comes later than the
 //!   queue timeout). A lone client may use every slot. The clients seen
 //!   recently are a fixed table of [`RECENT_CLIENTS`] entries.
+//! - when a client holds more than its share anyway (it took the slots
+//!   while alone, or the limit fell under it), a client holding less than
+//!   the reserve borrows a slot past the limit at once instead of queueing
+//!   behind it: in flight stays within the limit plus the reserve.
 //!
 //! A flood from one client thus gets the 503s, and a client sending at a
 //! modest rate from elsewhere is admitted within the queue timeout. The
@@ -432,6 +436,10 @@ impl Shared {
             state.in_flight += 1;
             state.clients.entry(client).or_default().in_flight += 1;
             Entry::Admitted
+        } else if state.may_borrow(client) {
+            state.in_flight += 1;
+            state.clients.entry(client).or_default().in_flight += 1;
+            Entry::Admitted
         } else if state.queue.len() >= self.config.max_queue.unwrap_or(2 * limit)
             && !state.displace_heavier_than(client)
         {
@@ -559,11 +567,28 @@ impl State {
         if !others {
             return false;
         }
-        let limit = self.controller.limit();
-        let share = limit.saturating_sub((limit / 4).max(1)).max(1);
+        let (share, _) = share_and_reserve(self.controller.limit());
         self.clients
             .get(&client)
             .is_some_and(|load| load.in_flight >= share)
+    }
+
+    /// True when `client` may take a slot past the limit: another client
+    /// holds more than its share (it took the slots while alone, or the
+    /// limit fell under it) and `client` holds less than the reserve. The
+    /// reserve is owed to the light client at once, not after the heavy
+    /// one's requests finish (later than the queue timeout under a flood);
+    /// borrowing stops at the limit plus the reserve in all.
+    fn may_borrow(&self, client: ClientId) -> bool {
+        let limit = self.controller.limit();
+        let (share, reserve) = share_and_reserve(limit);
+        let holds = |c: &ClientId| self.clients.get(c).map_or(0, |load| load.in_flight);
+        self.in_flight < limit + reserve
+            && holds(&client) < reserve
+            && self
+                .clients
+                .iter()
+                .any(|(other, load)| *other != client && load.in_flight > share)
     }
 
     /// Hands free slots to waiters (never past a client's share: a
@@ -774,6 +799,13 @@ impl Controller {
 }
 
 /// The `q` quantile of a non-empty slice (reordering it).
+/// A client's share of `limit` while others are active, and the reserve
+/// kept for them: `limit / 4`, at least one slot.
+fn share_and_reserve(limit: usize) -> (usize, usize) {
+    let reserve = (limit / 4).max(1);
+    (limit.saturating_sub(reserve).max(1), reserve)
+}
+
 fn percentile(samples: &mut [Duration], q: f64) -> Duration {
     if samples.is_empty() {
         return Duration::ZERO;

@@ -425,21 +425,27 @@ const LIGHT: ClientId = ClientId(202);
 
 #[tokio::test(start_paused = true)]
 async fn a_freed_slot_goes_to_the_client_with_the_fewest_in_flight() {
-    let (admission, metrics) = start(fixed(2, Some(4)));
+    // A limit of 4: a share of 3 while another client is active, and a
+    // reserve of 1.
+    let (admission, metrics) = start(fixed(4, Some(4)));
     let heavy_a = admission.admit_client(HEAVY).await.expect("admitted");
     let heavy_b = admission.admit_client(HEAVY).await.expect("admitted");
+    let heavy_c = admission.admit_client(HEAVY).await.expect("admitted");
+    let light_first = admission.admit_client(LIGHT).await.expect("the reserve");
     let mut heavy_queued = Box::pin(admission.admit_client(HEAVY));
     assert!(futures::poll!(&mut heavy_queued).is_pending());
+    // The light client holds the reserve already: it queues too.
     let mut light = Box::pin(admission.admit_client(LIGHT));
     assert!(futures::poll!(&mut light).is_pending());
 
-    // The heavy client queued first, but holds two slots: the light one
+    // The heavy client queued first, but holds more slots: the light one
     // goes first.
     drop(heavy_a);
     let light = light.await.expect("the light client gets the slot");
     assert!(futures::poll!(&mut heavy_queued).is_pending());
     drop(heavy_b);
     let heavy = heavy_queued.await.expect("then the heavy one");
+    drop((heavy_c, light_first));
     drop((light, heavy));
     assert_eq!(metrics.admission_in_flight.get(), 0);
     assert!(
@@ -564,5 +570,41 @@ async fn a_flooding_client_leaves_a_reserved_slot_for_another_seen_recently() {
         .now_or_never()
         .expect("no wait")
         .expect("the reserve");
+    drop((light, held));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_light_client_borrows_the_reserve_from_a_client_that_took_every_slot_alone() {
+    let (admission, metrics) = start(AdmissionConfig {
+        queue_timeout: Duration::from_millis(20),
+        ..fixed(8, Some(16))
+    });
+    // Alone, the heavy client holds every slot…
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(admission.admit_client(HEAVY).await.expect("alone"));
+    }
+    // …yet the light one gets the reserve (8 / 4 = 2 slots) at once, past
+    // the limit, without waiting for the heavy client's requests.
+    let mut light = Vec::new();
+    for _ in 0..2 {
+        light.push(
+            admission
+                .admit_client(LIGHT)
+                .now_or_never()
+                .expect("no wait")
+                .expect("borrowed from the reserve"),
+        );
+    }
+    // Not more than the reserve, and never for the heavy client.
+    for client in [LIGHT, HEAVY] {
+        let error = admission
+            .admit_client(client)
+            .await
+            .err()
+            .expect("no slot: waits and is shed");
+        assert_overloaded(&error);
+    }
+    assert_eq!(rejections(&metrics, "queue_timeout"), 2);
     drop((light, held));
 }
