@@ -429,14 +429,11 @@ impl Shared {
         let entry = if !self.config.enabled {
             state.in_flight += 1;
             Entry::Admitted
-        } else if state.in_flight < limit
+        } else if (state.in_flight < limit
             && state.queue.is_empty()
-            && !state.over_share(client, now)
+            && !state.over_share(client, now))
+            || state.may_borrow(client)
         {
-            state.in_flight += 1;
-            state.clients.entry(client).or_default().in_flight += 1;
-            Entry::Admitted
-        } else if state.may_borrow(client) {
             state.in_flight += 1;
             state.clients.entry(client).or_default().in_flight += 1;
             Entry::Admitted
