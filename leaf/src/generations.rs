@@ -164,7 +164,9 @@ pub fn open(shard_dir: &Path, generation: u64, shard: u32, shards: u32) -> Resul
             manifest.shard, manifest.shards
         )));
     }
+    let opening = Instant::now();
     let index = ShardIndex::open_generation(&dir, shard, shards)?;
+    let opened = opening.elapsed();
     if index.generation() != generation {
         return Err(mismatch(format!(
             "index payload says generation {}",
@@ -172,6 +174,13 @@ pub fn open(shard_dir: &Path, generation: u64, shard: u32, shards: u32) -> Resul
         )));
     }
     warm(&index)?;
+    tracing::info!(
+        shard,
+        generation,
+        open_ms = opened.as_millis() as u64,
+        warm_ms = (opening.elapsed() - opened).as_millis() as u64,
+        "opened index generation"
+    );
     Ok(index)
 }
 
