@@ -100,15 +100,24 @@ fn strip_label(key: &str, label: &str) -> String {
 fn phase_row(name: &str, from: &Snapshot, to: &Snapshot, samples: &[&Timed]) {
     let n = samples.len().max(1) as f64;
     let f = |metric: &str, filters: &[&str]| {
-        bench::metric(&to.frontend, metric, filters) - bench::metric(&from.frontend, metric, filters)
+        bench::metric(&to.frontend, metric, filters)
+            - bench::metric(&from.frontend, metric, filters)
     };
     let l = |metric: &str, filters: &[&str]| {
         bench::metric(&to.leaves, metric, filters) - bench::metric(&from.leaves, metric, filters)
     };
     let hits = samples.iter().filter(|t| t.sample.cache == "hit").count() as f64;
     let lat = |keep: &dyn Fn(&Timed) -> bool| {
-        let v: Vec<f64> = samples.iter().filter(|t| keep(t)).map(|t| t.sample.ms()).collect();
-        (bench::percentile(&v, 50.0), bench::percentile(&v, 99.0), v.len())
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|t| keep(t))
+            .map(|t| t.sample.ms())
+            .collect();
+        (
+            bench::percentile(&v, 50.0),
+            bench::percentile(&v, 99.0),
+            v.len(),
+        )
     };
     let (hit50, hit99, _) = lat(&|t| t.sample.cache == "hit");
     let (miss50, miss99, misses) = lat(&|t| t.sample.cache != "hit");
@@ -333,9 +342,24 @@ async fn main() {
     println!();
     println!("| phase | requests | seconds | cache hits | hit p50 / p99 ms | misses: p50 / p99 ms | shard call p99 ms (misses) | term stats fetched / req | stats partial / req | leaf stats RPCs / req | leaf searches / req | canaries / req | stores skipped (generation) / req | CPU (of 1 core) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    phase_row("steady (last 10 s)", &steady_from, &at_publish, &window(steady_from.at, at_publish.at));
-    phase_row("rollout (publish → end + 1 s)", &at_publish, &after_rollout, &window(at_publish.at, after_rollout.at));
-    phase_row("after", &after_rollout, &at_end, &window(after_rollout.at, at_end.at));
+    phase_row(
+        "steady (last 10 s)",
+        &steady_from,
+        &at_publish,
+        &window(steady_from.at, at_publish.at),
+    );
+    phase_row(
+        "rollout (publish → end + 1 s)",
+        &at_publish,
+        &after_rollout,
+        &window(at_publish.at, after_rollout.at),
+    );
+    phase_row(
+        "after",
+        &after_rollout,
+        &at_end,
+        &window(after_rollout.at, at_end.at),
+    );
     let mut swaps: Vec<((u32, u32), Duration)> = swapped.into_iter().collect();
     swaps.sort_by_key(|&(_, at)| at);
     println!();
@@ -343,7 +367,10 @@ async fn main() {
         "swaps (shard/replica at s after publish): {}",
         swaps
             .iter()
-            .map(|((s, r), at)| format!("{s}/{r} {:+.2}", at.as_secs_f64() - published.as_secs_f64()))
+            .map(|((s, r), at)| format!(
+                "{s}/{r} {:+.2}",
+                at.as_secs_f64() - published.as_secs_f64()
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -357,7 +384,13 @@ async fn main() {
         let v: Vec<f64> = bucket.iter().map(|t| t.sample.ms()).collect();
         let new_shards: usize = bucket
             .iter()
-            .map(|t| t.sample.generations.iter().filter(|g| **g == new_generation).count())
+            .map(|t| {
+                t.sample
+                    .generations
+                    .iter()
+                    .filter(|g| **g == new_generation)
+                    .count()
+            })
             .sum();
         let shards: usize = bucket
             .iter()
