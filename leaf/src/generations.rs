@@ -18,14 +18,18 @@
 //! [`ArcSwap`] the service reads: searches in flight keep the `Arc` of the
 //! old index, new ones load the new one.
 //!
-//! **A staggered rollout.** A warmed generation is not swapped in at once
-//! but at its slot: `slot × stagger` after the generation appeared (the
-//! change time of its directory, set by the publishing rename), with
-//! `slot = replica × shards + shard` ([`rollout_slot`]). So the first
-//! replica of every shard swaps, one shard after the other, before any
-//! second replica does: two replicas of one shard are `shards × stagger`
-//! apart, never swapping together, and the frontend never sees every
-//! shard's key change at one instant. A generation that does
+//! **A staggered rollout.** A leaf does not open a new generation as soon
+//! as it sees it but at its slot, `slot = replica × shards + shard`
+//! ([`rollout_slot`]): slot 0 at once, slot `k` one poll (every leaf has
+//! seen the generation by then) plus `k × stagger` after the generation
+//! appeared (the change time of its directory, which the publishing rename
+//! sets, so leaves that noticed it at different polls keep their order).
+//! At its slot it opens, warms and swaps. So the first replica of every
+//! shard moves, one shard after the other, before any second replica
+//! does; two replicas of one shard are `shards × stagger` apart and never
+//! open, warm or swap together, and no two leaves compete for the CPU
+//! with a warm-up at the same time (as long as a warm-up takes less than
+//! a stagger). A generation that does
 //! not open (corrupt, another shard or shard count) is refused once, with
 //! one log line and `leaf_generation_swaps_total{outcome="refused"}`, and
 //! never retried. Generations older than the newest `keep` are removed once
@@ -318,32 +322,30 @@ pub struct Generations {
     refused: BTreeSet<u64>,
     last_swap: Option<Instant>,
     metrics: Option<Metrics>,
-    /// A newer generation opened and warmed, waiting for its slot.
-    ready: Option<Ready>,
+    /// A newer generation seen, waiting for this leaf's slot to be opened.
+    waiting: Option<Waiting>,
+    /// Queries run to warm the generation swapped in last.
+    last_warmed: Option<usize>,
     /// What this leaf served lately, replayed to warm a new generation.
     recent: Arc<RecentQueries>,
 }
 
-/// A warmed generation and when it is due to serve.
-struct Ready {
-    index: Arc<ShardIndex>,
+/// A newer generation and when this leaf is due to open, warm and swap to
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Waiting {
+    generation: u64,
     due: Instant,
-    /// Queries run on it to warm it.
-    warmed: usize,
 }
 
 /// Where a leaf stands in a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RolloutState {
-    /// Serving its newest generation; nothing newer is warm.
+    /// Serving its newest generation.
     Serving,
-    /// A newer generation is open and warmed by `warmed` queries, swapped
-    /// in at `due`.
-    Ready {
-        generation: u64,
-        due: Instant,
-        warmed: usize,
-    },
+    /// A newer generation is there; at `due` this leaf opens it, warms it
+    /// and swaps to it.
+    Waiting { generation: u64, due: Instant },
 }
 
 impl std::fmt::Debug for Generations {
@@ -367,7 +369,7 @@ impl Generations {
     ) -> Result<Generations> {
         let dir = shard_dir(&config.root, shard);
         let mut refused = BTreeSet::new();
-        let Some((index, _, _)) =
+        let Some((index, _)) =
             open_newest(&dir, 0, shard, shards, &[], &mut refused, metrics.as_ref())?
         else {
             return Err(LeafError::Config(format!(
@@ -385,7 +387,8 @@ impl Generations {
             refused,
             last_swap: None,
             metrics,
-            ready: None,
+            waiting: None,
+            last_warmed: None,
             recent,
         })
     }
@@ -402,19 +405,32 @@ impl Generations {
 
     /// Where this leaf stands in a rollout.
     pub fn state(&self) -> RolloutState {
-        match &self.ready {
-            Some(ready) => RolloutState::Ready {
-                generation: ready.index.generation(),
-                due: ready.due,
-                warmed: ready.warmed,
-            },
+        match self.waiting {
+            Some(Waiting { generation, due }) => RolloutState::Waiting { generation, due },
             None => RolloutState::Serving,
         }
     }
 
-    /// When the warmed generation is due to swap in, if one waits.
+    /// When this leaf is due to open a waiting generation, if one waits.
     pub fn due(&self) -> Option<Instant> {
-        self.ready.as_ref().map(|ready| ready.due)
+        self.waiting.map(|waiting| waiting.due)
+    }
+
+    /// The queries run to warm the generation swapped in last (none before
+    /// the first swap).
+    pub fn last_warmed(&self) -> Option<usize> {
+        self.last_warmed
+    }
+
+    /// When this leaf's slot comes for a generation that appeared at
+    /// `appeared`: slot 0 at once; slot `k` one poll (by then every leaf has
+    /// seen the generation) plus `k` staggers later.
+    fn due_after(&self, appeared: Instant) -> Instant {
+        let slot = self.slot();
+        if slot == 0 || self.config.stagger.is_zero() {
+            return appeared;
+        }
+        appeared + self.config.poll + self.config.stagger.saturating_mul(slot)
     }
 
     /// The served index, shared with the service.
@@ -432,10 +448,11 @@ impl Generations {
         &self.refused
     }
 
-    /// Opens and warms the newest generation newer than the served one (and
-    /// than one already warm), if one opens, and swaps it in once its slot
-    /// is due; then removes old generations when due. Blocking. Returns the
-    /// new index when it swapped.
+    /// Looks for a generation newer than the served one; when this leaf's
+    /// rollout slot for it has come, opens it, warms it (replaying recent
+    /// queries) and swaps it in. Then removes old generations when due.
+    /// Blocking. Returns the new index when it swapped: the caller
+    /// announces it only then, after the warm-up.
     pub fn poll(&mut self) -> Result<Option<Arc<ShardIndex>>> {
         self.poll_at(Instant::now())
     }
@@ -443,54 +460,63 @@ impl Generations {
     /// [`Generations::poll`] at `now` (tests step time by hand).
     pub fn poll_at(&mut self, now: Instant) -> Result<Option<Arc<ShardIndex>>> {
         let serving = self.current.load().generation();
-        let above = self
-            .ready
-            .as_ref()
-            .map_or(serving, |ready| ready.index.generation());
-        let queries = self.recent.snapshot();
-        let newest = open_newest(
-            &self.dir,
-            above,
-            self.shard,
-            self.shards,
-            &queries,
-            &mut self.refused,
-            self.metrics.as_ref(),
-        )?;
-        if let Some((index, appeared, warmed)) = newest {
-            let delay = self.config.stagger.saturating_mul(self.slot());
-            // The slot counts from when the generation appeared, so that
-            // leaves that noticed it at different polls still keep their
-            // order; one that appeared long ago is due at once.
-            let appeared = appeared.map_or(now, |ago| now.checked_sub(ago).unwrap_or(now));
-            let due = appeared + delay;
-            tracing::info!(
-                shard = self.shard,
-                generation = index.generation(),
-                slot = self.slot(),
-                due_in_ms = due.saturating_duration_since(now).as_millis() as u64,
-                "index generation warm, waiting for its rollout slot"
-            );
-            self.ready = Some(Ready {
-                index: Arc::new(index),
-                due,
-                warmed,
-            });
-        }
-        let swapped = match self.ready.take_if(|ready| ready.due <= now) {
-            Some(Ready { index, .. }) => {
-                self.current.store(Arc::clone(&index));
-                self.last_swap = Some(now);
+        let newest = list(&self.dir)?
+            .into_iter()
+            .rev()
+            .find(|g| *g > serving && !self.refused.contains(g));
+        self.waiting = match (newest, self.waiting) {
+            (None, _) => None,
+            (Some(generation), Some(waiting)) if waiting.generation == generation => Some(waiting),
+            (Some(generation), _) => {
+                // The slot counts from when the generation appeared (its
+                // directory's change time), so that leaves that noticed it
+                // at different polls keep their order; one that appeared
+                // long ago is due at once.
+                let ago = appeared_ago(&self.dir.join(generation.to_string()));
+                let appeared = ago.map_or(now, |ago| now.checked_sub(ago).unwrap_or(now));
+                let due = self.due_after(appeared);
                 tracing::info!(
                     shard = self.shard,
-                    from = serving,
-                    to = index.generation(),
-                    documents = index.num_docs(),
-                    "swapped to a new index generation"
+                    generation,
+                    slot = self.slot(),
+                    due_in_ms = due.saturating_duration_since(now).as_millis() as u64,
+                    "new index generation seen, waiting for this leaf's rollout slot"
                 );
-                Some(index)
+                Some(Waiting { generation, due })
             }
-            None => None,
+        };
+        let swapped = match self.waiting {
+            Some(waiting) if waiting.due <= now => {
+                let queries = self.recent.snapshot();
+                let opened = open_newest(
+                    &self.dir,
+                    serving,
+                    self.shard,
+                    self.shards,
+                    &queries,
+                    &mut self.refused,
+                    self.metrics.as_ref(),
+                )?;
+                self.waiting = None;
+                match opened {
+                    Some((index, warmed)) => {
+                        let index = Arc::new(index);
+                        self.current.store(Arc::clone(&index));
+                        self.last_swap = Some(now);
+                        self.last_warmed = Some(warmed);
+                        tracing::info!(
+                            shard = self.shard,
+                            from = serving,
+                            to = index.generation(),
+                            documents = index.num_docs(),
+                            "swapped to a new index generation"
+                        );
+                        Some(index)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
         };
         if self
             .last_swap
@@ -505,13 +531,12 @@ impl Generations {
     /// served. Returns the removed ones.
     pub fn collect_garbage(&self) -> Result<Vec<u64>> {
         let serving = self.current.load().generation();
-        let ready = self.ready.as_ref().map(|ready| ready.index.generation());
         let generations = list(&self.dir)?;
         let keep = self.config.keep.max(1);
         let old = generations.len().saturating_sub(keep);
         let mut removed = Vec::new();
         for &generation in &generations[..old] {
-            if generation == serving || Some(generation) == ready {
+            if generation == serving {
                 continue;
             }
             let dir = self.dir.join(generation.to_string());
@@ -535,8 +560,7 @@ impl Generations {
 
 /// Opens the newest generation above `above` in `dir` that opens (warmed
 /// with `queries`), refusing (once each, remembered in `refused`) those
-/// that do not. Returns it with how long ago its directory appeared (its
-/// change time), when the file system says.
+/// that do not. Returns it with the queries that warmed it.
 fn open_newest(
     dir: &Path,
     above: u64,
@@ -545,7 +569,7 @@ fn open_newest(
     queries: &[String],
     refused: &mut BTreeSet<u64>,
     metrics: Option<&Metrics>,
-) -> Result<Option<(ShardIndex, Option<Duration>, usize)>> {
+) -> Result<Option<(ShardIndex, usize)>> {
     let count = |outcome: SwapOutcome| {
         if let Some(metrics) = metrics {
             metrics
@@ -564,8 +588,7 @@ fn open_newest(
         match open_warmed(dir, generation, shard, shards, queries) {
             Ok((index, warmed)) => {
                 count(SwapOutcome::Ok);
-                let appeared = appeared_ago(&dir.join(generation.to_string()));
-                return Ok(Some((index, appeared, warmed)));
+                return Ok(Some((index, warmed)));
             }
             Err(error) => {
                 tracing::error!(
@@ -687,33 +710,20 @@ mod tests {
         publish(root.path(), 1, 2, 6, &docs);
         let now = Instant::now();
         assert!(generations.poll_at(now).unwrap().is_none());
-        let RolloutState::Ready {
-            generation,
-            due,
-            warmed,
-        } = generations.state()
-        else {
-            panic!(
-                "the new generation is warm and waiting: {:?}",
-                generations.state()
-            );
+        let RolloutState::Waiting { generation, due } = generations.state() else {
+            panic!("the new generation waits: {:?}", generations.state());
         };
         assert_eq!(generation, 6);
-        // Every recent query that parses ran on the new generation.
-        let parse = generations.current().load_full();
-        let parsing = replayed
-            .iter()
-            .filter(|q| parse.parse_query(q).is_ok())
-            .count();
-        assert_eq!(warmed, parsing);
-        assert!(warmed > 0);
         assert!(due >= now + 2 * hour, "due in {:?}", due - now);
-        // Until its slot, the old generation serves; at it, the new one.
+        // Until its slot, the old generation serves and nothing was warmed.
         assert!(generations
             .poll_at(due - Duration::from_millis(1))
             .unwrap()
             .is_none());
         assert_eq!(generations.current().load().generation(), 5);
+        assert_eq!(generations.last_warmed(), None);
+        // At it, the new generation is opened, warmed, then swapped in (and
+        // only then returned, for the watcher to announce).
         let swapped = generations
             .poll_at(due)
             .unwrap()
@@ -721,6 +731,13 @@ mod tests {
         assert_eq!(swapped.generation(), 6);
         assert_eq!(generations.state(), RolloutState::Serving);
         assert_eq!(generations.current().load().generation(), 6);
+        // Every recent query that parses ran on it before it served.
+        let parsing = replayed
+            .iter()
+            .filter(|q| swapped.parse_query(q).is_ok())
+            .count();
+        assert!(parsing > 0 && parsing < replayed.len());
+        assert_eq!(generations.last_warmed(), Some(parsing));
     }
 
     #[test]
@@ -741,16 +758,19 @@ mod tests {
         let (mut first, mut second) = (replica(0), replica(1));
         publish(root.path(), 0, shards, 2, &docs);
         let now = Instant::now();
-        // Both warm the new generation; replica 0 (slot 0) swaps at once,
-        // replica 1 (slot 2) serves the old one for two stagger periods.
+        // Replica 0 (slot 0) opens, warms and swaps at once; replica 1
+        // (slot 2) does not even open the new generation for two stagger
+        // periods, while replica 0 serves it.
         assert!(first.poll_at(now).unwrap().is_some());
+        assert_eq!(first.last_warmed(), Some(WARM_QUERIES));
         assert!(second.poll_at(now).unwrap().is_none());
         let Some(due) = second.due() else {
             panic!("replica 1 waits: {:?}", second.state());
         };
-        assert!(due >= now + hour + hour / 2, "due in {:?}", due - now);
+        assert!(due >= now + 2 * hour, "due in {:?}", due - now);
         for step in [now + hour / 2, now + hour, due - Duration::from_secs(1)] {
             assert!(second.poll_at(step).unwrap().is_none());
+            assert_eq!(second.last_warmed(), None, "not opened before its slot");
             assert_eq!(second.current().load().generation(), 1);
             assert_eq!(first.current().load().generation(), 2);
         }
