@@ -166,6 +166,8 @@ async fn run_cluster(flags: DemoFlags, listeners: Listeners) -> anyhow::Result<(
             if let Some(root) = &flags.index_root {
                 leaf_config.generations = Some(leaf::GenerationsConfig {
                     poll: flags.generation_poll,
+                    // The replica number orders the staggered rollout.
+                    replica: Some(replica),
                     ..leaf::GenerationsConfig::new(root)
                 });
             }

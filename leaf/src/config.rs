@@ -137,6 +137,20 @@ pub struct Cli {
     /// How often --index-root is scanned for a newer generation.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub generation_poll: Duration,
+    /// Time between two rollout slots under --index-root: a warmed new
+    /// generation swaps in `(replica × shards + shard) × stagger` after it
+    /// appeared, so replicas of one shard never swap together (0: at once).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub swap_stagger: Duration,
+    /// This leaf's replica number among its shard's replicas (0, 1, …),
+    /// which orders its swap in a rollout; without it, one is derived from
+    /// a hash of the advertised address (two replicas may then collide).
+    #[arg(long)]
+    pub replica: Option<u32>,
+    /// Recent queries replayed against a new generation to warm it before
+    /// it serves.
+    #[arg(long, default_value_t = 128)]
+    pub warm_queries: usize,
     /// This leaf's shard, in 0..shards.
     #[arg(long)]
     pub shard: u32,
@@ -240,6 +254,9 @@ impl Cli {
                 keep: usize::try_from(self.keep_generations).unwrap_or(usize::MAX),
                 grace: self.generation_grace,
                 poll: self.generation_poll,
+                stagger: self.swap_stagger,
+                replica: self.replica,
+                warm_queries: self.warm_queries,
             }),
             limits,
             faults: FaultConfig {
@@ -348,6 +365,9 @@ mod tests {
         assert_eq!(env("frontends").as_deref(), Some("LEAF_FRONTEND"));
         assert_eq!(env("drain_timeout").as_deref(), Some("LEAF_DRAIN_TIMEOUT"));
         assert_eq!(env("token").as_deref(), Some("SEARCH_CLUSTER_TOKEN"));
+        assert_eq!(env("swap_stagger").as_deref(), Some("LEAF_SWAP_STAGGER"));
+        assert_eq!(env("replica").as_deref(), Some("LEAF_REPLICA"));
+        assert_eq!(env("warm_queries").as_deref(), Some("LEAF_WARM_QUERIES"));
     }
 
     #[test]
@@ -361,6 +381,8 @@ mod tests {
             "2",
             "--keep-generations",
             "3",
+            "--replica",
+            "1",
             "--insecure-no-auth",
         ])
         .unwrap();
@@ -368,6 +390,9 @@ mod tests {
         assert_eq!(generations.root, PathBuf::from("/srv/root"));
         assert_eq!(generations.keep, 3);
         assert_eq!(generations.poll, Duration::from_secs(1));
+        assert_eq!(generations.stagger, Duration::from_millis(500));
+        assert_eq!(generations.replica, Some(1));
+        assert_eq!(generations.warm_queries, 128);
     }
 
     #[test]

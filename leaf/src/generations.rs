@@ -12,9 +12,24 @@
 //! strictly increasing per root) and appears only by a rename once its
 //! files and manifest are synced, so a directory with a numeric name is
 //! complete. The leaf serves the newest one that opens; [`Generations::poll`]
-//! looks for a newer one, opens and warms it off the serving path, and swaps
-//! it into the [`ArcSwap`] the service reads: searches in flight keep the
-//! `Arc` of the old index, new ones load the new one. A generation that does
+//! looks for a newer one, opens and warms it off the serving path (the
+//! watcher runs it on a low-priority thread, replaying the queries this
+//! leaf served recently, [`RecentQueries`]), and swaps it into the
+//! [`ArcSwap`] the service reads: searches in flight keep the `Arc` of the
+//! old index, new ones load the new one.
+//!
+//! **A staggered rollout.** A leaf does not open a new generation as soon
+//! as it sees it but at its slot, `slot = replica × shards + shard`
+//! ([`rollout_slot`]): slot 0 at once, slot `k` one poll (every leaf has
+//! seen the generation by then) plus `k × stagger` after the generation
+//! appeared (the change time of its directory, which the publishing rename
+//! sets, so leaves that noticed it at different polls keep their order).
+//! At its slot it opens, warms and swaps. So the first replica of every
+//! shard moves, one shard after the other, before any second replica
+//! does; two replicas of one shard are `shards × stagger` apart and never
+//! open, warm or swap together, and no two leaves compete for the CPU
+//! with a warm-up at the same time (as long as a warm-up takes less than
+//! a stagger). A generation that does
 //! not open (corrupt, another shard or shard count) is refused once, with
 //! one log line and `leaf_generation_swaps_total{outcome="refused"}`, and
 //! never retried. Generations older than the newest `keep` are removed once
@@ -42,7 +57,8 @@ use crate::writer::ShardWriter;
 pub const MANIFEST: &str = "manifest.json";
 /// The prefix of a generation being built.
 pub const TMP_PREFIX: &str = ".tmp-";
-/// Queries run against a new generation before it serves.
+/// Generated queries run against a new generation when the leaf has served
+/// none yet (nothing to replay).
 const WARM_QUERIES: usize = 16;
 
 /// Where a leaf finds its generations and how it keeps them.
@@ -57,6 +73,15 @@ pub struct GenerationsConfig {
     pub grace: Duration,
     /// How often the shard directory is scanned for a newer generation.
     pub poll: Duration,
+    /// Time between two rollout slots (see [`rollout_slot`]); zero swaps
+    /// as soon as a generation is warm.
+    pub stagger: Duration,
+    /// This leaf's replica number among its shard's replicas, which orders
+    /// its swap after the lower replicas of every shard; `None` derives one
+    /// from a hash of the leaf's address (see [`fallback_replica`]).
+    pub replica: Option<u32>,
+    /// Recent queries replayed against a new generation before it serves.
+    pub warm_queries: usize,
 }
 
 impl GenerationsConfig {
@@ -66,7 +91,71 @@ impl GenerationsConfig {
             keep: 2,
             grace: Duration::from_secs(30),
             poll: Duration::from_secs(1),
+            stagger: Duration::from_millis(500),
+            replica: None,
+            warm_queries: 128,
         }
+    }
+}
+
+/// A leaf's place in a rollout: every shard's replica 0 (shard by shard),
+/// then every shard's replica 1, and so on. Two replicas of one shard are
+/// `shards` slots apart.
+pub fn rollout_slot(shard: u32, shards: u32, replica: u32) -> u32 {
+    replica.saturating_mul(shards).saturating_add(shard)
+}
+
+/// A replica number for a leaf started without `--replica`: a stable hash
+/// of its advertised address into 0..8. Two replicas of one shard may then
+/// draw the same number (and swap together); `--replica` rules that out.
+pub fn fallback_replica(address: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(address.as_bytes()) % 8) as u32
+}
+
+/// The queries a leaf served lately, a bounded ring that keeps one in
+/// [`RecentQueries::SAMPLE`] (a memory of the traffic, not a log; taking
+/// every query would cost each search a lock), replayed to warm a new
+/// generation with real work: the posting lists, norms and stored fields
+/// that the traffic needs are paged in before it serves.
+#[derive(Debug)]
+pub struct RecentQueries {
+    capacity: usize,
+    seen: std::sync::atomic::AtomicU64,
+    ring: parking_lot::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl RecentQueries {
+    /// One query in this many is kept.
+    pub const SAMPLE: u64 = 4;
+
+    pub fn new(capacity: usize) -> RecentQueries {
+        RecentQueries {
+            capacity,
+            seen: std::sync::atomic::AtomicU64::new(0),
+            ring: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+        }
+    }
+
+    /// Notes a query that parsed (sampled; never waits for the lock).
+    pub fn note(&self, query: &str) {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.capacity == 0 || n % Self::SAMPLE != 0 {
+            return;
+        }
+        if let Some(mut ring) = self.ring.try_lock() {
+            if ring.iter().any(|q| q == query) {
+                return;
+            }
+            if ring.len() == self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(query.to_string());
+        }
+    }
+
+    /// The kept queries, oldest first.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.ring.lock().iter().cloned().collect()
     }
 }
 
@@ -144,8 +233,20 @@ fn parse_generation(name: &str) -> Option<u64> {
 
 /// Opens generation `generation` of shard `shard` of `shards` in
 /// `shard_dir`, checks its manifest against the index and the leaf, and
-/// warms it.
+/// warms it with generated queries.
 pub fn open(shard_dir: &Path, generation: u64, shard: u32, shards: u32) -> Result<ShardIndex> {
+    open_warmed(shard_dir, generation, shard, shards, &[]).map(|(index, _)| index)
+}
+
+/// [`open`], warming with `queries` (those that parse; generated ones when
+/// there are none). Returns the index and the queries run.
+fn open_warmed(
+    shard_dir: &Path,
+    generation: u64,
+    shard: u32,
+    shards: u32,
+    queries: &[String],
+) -> Result<(ShardIndex, usize)> {
     let dir = shard_dir.join(generation.to_string());
     let mismatch = |reason: String| LeafError::IndexMismatch {
         dir: dir.clone(),
@@ -164,24 +265,48 @@ pub fn open(shard_dir: &Path, generation: u64, shard: u32, shards: u32) -> Resul
             manifest.shard, manifest.shards
         )));
     }
+    let opening = Instant::now();
     let index = ShardIndex::open_generation(&dir, shard, shards)?;
+    let opened = opening.elapsed();
     if index.generation() != generation {
         return Err(mismatch(format!(
             "index payload says generation {}",
             index.generation()
         )));
     }
-    warm(&index)?;
-    Ok(index)
+    let warmed = warm(&index, queries)?;
+    tracing::info!(
+        shard,
+        generation,
+        open_ms = opened.as_millis() as u64,
+        warm_ms = (opening.elapsed() - opened).as_millis() as u64,
+        warm_queries = warmed,
+        "opened index generation"
+    );
+    Ok((index, warmed))
 }
 
-/// Runs a few queries so that the term dictionaries and postings the first
-/// searches need are paged in before the generation serves.
-fn warm(index: &ShardIndex) -> Result<()> {
-    for query in sample_queries(WARM_QUERIES, index.generation()) {
-        index.search_text(&query, 10, None, &Budget::unlimited())?;
+/// Runs `queries` (generated ones when empty) so that the term
+/// dictionaries, postings and stored fields the first searches need are
+/// paged in before the generation serves. Returns the queries run.
+fn warm(index: &ShardIndex, queries: &[String]) -> Result<usize> {
+    let generated;
+    let queries = if queries.is_empty() {
+        generated = sample_queries(WARM_QUERIES, index.generation());
+        &generated[..]
+    } else {
+        queries
+    };
+    let mut run = 0;
+    for query in queries {
+        // A recent query that no longer parses is skipped, not an error.
+        let Ok(parsed) = index.parse_query(query) else {
+            continue;
+        };
+        index.search(&parsed, 10, None, &Budget::unlimited())?;
+        run += 1;
     }
-    Ok(())
+    Ok(run)
 }
 
 pub use crate::metrics::SwapOutcome;
@@ -197,6 +322,30 @@ pub struct Generations {
     refused: BTreeSet<u64>,
     last_swap: Option<Instant>,
     metrics: Option<Metrics>,
+    /// A newer generation seen, waiting for this leaf's slot to be opened.
+    waiting: Option<Waiting>,
+    /// Queries run to warm the generation swapped in last.
+    last_warmed: Option<usize>,
+    /// What this leaf served lately, replayed to warm a new generation.
+    recent: Arc<RecentQueries>,
+}
+
+/// A newer generation and when this leaf is due to open, warm and swap to
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Waiting {
+    generation: u64,
+    due: Instant,
+}
+
+/// Where a leaf stands in a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Serving its newest generation.
+    Serving,
+    /// A newer generation is there; at `due` this leaf opens it, warms it
+    /// and swaps to it.
+    Waiting { generation: u64, due: Instant },
 }
 
 impl std::fmt::Debug for Generations {
@@ -220,13 +369,15 @@ impl Generations {
     ) -> Result<Generations> {
         let dir = shard_dir(&config.root, shard);
         let mut refused = BTreeSet::new();
-        let Some(index) = open_newest(&dir, 0, shard, shards, &mut refused, metrics.as_ref())?
+        let Some((index, _)) =
+            open_newest(&dir, 0, shard, shards, &[], &mut refused, metrics.as_ref())?
         else {
             return Err(LeafError::Config(format!(
                 "no complete generation of shard {shard} under {}",
                 dir.display()
             )));
         };
+        let recent = Arc::new(RecentQueries::new(config.warm_queries));
         Ok(Generations {
             config,
             shard,
@@ -236,7 +387,50 @@ impl Generations {
             refused,
             last_swap: None,
             metrics,
+            waiting: None,
+            last_warmed: None,
+            recent,
         })
+    }
+
+    /// The queries the service notes as it serves, replayed at warm-up.
+    pub fn recent_queries(&self) -> &Arc<RecentQueries> {
+        &self.recent
+    }
+
+    /// This leaf's rollout slot (see [`rollout_slot`]).
+    pub fn slot(&self) -> u32 {
+        rollout_slot(self.shard, self.shards, self.config.replica.unwrap_or(0))
+    }
+
+    /// Where this leaf stands in a rollout.
+    pub fn state(&self) -> RolloutState {
+        match self.waiting {
+            Some(Waiting { generation, due }) => RolloutState::Waiting { generation, due },
+            None => RolloutState::Serving,
+        }
+    }
+
+    /// When this leaf is due to open a waiting generation, if one waits.
+    pub fn due(&self) -> Option<Instant> {
+        self.waiting.map(|waiting| waiting.due)
+    }
+
+    /// The queries run to warm the generation swapped in last (none before
+    /// the first swap).
+    pub fn last_warmed(&self) -> Option<usize> {
+        self.last_warmed
+    }
+
+    /// When this leaf's slot comes for a generation that appeared at
+    /// `appeared`: slot 0 at once; slot `k` one poll (by then every leaf has
+    /// seen the generation) plus `k` staggers later.
+    fn due_after(&self, appeared: Instant) -> Instant {
+        let slot = self.slot();
+        if slot == 0 || self.config.stagger.is_zero() {
+            return appeared;
+        }
+        appeared + self.config.poll + self.config.stagger.saturating_mul(slot)
     }
 
     /// The served index, shared with the service.
@@ -254,38 +448,79 @@ impl Generations {
         &self.refused
     }
 
-    /// Swaps to the newest generation newer than the served one, if one
-    /// opens, then removes old generations when due. Blocking. Returns the
-    /// new index when it swapped.
+    /// Looks for a generation newer than the served one; when this leaf's
+    /// rollout slot for it has come, opens it, warms it (replaying recent
+    /// queries) and swaps it in. Then removes old generations when due.
+    /// Blocking. Returns the new index when it swapped: the caller
+    /// announces it only then, after the warm-up.
     pub fn poll(&mut self) -> Result<Option<Arc<ShardIndex>>> {
+        self.poll_at(Instant::now())
+    }
+
+    /// [`Generations::poll`] at `now` (tests step time by hand).
+    pub fn poll_at(&mut self, now: Instant) -> Result<Option<Arc<ShardIndex>>> {
         let serving = self.current.load().generation();
-        let newest = open_newest(
-            &self.dir,
-            serving,
-            self.shard,
-            self.shards,
-            &mut self.refused,
-            self.metrics.as_ref(),
-        )?;
-        let swapped = match newest {
-            Some(index) => {
-                let index = Arc::new(index);
-                self.current.store(Arc::clone(&index));
-                self.last_swap = Some(Instant::now());
+        let newest = list(&self.dir)?
+            .into_iter()
+            .rev()
+            .find(|g| *g > serving && !self.refused.contains(g));
+        self.waiting = match (newest, self.waiting) {
+            (None, _) => None,
+            (Some(generation), Some(waiting)) if waiting.generation == generation => Some(waiting),
+            (Some(generation), _) => {
+                // The slot counts from when the generation appeared (its
+                // directory's change time), so that leaves that noticed it
+                // at different polls keep their order; one that appeared
+                // long ago is due at once.
+                let ago = appeared_ago(&self.dir.join(generation.to_string()));
+                let appeared = ago.map_or(now, |ago| now.checked_sub(ago).unwrap_or(now));
+                let due = self.due_after(appeared);
                 tracing::info!(
                     shard = self.shard,
-                    from = serving,
-                    to = index.generation(),
-                    documents = index.num_docs(),
-                    "swapped to a new index generation"
+                    generation,
+                    slot = self.slot(),
+                    due_in_ms = due.saturating_duration_since(now).as_millis() as u64,
+                    "new index generation seen, waiting for this leaf's rollout slot"
                 );
-                Some(index)
+                Some(Waiting { generation, due })
             }
-            None => None,
+        };
+        let swapped = match self.waiting {
+            Some(waiting) if waiting.due <= now => {
+                let queries = self.recent.snapshot();
+                let opened = open_newest(
+                    &self.dir,
+                    serving,
+                    self.shard,
+                    self.shards,
+                    &queries,
+                    &mut self.refused,
+                    self.metrics.as_ref(),
+                )?;
+                self.waiting = None;
+                match opened {
+                    Some((index, warmed)) => {
+                        let index = Arc::new(index);
+                        self.current.store(Arc::clone(&index));
+                        self.last_swap = Some(now);
+                        self.last_warmed = Some(warmed);
+                        tracing::info!(
+                            shard = self.shard,
+                            from = serving,
+                            to = index.generation(),
+                            documents = index.num_docs(),
+                            "swapped to a new index generation"
+                        );
+                        Some(index)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
         };
         if self
             .last_swap
-            .is_none_or(|at| at.elapsed() >= self.config.grace)
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.config.grace)
         {
             self.collect_garbage()?;
         }
@@ -323,16 +558,18 @@ impl Generations {
     }
 }
 
-/// Opens the newest generation above `above` in `dir` that opens,
-/// refusing (once each, remembered in `refused`) those that do not.
+/// Opens the newest generation above `above` in `dir` that opens (warmed
+/// with `queries`), refusing (once each, remembered in `refused`) those
+/// that do not. Returns it with the queries that warmed it.
 fn open_newest(
     dir: &Path,
     above: u64,
     shard: u32,
     shards: u32,
+    queries: &[String],
     refused: &mut BTreeSet<u64>,
     metrics: Option<&Metrics>,
-) -> Result<Option<ShardIndex>> {
+) -> Result<Option<(ShardIndex, usize)>> {
     let count = |outcome: SwapOutcome| {
         if let Some(metrics) = metrics {
             metrics
@@ -348,10 +585,10 @@ fn open_newest(
         if refused.contains(&generation) {
             continue;
         }
-        match open(dir, generation, shard, shards) {
-            Ok(index) => {
+        match open_warmed(dir, generation, shard, shards, queries) {
+            Ok((index, warmed)) => {
                 count(SwapOutcome::Ok);
-                return Ok(Some(index));
+                return Ok(Some((index, warmed)));
             }
             Err(error) => {
                 tracing::error!(
@@ -367,6 +604,19 @@ fn open_newest(
         }
     }
     Ok(None)
+}
+
+/// How long ago `dir` appeared: its change time, which the rename that
+/// publishes a generation sets.
+fn appeared_ago(dir: &Path) -> Option<Duration> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    let changed = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(meta.ctime()).ok()?,
+            u32::try_from(meta.ctime_nsec()).ok()?,
+        );
+    std::time::SystemTime::now().duration_since(changed).ok()
 }
 
 /// Builds generation `generation` of `shard` of `shards` from `docs` (those
@@ -427,6 +677,148 @@ mod tests {
             grace: Duration::ZERO,
             ..GenerationsConfig::new(root)
         }
+    }
+
+    #[test]
+    fn a_new_generation_is_warmed_with_recent_queries_before_its_slot_swaps_it_in() {
+        let root = tempfile::tempdir().unwrap();
+        let docs = generate_corpus(200, 5);
+        publish(root.path(), 1, 2, 5, &docs);
+        let hour = Duration::from_secs(3600);
+        let config = GenerationsConfig {
+            stagger: hour,
+            replica: Some(1),
+            ..config(root.path(), 3)
+        };
+        let mut generations = Generations::open(config, 1, 2, None).unwrap();
+        // Slot 1 × 2 + 1: three stagger periods after the generation appears.
+        assert_eq!(generations.slot(), 3);
+        let served: Vec<String> = docs
+            .iter()
+            .take(12)
+            .filter_map(|d| d.title.split_whitespace().next().map(str::to_lowercase))
+            .collect();
+        for query in &served {
+            for _ in 0..RecentQueries::SAMPLE {
+                generations.recent_queries().note(query);
+            }
+        }
+        generations.recent_queries().note("title:(unbalanced");
+        let replayed = generations.recent_queries().snapshot();
+        assert!(!replayed.is_empty());
+
+        publish(root.path(), 1, 2, 6, &docs);
+        let now = Instant::now();
+        assert!(generations.poll_at(now).unwrap().is_none());
+        let RolloutState::Waiting { generation, due } = generations.state() else {
+            panic!("the new generation waits: {:?}", generations.state());
+        };
+        assert_eq!(generation, 6);
+        assert!(due >= now + 2 * hour, "due in {:?}", due - now);
+        // Until its slot, the old generation serves and nothing was warmed.
+        assert!(generations
+            .poll_at(due - Duration::from_millis(1))
+            .unwrap()
+            .is_none());
+        assert_eq!(generations.current().load().generation(), 5);
+        assert_eq!(generations.last_warmed(), None);
+        // At it, the new generation is opened, warmed, then swapped in (and
+        // only then returned, for the watcher to announce).
+        let swapped = generations
+            .poll_at(due)
+            .unwrap()
+            .expect("swapped at its slot");
+        assert_eq!(swapped.generation(), 6);
+        assert_eq!(generations.state(), RolloutState::Serving);
+        assert_eq!(generations.current().load().generation(), 6);
+        // Every recent query that parses ran on it before it served.
+        let parsing = replayed
+            .iter()
+            .filter(|q| swapped.parse_query(q).is_ok())
+            .count();
+        assert!(parsing > 0 && parsing < replayed.len());
+        assert_eq!(generations.last_warmed(), Some(parsing));
+    }
+
+    #[test]
+    fn two_replicas_of_a_shard_never_swap_together() {
+        let root = tempfile::tempdir().unwrap();
+        let docs = generate_corpus(100, 6);
+        let shards = 2;
+        publish(root.path(), 0, shards, 1, &docs);
+        let hour = Duration::from_secs(3600);
+        let replica = |replica| {
+            let config = GenerationsConfig {
+                stagger: hour,
+                replica: Some(replica),
+                ..config(root.path(), 3)
+            };
+            Generations::open(config, 0, shards, None).unwrap()
+        };
+        let (mut first, mut second) = (replica(0), replica(1));
+        publish(root.path(), 0, shards, 2, &docs);
+        let now = Instant::now();
+        // Replica 0 (slot 0) opens, warms and swaps at once; replica 1
+        // (slot 2) does not even open the new generation for two stagger
+        // periods, while replica 0 serves it.
+        assert!(first.poll_at(now).unwrap().is_some());
+        assert_eq!(first.last_warmed(), Some(WARM_QUERIES));
+        assert!(second.poll_at(now).unwrap().is_none());
+        let Some(due) = second.due() else {
+            panic!("replica 1 waits: {:?}", second.state());
+        };
+        assert!(due >= now + 2 * hour, "due in {:?}", due - now);
+        for step in [now + hour / 2, now + hour, due - Duration::from_secs(1)] {
+            assert!(second.poll_at(step).unwrap().is_none());
+            assert_eq!(second.last_warmed(), None, "not opened before its slot");
+            assert_eq!(second.current().load().generation(), 1);
+            assert_eq!(first.current().load().generation(), 2);
+        }
+        assert!(second.poll_at(due).unwrap().is_some());
+        assert_eq!(second.current().load().generation(), 2);
+    }
+
+    #[test]
+    fn rollout_slots_keep_replicas_of_a_shard_apart() {
+        for shards in 1..6 {
+            let mut slots = Vec::new();
+            for replica in 0..4 {
+                for shard in 0..shards {
+                    slots.push((rollout_slot(shard, shards, replica), shard, replica));
+                }
+            }
+            let mut distinct: Vec<u32> = slots.iter().map(|s| s.0).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), slots.len(), "one leaf per slot");
+            for &(a, shard_a, replica_a) in &slots {
+                for &(b, shard_b, replica_b) in &slots {
+                    if shard_a == shard_b && replica_a < replica_b {
+                        assert!(b - a >= shards, "replicas of a shard are a round apart");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recent_queries_are_sampled_distinct_and_bounded() {
+        let recent = RecentQueries::new(3);
+        for n in 0..(RecentQueries::SAMPLE * 10) {
+            recent.note(&format!("q{}", n / RecentQueries::SAMPLE));
+        }
+        assert_eq!(recent.snapshot(), ["q7", "q8", "q9"]);
+        for _ in 0..RecentQueries::SAMPLE * 4 {
+            recent.note("q9");
+        }
+        assert_eq!(
+            recent.snapshot(),
+            ["q7", "q8", "q9"],
+            "a repeat is kept once"
+        );
+        let none = RecentQueries::new(0);
+        none.note("x");
+        assert!(none.snapshot().is_empty());
     }
 
     #[test]

@@ -185,9 +185,15 @@ pub async fn start(
     // Metrics are served while the index builds, with /readyz saying no.
     lifecycle.serve_metrics(metrics);
 
+    let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let index = {
         let (shard, shards, index_config) = (config.shard, config.shards, config.index.clone());
-        let generations_config = config.generations.clone();
+        let mut generations_config = config.generations.clone();
+        if let Some(generations) = &mut generations_config {
+            generations
+                .replica
+                .get_or_insert_with(|| crate::generations::fallback_replica(&advertised));
+        }
         let (cancel, metrics) = (lifecycle.stop_requested(), leaf_metrics.clone());
         tokio::task::spawn_blocking(move || match generations_config {
             Some(generations) => {
@@ -220,8 +226,12 @@ pub async fn start(
 
     let faults = Faults::new(&config.faults);
     let counters = Arc::new(Counters::default());
+    let recent = generations
+        .as_ref()
+        .map(|generations| Arc::clone(generations.recent_queries()));
     let shared = Arc::new(Shared {
         index: Arc::clone(&current),
+        recent,
         faults: faults.clone(),
         admission: Admission::new(config.limits.clone(), leaf_metrics.clone()),
         metrics: leaf_metrics.clone(),
@@ -246,7 +256,6 @@ pub async fn start(
             lifecycle.draining().cancelled_owned(),
         );
 
-    let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     if config.advertise.is_none() && addr.ip().is_unspecified() {
         tracing::warn!(%addr, "advertising an unspecified address; set --advertise");
     }
@@ -305,8 +314,10 @@ struct Watch {
     draining: CancellationToken,
 }
 
-/// Polls the index root every `poll` and, after a swap, publishes the new
-/// generation in the metrics and the leases.
+/// Polls the index root every `poll` (or sooner, when a warmed generation
+/// is due) and, after a swap, publishes the new generation in the metrics
+/// and the leases. Each poll runs on its own thread at a low CPU priority:
+/// opening and warming a new generation yields to the searches being served.
 async fn watch_generations(watch: Watch) {
     let Watch {
         generations,
@@ -316,21 +327,45 @@ async fn watch_generations(watch: Watch) {
     } = watch;
     let poll = generations.poll_interval().max(Duration::from_millis(10));
     let generations = Arc::new(parking_lot::Mutex::new(generations));
+    let mut due = None;
     loop {
+        let wait = due
+            .map_or(poll, |due: std::time::Instant| {
+                due.saturating_duration_since(std::time::Instant::now())
+            })
+            .min(poll);
         tokio::select! {
             () = draining.cancelled() => return,
-            () = tokio::time::sleep(poll) => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        let generations = Arc::clone(&generations);
-        let polled = tokio::task::spawn_blocking(move || generations.lock().poll()).await;
+        let polled = {
+            let generations = Arc::clone(&generations);
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("leaf-generations".to_string())
+                .spawn(move || {
+                    lower_thread_priority();
+                    let mut generations = generations.lock();
+                    let polled = generations.poll();
+                    let _ = sender.send((polled, generations.due()));
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start the generation poll thread");
+                continue;
+            }
+            receiver.await
+        };
         let swapped = match polled {
-            Ok(Ok(swapped)) => swapped,
-            Ok(Err(error)) => {
+            Ok((Ok(swapped), next)) => {
+                due = next;
+                swapped
+            }
+            Ok((Err(error), _)) => {
                 tracing::warn!(%error, "cannot scan the index root");
                 continue;
             }
             Err(error) => {
-                tracing::error!(%error, "generation poll task failed");
+                tracing::error!(%error, "generation poll thread failed");
                 continue;
             }
         };
@@ -345,6 +380,18 @@ async fn watch_generations(watch: Watch) {
                 announcer.announce(index.generation());
             }
         }
+    }
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19; on Linux a
+/// thread's nice value is its own). Used on a thread that ends after its
+/// work, since an unprivileged thread cannot raise its priority back.
+fn lower_thread_priority() {
+    // SAFETY: setpriority has no memory effects; `who` 0 is the calling
+    // thread on Linux.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the generation thread's priority");
     }
 }
 

@@ -106,6 +106,9 @@ pub(crate) struct Shared {
     /// The served index; swapped to a newer generation by
     /// [`crate::generations`]. A call loads it once and keeps that `Arc`.
     pub(crate) index: Arc<arc_swap::ArcSwap<ShardIndex>>,
+    /// Queries served lately, replayed to warm a new generation (with an
+    /// index root).
+    pub(crate) recent: Option<Arc<crate::generations::RecentQueries>>,
     pub(crate) faults: Faults,
     pub(crate) admission: Admission,
     pub(crate) metrics: Metrics,
@@ -283,6 +286,9 @@ impl Shared {
         let index = self.index.load_full();
         let k = validate_k(request.k)?;
         let query = index.parse_query(&request.query)?;
+        if let Some(recent) = &self.recent {
+            recent.note(&request.query);
+        }
         if let Some(stats) = &request.stats {
             validate_stats(stats)?;
         }

@@ -16,6 +16,7 @@
 //!     [--after-seconds 10] [--admission off]
 //! ```
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,113 @@ struct Timed {
 fn p99(samples: &[&Timed]) -> f64 {
     let latencies: Vec<f64> = samples.iter().map(|t| t.sample.ms()).collect();
     bench::percentile(&latencies, 99.0)
+}
+
+/// Counters of the whole cluster at one instant: the frontend's `/metrics`,
+/// every leaf's registry summed, and this process's CPU time (every part
+/// runs in it).
+struct Snapshot {
+    at: Duration,
+    frontend: HashMap<String, f64>,
+    leaves: HashMap<String, f64>,
+    cpu: Duration,
+}
+
+async fn snapshot(cluster: &TestCluster, client: &reqwest::Client, at: Duration) -> Snapshot {
+    let base = cluster.admin_url("");
+    let frontend = bench::scrape(client, base.trim_end_matches('/')).await;
+    let mut leaves: HashMap<String, f64> = HashMap::new();
+    for leaf in cluster.leaves() {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&leaf.registry().gather())
+            .unwrap_or_default();
+        for (key, value) in text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| v.parse::<f64>().ok().map(|v| (k, v)))
+        {
+            // Leaves label by shard: sum across them.
+            let key = strip_label(key, "shard");
+            *leaves.entry(key).or_default() += value;
+        }
+    }
+    Snapshot {
+        at,
+        frontend,
+        leaves,
+        cpu: bench::process_cpu(),
+    }
+}
+
+/// `name{a="1",shard="2"}` without its `label` label.
+fn strip_label(key: &str, label: &str) -> String {
+    let Some((name, labels)) = key.split_once('{') else {
+        return key.to_string();
+    };
+    let labels = labels.trim_end_matches('}');
+    let kept: Vec<&str> = labels
+        .split(',')
+        .filter(|l| !l.starts_with(&format!("{label}=")) && !l.is_empty())
+        .collect();
+    if kept.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{}}}", kept.join(","))
+    }
+}
+
+/// What happened per request between two snapshots, against the requests
+/// sent in that span.
+fn phase_row(name: &str, from: &Snapshot, to: &Snapshot, samples: &[&Timed]) {
+    let n = samples.len().max(1) as f64;
+    let f = |metric: &str, filters: &[&str]| {
+        bench::metric(&to.frontend, metric, filters)
+            - bench::metric(&from.frontend, metric, filters)
+    };
+    let l = |metric: &str, filters: &[&str]| {
+        bench::metric(&to.leaves, metric, filters) - bench::metric(&from.leaves, metric, filters)
+    };
+    let hits = samples.iter().filter(|t| t.sample.cache == "hit").count() as f64;
+    let lat = |keep: &dyn Fn(&Timed) -> bool| {
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|t| keep(t))
+            .map(|t| t.sample.ms())
+            .collect();
+        (
+            bench::percentile(&v, 50.0),
+            bench::percentile(&v, 99.0),
+            v.len(),
+        )
+    };
+    let (hit50, hit99, _) = lat(&|t| t.sample.cache == "hit");
+    let (miss50, miss99, misses) = lat(&|t| t.sample.cache != "hit");
+    let shard_ms: Vec<f64> = samples
+        .iter()
+        .filter(|t| t.sample.cache != "hit")
+        .flat_map(|t| t.sample.shard_ms.iter().copied())
+        .collect();
+    let cpu = (to.cpu.saturating_sub(from.cpu)).as_secs_f64() * 1e3;
+    let secs = (to.at.saturating_sub(from.at)).as_secs_f64().max(1e-3);
+    println!(
+        "| {name} | {} | {:.1} | {:.1}% | {:.2} / {:.2} | {misses}: {:.2} / {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0}% |",
+        samples.len(),
+        secs,
+        100.0 * hits / n,
+        hit50,
+        hit99,
+        miss50,
+        miss99,
+        bench::percentile(&shard_ms, 99.0),
+        f("frontend_term_stats_total", &["fetched"]) / n,
+        f("frontend_term_stats_total", &["partial"]) / n,
+        l("leaf_term_stats_requests_total", &[]) / n,
+        l("leaf_search_requests_total", &[]) / n,
+        f("frontend_canaries_total", &[]) / n,
+        f("frontend_cache_stores_total", &["skipped_generation"]) / n,
+        100.0 * cpu / (secs * 1e3),
+    );
 }
 
 #[tokio::main]
@@ -123,7 +231,10 @@ async fn main() {
             timed
         })
     };
-    tokio::time::sleep(Duration::from_secs(steady_seconds)).await;
+    tokio::time::sleep(Duration::from_secs(steady_seconds.saturating_sub(10))).await;
+    let steady_from = snapshot(&cluster, &client, started.elapsed()).await;
+    tokio::time::sleep(Duration::from_secs(steady_seconds.min(10))).await;
+    let at_publish = snapshot(&cluster, &client, started.elapsed()).await;
 
     // Publish: one rename per shard, as `indexer build` does at its end.
     let published = started.elapsed();
@@ -133,7 +244,24 @@ async fn main() {
     }
     let mut first_announced = None;
     let wanted = new.generation.to_string();
+    // When each leaf swapped (seen from its handle, every 10 ms).
+    let mut swapped: HashMap<(u32, u32), Duration> = HashMap::new();
+    let mut polls = 0u64;
     let rolled_out = loop {
+        for shard in 0..SHARDS {
+            for replica in 0..REPLICAS {
+                if cluster.leaf(shard, replica).generation() == new.generation {
+                    swapped
+                        .entry((shard, replica))
+                        .or_insert_with(|| started.elapsed());
+                }
+            }
+        }
+        polls += 1;
+        if polls % 5 != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         let (_, view) = cluster.get_json("/cluster").await;
         let rollout = &view["rollout"];
         let on_new = rollout["replicas_on_newest"].as_u64().unwrap_or(0);
@@ -150,9 +278,13 @@ async fn main() {
             started.elapsed() < published + Duration::from_secs(300),
             "the rollout ends within 5 minutes"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    tokio::time::sleep(Duration::from_secs(after_seconds)).await;
+    tokio::time::sleep((rolled_out.0 + Duration::from_secs(1)).saturating_sub(started.elapsed()))
+        .await;
+    let after_rollout = snapshot(&cluster, &client, started.elapsed()).await;
+    tokio::time::sleep(Duration::from_secs(after_seconds.saturating_sub(1))).await;
+    let at_end = snapshot(&cluster, &client, started.elapsed()).await;
     stop.store(true, Ordering::SeqCst);
     let timed = driver.await.expect("load");
 
@@ -199,6 +331,81 @@ async fn main() {
             t.sample.ms(),
             t.sample.generations
         );
+    }
+    // Where the time goes: per phase, per request.
+    let window = |from: Duration, to: Duration| -> Vec<&Timed> {
+        all.iter()
+            .copied()
+            .filter(|t| t.sent >= from && t.sent < to)
+            .collect()
+    };
+    println!();
+    println!("| phase | requests | seconds | cache hits | hit p50 / p99 ms | misses: p50 / p99 ms | shard call p99 ms (misses) | term stats fetched / req | stats partial / req | leaf stats RPCs / req | leaf searches / req | canaries / req | stores skipped (generation) / req | CPU (of 1 core) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    phase_row(
+        "steady (last 10 s)",
+        &steady_from,
+        &at_publish,
+        &window(steady_from.at, at_publish.at),
+    );
+    phase_row(
+        "rollout (publish → end + 1 s)",
+        &at_publish,
+        &after_rollout,
+        &window(at_publish.at, after_rollout.at),
+    );
+    phase_row(
+        "after",
+        &after_rollout,
+        &at_end,
+        &window(after_rollout.at, at_end.at),
+    );
+    let mut swaps: Vec<((u32, u32), Duration)> = swapped.into_iter().collect();
+    swaps.sort_by_key(|&(_, at)| at);
+    println!();
+    println!(
+        "swaps (shard/replica at s after publish): {}",
+        swaps
+            .iter()
+            .map(|((s, r), at)| format!(
+                "{s}/{r} {:+.2}",
+                at.as_secs_f64() - published.as_secs_f64()
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // A timeline in 100 ms buckets around the rollout.
+    println!("| from publish s | requests | hits | p50 ms | p99 ms | max ms | on new gen (shards answered) |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut from = published.saturating_sub(Duration::from_millis(500));
+    while from < rolled_out.0 + Duration::from_millis(1500) {
+        let to = from + Duration::from_millis(100);
+        let bucket = window(from, to);
+        let v: Vec<f64> = bucket.iter().map(|t| t.sample.ms()).collect();
+        let new_shards: usize = bucket
+            .iter()
+            .map(|t| {
+                t.sample
+                    .generations
+                    .iter()
+                    .filter(|g| **g == new_generation)
+                    .count()
+            })
+            .sum();
+        let shards: usize = bucket
+            .iter()
+            .map(|t| t.sample.generations.iter().filter(|g| *g != "0").count())
+            .sum();
+        println!(
+            "| {:+.1} | {} | {} | {:.1} | {:.1} | {:.1} | {new_shards}/{shards} |",
+            from.as_secs_f64() - published.as_secs_f64(),
+            bucket.len(),
+            bucket.iter().filter(|t| t.sample.cache == "hit").count(),
+            bench::percentile(&v, 50.0),
+            bench::percentile(&v, 99.0),
+            v.iter().copied().fold(0.0, f64::max),
+        );
+        from = to;
     }
     let (status, unique) = cluster.search(&format!("q={UNIQUE}")).await;
     println!(

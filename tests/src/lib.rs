@@ -151,8 +151,8 @@ impl TestClusterBuilder {
             cluster.frontend = Some(frontend);
             for shard in 0..self.shards {
                 let mut replicas = Vec::new();
-                for _ in 0..self.replicas {
-                    replicas.push(Some(cluster.start_leaf(shard).await));
+                for replica in 0..self.replicas {
+                    replicas.push(Some(cluster.start_leaf(shard, replica).await));
                 }
                 cluster.leaves.push(replicas);
             }
@@ -166,8 +166,8 @@ impl TestClusterBuilder {
         } else {
             for shard in 0..self.shards {
                 let mut replicas = Vec::new();
-                for _ in 0..self.replicas {
-                    replicas.push(Some(cluster.start_leaf(shard).await));
+                for replica in 0..self.replicas {
+                    replicas.push(Some(cluster.start_leaf(shard, replica).await));
                 }
                 cluster.leaves.push(replicas);
             }
@@ -347,7 +347,7 @@ impl TestCluster {
 
     /// Starts a new leaf in place of a stopped or killed one.
     pub async fn restart_leaf(&mut self, shard: u32, replica: u32) {
-        let leaf = self.start_leaf(shard).await;
+        let leaf = self.start_leaf(shard, replica).await;
         self.leaves[shard as usize][replica as usize] = Some(leaf);
     }
 
@@ -359,7 +359,7 @@ impl TestCluster {
         replica: u32,
         documents: Arc<Vec<Document>>,
     ) {
-        let leaf = self.start_leaf_with(shard, documents).await;
+        let leaf = self.start_leaf_with(shard, replica, documents).await;
         self.leaves[shard as usize][replica as usize] = Some(leaf);
     }
 
@@ -442,12 +442,17 @@ impl TestCluster {
         .await;
     }
 
-    async fn start_leaf(&self, shard: u32) -> LeafHandle {
-        self.start_leaf_with(shard, Arc::clone(&self.documents))
+    async fn start_leaf(&self, shard: u32, replica: u32) -> LeafHandle {
+        self.start_leaf_with(shard, replica, Arc::clone(&self.documents))
             .await
     }
 
-    async fn start_leaf_with(&self, shard: u32, documents: Arc<Vec<Document>>) -> LeafHandle {
+    async fn start_leaf_with(
+        &self,
+        shard: u32,
+        replica: u32,
+        documents: Arc<Vec<Document>>,
+    ) -> LeafHandle {
         let mut config = LeafConfig::new(shard, self.shards);
         if self.leases {
             config.lease = Some(LeaseConfig {
@@ -460,6 +465,10 @@ impl TestCluster {
         config.auth = svc::auth::TokenConfig::single(TOKEN);
         if let Some(change) = &self.leaf_config {
             change(&mut config);
+        }
+        // Replica numbers order a staggered rollout (an index root).
+        if let Some(generations) = &mut config.generations {
+            generations.replica.get_or_insert(replica);
         }
         let metrics = self.metrics_listener().await;
         let metrics_addr = metrics

@@ -54,6 +54,8 @@ async fn start(
             keep,
             grace: Duration::ZERO,
             poll: Duration::from_millis(20),
+            // The only replica of its shard: no need to wait for a slot.
+            replica: Some(0),
             ..GenerationsConfig::new(root)
         }),
         lease: lease.map(|frontend| LeaseConfig {
