@@ -42,6 +42,12 @@ pub struct LeafConfig {
     /// Time kept in reserve after scoring to load hits and reply, on top of
     /// a small per-hit allowance.
     pub reply_margin: Duration,
+    /// A search whose query terms list at most this many postings in the
+    /// shard (summed) runs on the gRPC task itself instead of being handed
+    /// to the blocking pool: the hand-off (two thread wake-ups) costs more
+    /// than such a search. 0 hands every search off. Term-statistics calls
+    /// (bounded work) always run on the task.
+    pub inline_postings: u64,
     /// The cluster tokens that calls must carry (none: an open leaf, for
     /// in-process tests; the binary refuses to start without one unless
     /// `--insecure-no-auth`).
@@ -49,6 +55,10 @@ pub struct LeafConfig {
     /// TLS on the gRPC listener and toward the lease registries.
     pub tls: svc::tls::TlsConfig,
 }
+
+/// [`LeafConfig::inline_postings`] by default: a pruned search of about
+/// this many postings takes well under a millisecond.
+pub const DEFAULT_INLINE_POSTINGS: u64 = 200_000;
 
 impl LeafConfig {
     /// Shard `shard` of `shards` with every other setting at its default.
@@ -64,6 +74,7 @@ impl LeafConfig {
             advertise: None,
             drain_timeout: Duration::from_secs(5),
             reply_margin: Duration::from_millis(1),
+            inline_postings: DEFAULT_INLINE_POSTINGS,
             auth: svc::auth::TokenConfig::default(),
             tls: svc::tls::TlsConfig::default(),
         }

@@ -17,8 +17,8 @@
 //!   [`stats`] provides per-shard term statistics and scoring with
 //!   corpus-wide statistics, so that merged shards equal one index.
 //! - [`service`] is the tonic `Leaf` service: deadline from `grpc-timeout`,
-//!   [`faults`] knobs, [`limits`] admission, then the search on the
-//!   blocking pool; [`metrics`] counts it all.
+//!   [`faults`] knobs, [`limits`] admission, then the search (on the gRPC
+//!   task when short, else on the blocking pool); [`metrics`] counts it all.
 //! - [`server`] ties it together: [`start`] returns a [`LeafHandle`] once
 //!   the index is built and the server is SERVING; [`run`] is what `main`
 //!   calls. [`config`] holds [`LeafConfig`] and the command line.

@@ -1,8 +1,9 @@
 //! Admission control for searches (a SEDA stage with a bounded queue).
 //!
-//! At most `max_concurrent` searches run on the blocking pool. A search
-//! that finds every slot taken waits in a queue of at most `max_queue`
-//! places, for at most `max_queue_wait` and never past its deadline. The
+//! At most `max_concurrent` searches run at once (inline or on the blocking
+//! pool). A search that finds every slot taken waits in a queue of at most
+//! `max_queue` places, for at most `max_queue_wait` and never past its
+//! deadline. The
 //! decided behaviour when full: answer RESOURCE_EXHAUSTED at once, so the
 //! caller can hedge to another replica instead of waiting.
 

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub docs_searched: IntCounter,
     /// Searches cut short by their deadline.
     pub early_stops: IntCounter,
+    /// Searches run on the gRPC task instead of the blocking pool.
+    pub inline_searches: IntCounter,
     pub searches_in_flight: IntGauge,
     /// Searches that may run at once, so that saturation is in flight over
     /// slots.
@@ -138,9 +140,13 @@ impl Metrics {
                 "leaf_early_stops_total",
                 "searches cut short by their deadline",
             ))?,
+            inline_searches: IntCounter::with_opts(opts(
+                "leaf_inline_searches_total",
+                "searches short enough to run without a hand-off to the blocking pool",
+            ))?,
             searches_in_flight: IntGauge::with_opts(opts(
                 "leaf_searches_in_flight",
-                "searches running on the blocking pool",
+                "searches running (inline or on the blocking pool)",
             ))?,
             search_slots: IntGauge::with_opts(opts(
                 "leaf_search_slots",
@@ -193,6 +199,7 @@ impl Metrics {
         registry.register(Box::new(metrics.search_duration.clone()))?;
         registry.register(Box::new(metrics.docs_searched.clone()))?;
         registry.register(Box::new(metrics.early_stops.clone()))?;
+        registry.register(Box::new(metrics.inline_searches.clone()))?;
         registry.register(Box::new(metrics.searches_in_flight.clone()))?;
         registry.register(Box::new(metrics.search_slots.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;

@@ -194,6 +194,32 @@ impl ShardIndex {
             .map_err(|error| LeafError::InvalidQuery(lowercase_first(&error.to_string())))
     }
 
+    /// Whether `query`'s terms list at most `limit` postings in this shard,
+    /// summed over terms and segments: a bound on the documents a search of
+    /// it scores, by which the service decides whether to run it without a
+    /// hand-off. When every term listing every document stays within
+    /// `limit`, no term is looked up.
+    pub fn postings_at_most(&self, query: &ParsedQuery, limit: u64) -> bool {
+        let mut terms = 0u64;
+        query.0.query_terms(&mut |_, _| terms += 1);
+        // Postings also list deleted documents: count those too.
+        let docs: u64 = self
+            .searcher
+            .segment_readers()
+            .iter()
+            .map(|reader| u64::from(reader.max_doc()))
+            .sum();
+        if terms.saturating_mul(docs) <= limit {
+            return true;
+        }
+        let mut total = 0u64;
+        query.0.query_terms(&mut |term, _| {
+            let freq = self.searcher.doc_freq(term).unwrap_or(u64::MAX);
+            total = total.saturating_add(freq);
+        });
+        total <= limit
+    }
+
     /// Parses and runs `text` (tests and in-process callers).
     pub fn search_text(
         &self,

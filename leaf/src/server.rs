@@ -239,6 +239,7 @@ pub async fn start(
         // Hung calls answer once the drain starts.
         stopping: lifecycle.draining(),
         reply_margin: config.reply_margin,
+        inline_postings: config.inline_postings,
     });
 
     lifecycle.secure(

@@ -1,5 +1,5 @@
 //! The `Leaf` gRPC service: deadlines, faults, admission, then a search on
-//! the blocking pool.
+//! the blocking pool (or inline, when short).
 //!
 //! A search call goes through these steps, each of which may end it:
 //! 1. the caller's deadline (`grpc-timeout`): less than [`MIN_BUDGET`] left
@@ -7,8 +7,10 @@
 //! 2. validation of `k`, the query and the statistics: INVALID_ARGUMENT;
 //! 3. fault knobs (hang, delay, error);
 //! 4. admission ([`crate::limits`]): RESOURCE_EXHAUSTED when full;
-//! 5. the search on the blocking pool, stopping a little before the
-//!    deadline with what it has (`early_terminated`).
+//! 5. the search, stopping a little before the deadline with what it has
+//!    (`early_terminated`): on the calling task when its terms list few
+//!    postings ([`crate::LeafConfig::inline_postings`]), else on the
+//!    blocking pool.
 //!
 //! If the deadline passes during steps 3–4 the answer is DEADLINE_EXCEEDED;
 //! once scoring has started the leaf always answers with what it found.
@@ -116,6 +118,9 @@ pub(crate) struct Shared {
     /// Cancelled when the server starts stopping: hung calls answer.
     pub(crate) stopping: CancellationToken,
     pub(crate) reply_margin: Duration,
+    /// Searches of at most this many postings run on the calling task
+    /// ([`crate::LeafConfig::inline_postings`]).
+    pub(crate) inline_postings: u64,
 }
 
 /// The tonic service.
@@ -311,16 +316,32 @@ impl Shared {
         let generation = index.generation();
         let in_flight = self.metrics.searches_in_flight.clone();
         let stats = request.stats;
-        let task = tokio::task::spawn_blocking(move || {
-            // The slot is held until the search really ends, even when the
-            // call was dropped meanwhile.
+        // A short search runs right here: handing it to the blocking pool
+        // costs two thread wake-ups, more than the search. A long one (or
+        // any under the slow-scan fault, which tests cancel) is handed off,
+        // so that it neither holds a runtime worker nor misses the caller's
+        // going away.
+        let inline = self.inline_postings > 0
+            && self.faults.config().slow_scan.is_zero()
+            && index.postings_at_most(&query, self.inline_postings);
+        let output = if inline {
             let _permit = permit;
             let _in_flight = GaugeGuard::new(&in_flight);
-            index.search(&query, k, stats.as_ref(), &budget)
-        });
-        let output = task
-            .await
-            .map_err(|error| LeafError::Internal(format!("search task failed: {error}")))??;
+            index.search(&query, k, stats.as_ref(), &budget)?
+        } else {
+            let task = tokio::task::spawn_blocking(move || {
+                // The slot is held until the search really ends, even when
+                // the call was dropped meanwhile.
+                let _permit = permit;
+                let _in_flight = GaugeGuard::new(&in_flight);
+                index.search(&query, k, stats.as_ref(), &budget)
+            });
+            task.await
+                .map_err(|error| LeafError::Internal(format!("search task failed: {error}")))??
+        };
+        if inline {
+            self.metrics.inline_searches.inc();
+        }
         self.metrics.docs_searched.inc_by(output.docs_searched);
         if output.early_terminated {
             self.metrics.early_stops.inc();
@@ -342,9 +363,9 @@ impl Shared {
         ensure_time_left(deadline)?;
         let index = self.index.load_full();
         let (shard, generation) = (index.shard(), index.generation());
-        let stats = tokio::task::spawn_blocking(move || index.term_stats(&request.query))
-            .await
-            .map_err(|error| LeafError::Internal(format!("term stats task failed: {error}")))??;
+        // Bounded work (a dictionary look-up and a champion list per
+        // term): cheaper here than a hand-off to the blocking pool.
+        let stats = index.term_stats(&request.query)?;
         Ok(TermStatsResponse {
             shard,
             generation,

@@ -510,6 +510,17 @@ impl LeafProcesses {
             .and_then(Path::parent)
             .map(|dir| dir.join("leaf"))
             .expect("target dir");
+        Self::start_binary(&binary, corpus, shards, replicas).await
+    }
+
+    /// Like [`LeafProcesses::start`], with another `leaf` binary (e.g. a
+    /// saved build, to compare two versions in one run).
+    pub async fn start_binary(
+        binary: &Path,
+        corpus: &str,
+        shards: u32,
+        replicas: u32,
+    ) -> LeafProcesses {
         assert!(
             binary.exists(),
             "{} is missing: cargo build --release -p leaf",
@@ -527,11 +538,12 @@ impl LeafProcesses {
             for replica in 0..replicas {
                 let grpc = format!("127.0.0.1:{}", free_port());
                 let metrics = format!("127.0.0.1:{}", free_port());
-                let child = std::process::Command::new(&binary)
+                let child = std::process::Command::new(binary)
                     .args(["--corpus", corpus, "--shard", &shard.to_string()])
                     .args(["--shards", &shards.to_string(), "--grpc", &grpc])
                     .args(["--metrics", &metrics])
                     .env("RUST_LOG", "warn")
+                    .env("SEARCH_CLUSTER_TOKEN", crate::TOKEN)
                     .stdout(std::process::Stdio::null())
                     .spawn()
                     .expect("leaf starts");
@@ -569,6 +581,11 @@ impl LeafProcesses {
     /// The leaves' gRPC addresses, shard by shard.
     pub fn addresses(&self) -> Vec<String> {
         self.children.iter().map(|c| c.3.clone()).collect()
+    }
+
+    /// The process id of one leaf, e.g. to read its CPU time.
+    pub fn pid_of(&self, shard: u32, replica: u32) -> u32 {
+        u32::try_from(self.pid(shard, replica)).expect("pid")
     }
 
     fn pid(&self, shard: u32, replica: u32) -> i32 {

@@ -399,3 +399,70 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(get("/readyz").await.starts_with("HTTP/1.0 200"));
     handle.stop().await;
 }
+
+/// A search run on the gRPC task (few postings) answers exactly as one
+/// handed to the blocking pool: same hits, scores, titles, snippets and
+/// accounting, with shard-local and with corpus-wide statistics; and each
+/// leaf really took the path it was configured for.
+#[tokio::test]
+async fn inline_searches_answer_as_handed_off_ones() {
+    let inline = start_leaf(LeafConfig {
+        inline_postings: u64::MAX,
+        ..LeafConfig::new(0, 2)
+    })
+    .await;
+    let handed_off = start_leaf(LeafConfig {
+        inline_postings: 0,
+        ..LeafConfig::new(0, 2)
+    })
+    .await;
+    let (mut a, mut b) = (client(&inline).await, client(&handed_off).await);
+    let mut queries = leaf::sample_queries(60, 5);
+    queries.extend(["\"json parser\"".to_string(), "+json -xml".to_string()]);
+    let mut searches = 0.0;
+    for query in &queries {
+        let stats = a
+            .term_stats(TermStatsRequest {
+                query: query.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats;
+        assert_eq!(
+            stats,
+            b.term_stats(TermStatsRequest {
+                query: query.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats,
+            "{query}"
+        );
+        for stats in [None, stats] {
+            let request = SearchRequest {
+                stats,
+                ..search(query, 10)
+            };
+            let one = a.search(request.clone()).await.unwrap().into_inner();
+            let two = b.search(request).await.unwrap().into_inner();
+            let plain = |r: SearchResponse| SearchResponse {
+                in_flight: 0,
+                queued: 0,
+                service_us: 0,
+                ..r
+            };
+            assert_eq!(plain(one), plain(two), "{query}");
+            searches += 1.0;
+        }
+    }
+    assert!(searches > 100.0);
+    assert_eq!(
+        metric(&inline, "leaf_inline_searches_total"),
+        Some(searches)
+    );
+    assert_eq!(metric(&handed_off, "leaf_inline_searches_total"), Some(0.0));
+    inline.stop().await;
+    handed_off.stop().await;
+}
