@@ -231,6 +231,10 @@ async fn stalls() {
             ("(c) tail-tolerant (defaults)", config(false, true)),
         ]
     };
+    let mut configs = configs;
+    if std::env::args().any(|a| a == "--only-defaults") {
+        configs.retain(|(name, _)| name.starts_with("(c) tail-tolerant"));
+    }
     let mut frontends = Vec::new();
     for (name, config) in configs {
         frontends.push((
@@ -266,11 +270,16 @@ async fn stalls() {
         ),
         ("replica 0 of shard 0 frozen for good", Freeze::ForGood),
     ];
-    let scenarios = if diagnose {
-        &scenarios[..2]
-    } else {
-        &scenarios[..]
-    };
+    // `--scenarios 0,1` runs only those rows of the list above;
+    // `--only-defaults` only config (c).
+    let picked: Vec<usize> = bench::arg("--scenarios", if diagnose { "0,1" } else { "0,1,2,3" })
+        .split(',')
+        .filter_map(|i| i.trim().parse().ok())
+        .collect();
+    let scenarios: Vec<_> = picked
+        .iter()
+        .filter_map(|&i| scenarios.get(i).copied())
+        .collect();
     println!(
         "### Stalls: {SHARDS} shards × 2 replicas as leaf processes, {rate:.0} req/s open loop \
          for {seconds:.0} s per row, timeout_ms={timeout_ms}, nocache=true\n"
@@ -285,7 +294,7 @@ async fn stalls() {
     let mut baseline = vec![(f64::NAN, f64::NAN); frontends.len()];
     let mut run = 0u64;
     let mut notes = Vec::new();
-    for &(scenario, freeze) in scenarios {
+    for &(scenario, freeze) in &scenarios {
         for (which, (name, fe)) in frontends.iter().enumerate() {
             run += 1;
             let load = load_for(fe);

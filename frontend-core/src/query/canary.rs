@@ -20,15 +20,15 @@
 //! so that neither waits for a frozen replica: the replica is picked with
 //! the stuck rule, the probe is hedged and retried like any call, and a
 //! canary that runs past the search hedge delay is hedged to another
-//! replica of its shard, but only while the first has answered nothing at
-//! all since the canary was sent (a frozen process; a live one busy with
-//! the canary answers its other calls). A canary that is merely slow is
+//! replica of its shard, but only once the first has answered nothing at
+//! all for a hedge delay since the canary was sent (a frozen process; a
+//! live one busy with the canary answers its other calls). A canary that is merely slow is
 //! not a dead one: only a failure followed by a failed probe is.
 //!
 //! **Invariant:** a query of death takes down at most one replica in the
 //! whole cluster: no leaf sees a query before its canary has answered, at
 //! most one canary per query is in flight (plus its hedge, sent only to
-//! replace a replica that has answered nothing since, i.e. looks frozen),
+//! replace a replica that has gone silent, i.e. looks frozen),
 //! and a query whose canary died is refused without reaching any leaf.
 //! The one exception: a query that makes a replica hang for longer than
 //! the hedge delay, answering nothing else meanwhile, before it dies may

@@ -172,10 +172,10 @@ pub struct CallPlan {
     pub kind: CallKind,
     /// Retry a failure another replica may not have on another replica.
     pub retry: bool,
-    /// Hedge only while every replica called has answered nothing at all
-    /// since its call was sent: it looks frozen, not busy with this very
-    /// call (a canary: a query of death that takes a while to kill must not
-    /// reach a second replica).
+    /// Hedge only when every replica called has answered nothing at all
+    /// for the last hedge delay (and since its call was sent): it looks
+    /// frozen, not busy with this very call (a canary: a query of death
+    /// that takes a while to kill must not reach a second replica).
     pub hedge_only_if_silent: bool,
     /// Replicas that must not be called (`true`), e.g. on another
     /// generation.
@@ -493,14 +493,19 @@ impl Fanout {
                 }
                 () = sleep_until_opt(hedge_at), if can_hedge => {
                     hedge_at = None;
+                    // Silent: no answer at all for the last hedge delay
+                    // (nor since the call was sent).
+                    let silence = delay().max(self.config.hedge_min_delay);
+                    let now = Instant::now();
                     let busy = plan.hedge_only_if_silent
-                        && pending
-                            .iter()
-                            .any(|&(i, sent, _)| replicas[i].load.answered_since(sent));
+                        && pending.iter().any(|&(i, sent, _)| {
+                            let since = now.checked_sub(silence).map_or(sent, |t| t.max(sent));
+                            replicas[i].load.answered_since(since)
+                        });
                     if busy {
                         // Answering other calls, so busy with this one
                         // rather than frozen: look again a delay later.
-                        hedge_at = Some(Instant::now() + delay().max(self.config.hedge_min_delay));
+                        hedge_at = Some(now + silence);
                     } else if self.budget.try_withdraw() {
                         if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried, self.stuck_after(shard)) {
                             report.hedges += 1;
