@@ -90,6 +90,10 @@ pub struct Metrics {
     pub hedges: IntCounterVec,
     pub hedge_wins: IntCounterVec,
     pub hedges_denied: IntCounter,
+    /// `frontend_side_calls_total{call, role}`: leaf calls on the query
+    /// path besides the fan-out's searches (stats, canary, probe), by role
+    /// (primary, hedge, retry).
+    pub side_calls: IntCounterVec,
     pub probes: IntCounter,
     pub probations: IntCounter,
     pub cache_lookups: IntCounterVec,
@@ -209,6 +213,13 @@ impl Metrics {
             "frontend_cache_coalesced_total",
             "Requests answered by joining an identical fan-out already in flight.",
         )?;
+        let side_calls = IntCounterVec::new(
+            opts!(
+                "frontend_side_calls_total",
+                "Leaf calls on the query path besides the fan-out's searches, by call (stats, canary, probe) and role (primary, hedge, retry)."
+            ),
+            &["call", "role"],
+        )?;
         let canaries = IntCounterVec::new(
             opts!(
                 "frontend_canaries_total",
@@ -302,6 +313,7 @@ impl Metrics {
             hedges,
             hedge_wins,
             hedges_denied,
+            side_calls,
             probes,
             probations,
             cache_lookups,
@@ -334,6 +346,7 @@ impl Metrics {
         r.register(Box::new(metrics.hedges.clone()))?;
         r.register(Box::new(metrics.hedge_wins.clone()))?;
         r.register(Box::new(metrics.hedges_denied.clone()))?;
+        r.register(Box::new(metrics.side_calls.clone()))?;
         r.register(Box::new(metrics.probes.clone()))?;
         r.register(Box::new(metrics.probations.clone()))?;
         r.register(Box::new(metrics.cache_lookups.clone()))?;

@@ -129,7 +129,7 @@ async fn main() {
         let load = load_for(fe);
         // Warm up: connections, latency windows for the hedge delay.
         bench::open_loop(&client, &load, rate, Duration::from_secs(5), 1_000_000).await;
-        let before = bench::scrape(&client, &fe.base()).await;
+        let before = bench::scrape(&client, &fe.admin_base()).await;
         let samples = bench::open_loop(
             &client,
             &load,
@@ -138,7 +138,7 @@ async fn main() {
             10_000_000 * (i as u64 + 1),
         )
         .await;
-        let after = bench::scrape(&client, &fe.base()).await;
+        let after = bench::scrape(&client, &fe.admin_base()).await;
         let diff = |name: &str, filters: &[&str]| {
             bench::metric(&after, name, filters) - bench::metric(&before, name, filters)
         };
@@ -208,11 +208,33 @@ async fn stalls() {
         config.fanout.server_load = tolerant;
         config
     };
-    let configs = [
-        ("(a) wait for every shard", config(true, false)),
-        ("(b) deadline only", config(false, false)),
-        ("(c) tail-tolerant (defaults)", config(false, true)),
-    ];
+    let diagnose = std::env::args().any(|a| a == "--diagnose");
+    let configs = if diagnose {
+        // Which stage before the fan-out waits for a frozen replica: the
+        // defaults with canaries and/or global statistics turned off.
+        let without = |canary: bool, stats: bool| {
+            let mut config = config(false, true);
+            config.root.canary.enabled = canary;
+            config.root.global_stats = stats;
+            config
+        };
+        vec![
+            ("(c) tail-tolerant (defaults)", without(true, true)),
+            ("(c) without canaries", without(false, true)),
+            ("(c) without global statistics", without(true, false)),
+            ("(c) without either", without(false, false)),
+        ]
+    } else {
+        vec![
+            ("(a) wait for every shard", config(true, false)),
+            ("(b) deadline only", config(false, false)),
+            ("(c) tail-tolerant (defaults)", config(false, true)),
+        ]
+    };
+    let mut configs = configs;
+    if std::env::args().any(|a| a == "--only-defaults") {
+        configs.retain(|(name, _)| name.starts_with("(c) tail-tolerant"));
+    }
     let mut frontends = Vec::new();
     for (name, config) in configs {
         frontends.push((
@@ -248,6 +270,16 @@ async fn stalls() {
         ),
         ("replica 0 of shard 0 frozen for good", Freeze::ForGood),
     ];
+    // `--scenarios 0,1` runs only those rows of the list above;
+    // `--only-defaults` only config (c).
+    let picked: Vec<usize> = bench::arg("--scenarios", if diagnose { "0,1" } else { "0,1,2,3" })
+        .split(',')
+        .filter_map(|i| i.trim().parse().ok())
+        .collect();
+    let scenarios: Vec<_> = picked
+        .iter()
+        .filter_map(|&i| scenarios.get(i).copied())
+        .collect();
     println!(
         "### Stalls: {SHARDS} shards × 2 replicas as leaf processes, {rate:.0} req/s open loop \
          for {seconds:.0} s per row, timeout_ms={timeout_ms}, nocache=true\n"
@@ -261,7 +293,8 @@ async fn stalls() {
     let every_replica_0: Vec<(u32, u32)> = (0..SHARDS).map(|s| (s, 0)).collect();
     let mut baseline = vec![(f64::NAN, f64::NAN); frontends.len()];
     let mut run = 0u64;
-    for (scenario, freeze) in scenarios {
+    let mut notes = Vec::new();
+    for &(scenario, freeze) in &scenarios {
         for (which, (name, fe)) in frontends.iter().enumerate() {
             run += 1;
             let load = load_for(fe);
@@ -274,7 +307,7 @@ async fn stalls() {
                 run * 1_000_000,
             )
             .await;
-            let before = bench::scrape(&client, &fe.base()).await;
+            let before = bench::scrape(&client, &fe.admin_base()).await;
             let stop = CancellationToken::new();
             let measured = bench::open_loop(
                 &client,
@@ -305,14 +338,19 @@ async fn stalls() {
                     samples
                 }
             };
-            let after = bench::scrape(&client, &fe.base()).await;
+            let after = bench::scrape(&client, &fe.admin_base()).await;
             let diff = |name: &str, filters: &[&str]| {
                 bench::metric(&after, name, filters) - bench::metric(&before, name, filters)
             };
             let shard_queries = diff("frontend_shard_results_total", &[]);
             let calls = diff("frontend_leaf_calls_total", &[])
                 - diff("frontend_leaf_calls_total", &["outcome=\"unavailable\""]);
-            let hedges = diff("frontend_hedges_total", &[]);
+            // Hedges and retries of the calls before the fan-out (term
+            // statistics, canary probes and canaries) count as extra too.
+            let side_hedges = diff("frontend_side_calls_total", &["role=\"hedge\""]);
+            let side_extra = side_hedges + diff("frontend_side_calls_total", &["role=\"retry\""]);
+            let hedges = diff("frontend_hedges_total", &[]) + side_hedges;
+            let calls = calls + side_extra;
             let all = bench::latencies(&samples, |s| s.status != 0);
             let p99 = bench::percentile(&all, 99.0);
             let p999 = bench::percentile(&all, 99.9);
@@ -336,6 +374,30 @@ async fn stalls() {
                 bench::pct(hedges, shard_queries),
                 bench::pct(calls - shard_queries, shard_queries),
             );
+            notes.push(format!(
+                "- {scenario}, {name}: term statistics warm {} fetched {} partial {} local {}; \
+                 canaries answered {} ordinary_error {}; hedges denied {}; \
+                 hedges of stats {} canaries {} probes {}",
+                diff("frontend_term_stats_total", &["source=\"warm\""]),
+                diff("frontend_term_stats_total", &["source=\"fetched\""]),
+                diff("frontend_term_stats_total", &["source=\"partial\""]),
+                diff("frontend_term_stats_total", &["source=\"local\""]),
+                diff("frontend_canaries_total", &["outcome=\"answered\""]),
+                diff("frontend_canaries_total", &["outcome=\"ordinary_error\""]),
+                diff("frontend_hedges_denied_total", &[]),
+                diff(
+                    "frontend_side_calls_total",
+                    &["call=\"stats\"", "role=\"hedge\""]
+                ),
+                diff(
+                    "frontend_side_calls_total",
+                    &["call=\"canary\"", "role=\"hedge\""]
+                ),
+                diff(
+                    "frontend_side_calls_total",
+                    &["call=\"probe\"", "role=\"hedge\""]
+                ),
+            ));
             // Let the thawed leaves drain before the next row.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -345,4 +407,5 @@ async fn stalls() {
          against the same config's no-fault row · {}",
         bench::machine_load()
     );
+    println!("\nBefore the fan-out, per row:\n\n{}", notes.join("\n"));
 }

@@ -463,6 +463,14 @@ impl ExtraFrontend {
     pub fn search_url(&self) -> String {
         format!("{}/search", self.base())
     }
+
+    /// The admin listener (`/metrics`, `/status`, `/cluster`).
+    pub fn admin_base(&self) -> String {
+        format!(
+            "http://{}",
+            self.frontend.admin_addr.expect("admin listener")
+        )
+    }
 }
 
 impl Drop for ExtraFrontend {

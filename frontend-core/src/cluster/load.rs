@@ -42,6 +42,8 @@ struct Outstanding {
     /// The start of the oldest unanswered call, abandoned ones included;
     /// `None` when the replica owes nothing.
     waiting_since: Option<Instant>,
+    /// When the replica last answered a call (any kind, an error included).
+    last_answer: Option<Instant>,
 }
 
 /// What the replica itself last reported about its load, smoothed.
@@ -143,6 +145,15 @@ impl PeakEwma {
             .map(|since| now.saturating_duration_since(since))
     }
 
+    /// Whether the replica has answered any call after `since`: a frozen
+    /// process answers none, a busy one answers its other calls.
+    pub fn answered_since(&self, since: Instant) -> bool {
+        self.outstanding
+            .lock()
+            .last_answer
+            .is_some_and(|at| at > since)
+    }
+
     /// The estimate in seconds.
     pub fn estimate(&self) -> Duration {
         Duration::from_nanos(self.state.lock().estimate_ns as u64)
@@ -199,6 +210,7 @@ impl Drop for InFlight<'_> {
         outstanding.running.remove(&self.id);
         if self.answered {
             outstanding.waiting_since = outstanding.running.values().next().copied();
+            outstanding.last_answer = Some(Instant::now());
         }
     }
 }

@@ -16,10 +16,23 @@
 //! [`Coalescer`] by fingerprint), so that a burst of a deadly query cannot
 //! send two canaries.
 //!
+//! The probe and the canary are calls of the fan-out's ([`Fanout::call`]),
+//! so that neither waits for a frozen replica: the replica is picked with
+//! the stuck rule, the probe is hedged and retried like any call, and a
+//! canary that runs past the search hedge delay is hedged to another
+//! replica of its shard, but only once the first has answered nothing at
+//! all for a hedge delay since the canary was sent (a frozen process; a
+//! live one busy with the canary answers its other calls). A canary that is merely slow is
+//! not a dead one: only a failure followed by a failed probe is.
+//!
 //! **Invariant:** a query of death takes down at most one replica in the
 //! whole cluster: no leaf sees a query before its canary has answered, at
-//! most one canary per query is in flight, and a query whose canary died
-//! is refused without reaching any leaf.
+//! most one canary per query is in flight (plus its hedge, sent only to
+//! replace a replica that has gone silent, i.e. looks frozen),
+//! and a query whose canary died is refused without reaching any leaf.
+//! The one exception: a query that makes a replica hang for longer than
+//! the hedge delay, answering nothing else meanwhile, before it dies may
+//! take its hedge's replica too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +48,7 @@ use crate::cluster::topology::{Replica, Topology};
 use crate::metrics::Metrics;
 use crate::query::coalesce::Coalescer;
 use crate::query::error::QueryError;
+use crate::query::fanout::{CallKind, CallPlan, Called, Fanout};
 
 /// Whether and how canaries run.
 #[derive(Clone, Debug)]
@@ -159,10 +173,12 @@ impl Canaries {
     /// replica of `shard` when the query is not known-good; refuses it
     /// when its canary died, now or within `reject_for`. Waits no later
     /// than `deadline` (then the fan-out still has what is left of it).
+    #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         &self,
         query: &str,
         k: u32,
+        fanout: &Arc<Fanout>,
         topology: &Topology,
         shard: usize,
         deadline: Instant,
@@ -196,6 +212,7 @@ impl Canaries {
             self.in_flight
                 .join_or_start(format!("{fingerprint:016x}"), (), tasks, || {
                     let (memory, metrics) = (Arc::clone(&self.memory), Arc::clone(&self.metrics));
+                    let fanout = Arc::clone(fanout);
                     let probe_budget = self.config.probe_budget.min(budget);
                     // Checked again under the coalescer's lock: a canary that
                     // just ended updated the memory before leaving the map,
@@ -211,14 +228,26 @@ impl Canaries {
                         if let Some(verdict) = known {
                             return verdict;
                         }
-                        let Some(replica) = first_alive(candidates, probe_budget).await else {
+                        let Some((shard, replicas, first)) =
+                            first_alive(&fanout, &candidates, probe_budget).await
+                        else {
                             metrics
                                 .canaries
                                 .with_label_values(&[Verdict::OrdinaryError.label()])
                                 .inc();
                             return Verdict::OrdinaryError;
                         };
-                        let verdict = run(&replica, request, budget, probe_budget).await;
+                        let (verdict, judged) = run(
+                            &fanout,
+                            shard,
+                            &replicas,
+                            first,
+                            request,
+                            budget,
+                            probe_budget,
+                        )
+                        .await;
+                        let replica = &replicas[judged];
                         metrics.canaries.with_label_values(&[verdict.label()]).inc();
                         match verdict {
                             Verdict::Answered => memory.remember_good(fingerprint),
@@ -273,55 +302,85 @@ impl Canaries {
     }
 }
 
-/// The replicas a canary may go to, in order: those of `shard` not on
-/// probation at random (spreading canaries spreads their cost), then its
-/// others, then the other shards'.
-fn candidates(topology: &Topology, shard: usize) -> Vec<Arc<Replica>> {
-    use rand::seq::SliceRandom;
-    let now = Instant::now();
-    let mut order: Vec<Arc<Replica>> = Vec::new();
+/// The shards a canary may go to, in order: `shard`, then the others,
+/// each with its replicas (replica choice picks among them).
+fn candidates(topology: &Topology, shard: usize) -> Vec<(u32, Vec<Arc<Replica>>)> {
     let shards = topology.shards.len();
-    for offset in 0..shards {
-        let Some(replicas) = topology.shards.get((shard + offset) % shards) else {
-            continue;
-        };
-        let (mut healthy, mut rest): (Vec<_>, Vec<_>) = replicas
-            .iter()
-            .cloned()
-            .partition(|r| !r.probation.active(now));
-        healthy.shuffle(&mut rand::rng());
-        order.append(&mut healthy);
-        order.append(&mut rest);
-    }
-    order
+    (0..shards)
+        .map(|offset| (shard + offset) % shards)
+        .filter_map(|s| {
+            let replicas = topology.shards.get(s)?;
+            (!replicas.is_empty()).then(|| (s as u32, replicas.clone()))
+        })
+        .collect()
 }
 
-/// The first candidate that answers a probe: a canary must go to a replica
-/// that is alive before it, or one already dead would pass for one that
-/// died on the query.
+/// The first replica that answers a probe, shard by shard: a canary must go
+/// to a replica that is alive before it, or one already dead would pass for
+/// one that died on the query. The probe is a call of the fan-out's:
+/// replica choice with the stuck rule, hedged, retried on another replica.
 async fn first_alive(
-    candidates: Vec<Arc<Replica>>,
+    fanout: &Fanout,
+    candidates: &[(u32, Vec<Arc<Replica>>)],
     probe_budget: Duration,
-) -> Option<Arc<Replica>> {
-    for replica in candidates {
-        if replica.client.info(probe_budget).await.is_ok() {
-            return Some(replica);
+) -> Option<(u32, Vec<Arc<Replica>>, usize)> {
+    for (shard, replicas) in candidates {
+        let plan = CallPlan::new(CallKind::Probe);
+        let until = Instant::now() + probe_budget;
+        let report = fanout
+            .call(
+                *shard,
+                replicas,
+                &plan,
+                until,
+                |replica, budget| async move { replica.client.info(budget).await },
+            )
+            .await;
+        if let Called::Answered { replica, .. } = report.outcome {
+            return Some((*shard, replicas.clone(), replica));
         }
     }
     None
 }
 
-/// Sends the canary and judges how it ended.
+/// Sends the canary, first to `replicas[first]`, and judges how it ended:
+/// answered by any replica, or died when a call failed on a replica that
+/// was alive before it and a probe finds nobody there after; with the
+/// replica the verdict is about.
 async fn run(
-    replica: &Replica,
+    fanout: &Fanout,
+    shard: u32,
+    replicas: &[Arc<Replica>],
+    first: usize,
     request: SearchRequest,
     budget: Duration,
     probe_budget: Duration,
-) -> Verdict {
-    match replica.client.search(request, budget).await {
-        Ok(_) => Verdict::Answered,
-        Err(error) => judge(replica, &error, probe_budget).await,
+) -> (Verdict, usize) {
+    let plan = CallPlan {
+        retry: false,
+        hedge_only_if_silent: true,
+        first: Some(first),
+        ..CallPlan::new(CallKind::Canary)
+    };
+    let until = Instant::now() + budget;
+    let report = fanout
+        .call(shard, replicas, &plan, until, |replica, budget| {
+            let request = request.clone();
+            async move { replica.client.search(request, budget).await }
+        })
+        .await;
+    if let Called::Answered { replica, .. } = report.outcome {
+        return (Verdict::Answered, replica);
     }
+    for failure in &report.failures {
+        if failure.alive_before
+            && judge(&replicas[failure.replica], &failure.error, probe_budget).await
+                == Verdict::Died
+        {
+            return (Verdict::Died, failure.replica);
+        }
+    }
+    (Verdict::OrdinaryError, first)
 }
 
 /// Unavailable or an unknown failure may be a vanished process (a reset

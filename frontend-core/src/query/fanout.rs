@@ -11,6 +11,13 @@
 //! (unavailable, shed) is retried elsewhere while time allows. At the
 //! deadline every call still running is abandoned.
 //!
+//! The same machinery ([`Fanout::call`]) carries every other leaf call on
+//! the query path: the term-statistics round trip, a first-seen query's
+//! `Info` probe and canary. So no stage before the fan-out waits for a
+//! frozen replica either: each picks its replica with the stuck rule, is
+//! hedged after the delay learned for its kind of call (its own window per
+//! shard), and draws on the same hedge budget.
+//!
 //! The shard's latency window (hedge delay, stuck threshold) learns only
 //! from healthy replicas: a call that ends on a replica that was stuck
 //! while a peer was not is left out, so that a frozen process cannot push
@@ -119,10 +126,120 @@ pub struct ShardResult {
     pub latency: Duration,
 }
 
+/// Which leaf RPC a call on the query path is. Each kind has its own
+/// latency window per shard, so that its hedge delay is learned from calls
+/// of its own kind; every kind gets the same replica choice, stuck rule,
+/// hedging and budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    /// A shard's part of the fan-out.
+    Search,
+    /// A first-seen query's canary (a search; the search window).
+    Canary,
+    /// `TermStats` for global term statistics.
+    Stats,
+    /// `Info`, telling a live replica before a canary.
+    Probe,
+}
+
+impl CallKind {
+    /// The `call` label of `frontend_side_calls_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CallKind::Search => "search",
+            CallKind::Canary => "canary",
+            CallKind::Stats => "stats",
+            CallKind::Probe => "probe",
+        }
+    }
+
+    fn window(self) -> usize {
+        match self {
+            CallKind::Search | CallKind::Canary => 0,
+            CallKind::Stats => 1,
+            CallKind::Probe => 2,
+        }
+    }
+}
+
+/// Latency windows per shard: search, stats, probe.
+const WINDOWS: usize = 3;
+
+/// How a call to one shard may go, beyond what every call gets (replica
+/// choice with the stuck rule, hedging within the budget).
+#[derive(Clone, Debug)]
+pub struct CallPlan {
+    pub kind: CallKind,
+    /// Retry a failure another replica may not have on another replica.
+    pub retry: bool,
+    /// Hedge only when every replica called has answered nothing at all
+    /// for the last hedge delay (and since its call was sent): it looks
+    /// frozen, not busy with this very call (a canary: a query of death
+    /// that takes a while to kill must not reach a second replica).
+    pub hedge_only_if_silent: bool,
+    /// Replicas that must not be called (`true`), e.g. on another
+    /// generation.
+    pub excluded: Vec<bool>,
+    /// The replica of the first call, instead of replica choice's pick.
+    pub first: Option<usize>,
+}
+
+impl CallPlan {
+    pub fn new(kind: CallKind) -> Self {
+        CallPlan {
+            kind,
+            retry: true,
+            hedge_only_if_silent: false,
+            excluded: Vec::new(),
+            first: None,
+        }
+    }
+}
+
+/// How a call to one shard ended.
+#[derive(Debug)]
+pub enum Called<T> {
+    Answered {
+        replica: usize,
+        value: T,
+    },
+    TimedOut,
+    Failed(CallError),
+    /// No replica to call.
+    Unavailable,
+}
+
+/// A call to one shard: its outcome and what it took.
+#[derive(Debug)]
+pub struct CallReport<T> {
+    pub outcome: Called<T>,
+    pub hedges: u32,
+    pub hedge_won: bool,
+    /// The calls that failed (timeouts aside), in the order they ended.
+    pub failures: Vec<Failure>,
+}
+
+/// One call that failed.
+#[derive(Debug)]
+pub struct Failure {
+    pub replica: usize,
+    pub error: CallError,
+    /// Whether the replica had answered some call in the second before this
+    /// one was sent (so that it was alive then).
+    pub alive_before: bool,
+}
+
+/// How long before a call an answer shows that the replica was alive.
+const ALIVE_WINDOW: Duration = Duration::from_secs(1);
+
 /// How one leaf call ended: the replica's index, the outcome, and how long
 /// the replica had owed an answer when it gave this one.
-type CallOutput = (usize, Result<SearchResponse, CallError>, Option<Duration>);
-type CallFuture = Pin<Box<dyn std::future::Future<Output = CallOutput> + Send>>;
+type CallOutput<T> = (usize, Result<T, CallError>, Option<Duration>);
+type CallFuture<T> = Pin<Box<dyn std::future::Future<Output = CallOutput<T>> + Send>>;
+
+/// A call sent and not ended: replica, when, whether that replica had
+/// answered within [`ALIVE_WINDOW`] before.
+type Pending = (usize, Instant, bool);
 
 /// The stuck threshold before a shard has a latency percentile.
 const STUCK_COLD: Duration = Duration::from_millis(100);
@@ -131,7 +248,8 @@ const STUCK_COLD: Duration = Duration::from_millis(100);
 pub struct Fanout {
     routing: Arc<Routing>,
     config: FanoutConfig,
-    windows: Vec<LatencyWindow>,
+    /// Per kind of call (see [`CallKind`]), per shard.
+    windows: [Vec<LatencyWindow>; WINDOWS],
     budget: HedgeBudget,
     policy: ReplicaPolicy,
     metrics: Arc<Metrics>,
@@ -139,9 +257,11 @@ pub struct Fanout {
 
 impl Fanout {
     pub fn new(routing: Arc<Routing>, config: FanoutConfig, metrics: Arc<Metrics>) -> Self {
-        let windows = (0..routing.shards())
-            .map(|_| LatencyWindow::new(1000, config.hedge_quantile))
-            .collect();
+        let windows = std::array::from_fn(|_| {
+            (0..routing.shards())
+                .map(|_| LatencyWindow::new(1000, config.hedge_quantile))
+                .collect()
+        });
         let budget = HedgeBudget::new(config.hedge_budget_ratio, config.hedge_budget_floor)
             .with_window(config.hedge_budget_window, config.hedge_budget_min_burst);
         let policy = ReplicaPolicy {
@@ -167,30 +287,39 @@ impl Fanout {
         &self.routing
     }
 
-    /// The hedge delay of `shard` now, if hedging would happen.
+    /// The hedge delay of `shard`'s searches now, if hedging would happen.
     pub fn hedge_delay(&self, shard: u32) -> Option<Duration> {
-        self.windows
-            .get(shard as usize)
-            .and_then(LatencyWindow::percentile)
+        self.hedge_delay_of(CallKind::Search, shard)
+    }
+
+    /// The hedge delay of `kind` calls to `shard`: their own percentile, or
+    /// before it is known the searches'.
+    pub fn hedge_delay_of(&self, kind: CallKind, shard: u32) -> Option<Duration> {
+        self.percentile(kind, shard)
+            .or_else(|| self.percentile(CallKind::Search, shard))
             .map(|p| p.max(self.config.hedge_min_delay))
     }
 
+    fn percentile(&self, kind: CallKind, shard: u32) -> Option<Duration> {
+        self.windows[kind.window()]
+            .get(shard as usize)
+            .and_then(LatencyWindow::percentile)
+    }
+
     /// How long a replica of `shard` may owe an answer before it is stuck:
-    /// `stuck_factor` × the shard's healthy percentile, at least
-    /// `stuck_floor` (never, with `stuck_replicas` off).
+    /// `stuck_factor` × the shard's healthy percentile (the highest of its
+    /// kinds of call), at least `stuck_floor` (never, with `stuck_replicas`
+    /// off).
     pub fn stuck_after(&self, shard: u32) -> Duration {
         if !self.config.stuck_replicas {
             return Duration::MAX;
         }
-        match self
-            .windows
-            .get(shard as usize)
-            .and_then(LatencyWindow::percentile)
-        {
-            Some(p) => p.mul_f64(self.config.stuck_factor.max(1.0)),
-            None => STUCK_COLD,
-        }
-        .max(self.config.stuck_floor)
+        [CallKind::Search, CallKind::Stats, CallKind::Probe]
+            .into_iter()
+            .filter_map(|kind| self.percentile(kind, shard))
+            .max()
+            .map_or(STUCK_COLD, |p| p.mul_f64(self.config.stuck_factor.max(1.0)))
+            .max(self.config.stuck_floor)
     }
 
     /// Queries every shard in parallel and returns one result per shard,
@@ -212,35 +341,97 @@ impl Fanout {
         started: Instant,
         deadline: Instant,
     ) -> ShardResult {
-        let result = |outcome, hedges, hedge_won| ShardResult {
+        let plan = CallPlan::new(CallKind::Search);
+        let report = self
+            .call(shard, replicas, &plan, deadline, |replica, budget| {
+                let request = request.clone();
+                async move { replica.client.search(request, budget).await }
+            })
+            .await;
+        let outcome = match report.outcome {
+            Called::Answered { replica, value } => {
+                replicas[replica].load.observe_server(
+                    value.queued.saturating_add(value.in_flight),
+                    Duration::from_micros(value.service_us),
+                );
+                ShardOutcome::Answered(value)
+            }
+            Called::TimedOut => ShardOutcome::TimedOut,
+            Called::Failed(error) => ShardOutcome::Failed(error),
+            Called::Unavailable => ShardOutcome::Unavailable,
+        };
+        ShardResult {
             shard,
             outcome,
-            hedges,
-            hedge_won,
+            hedges: report.hedges,
+            hedge_won: report.hedge_won,
             latency: started.elapsed(),
+        }
+    }
+
+    /// One call to one replica of `shard`, no later than `deadline`: the
+    /// replica by choice (or `plan.first`), a hedge to another when the call
+    /// runs past the hedge delay of its kind and the budget allows, a retry
+    /// elsewhere of a failure another replica may not have. The first answer
+    /// wins; the others are dropped, which cancels them at the leaf. Every
+    /// call on the query path (search, stats, canary, probe) goes through
+    /// here, so that none waits for a frozen replica.
+    pub async fn call<T, F, Fut>(
+        &self,
+        shard: u32,
+        replicas: &[Arc<Replica>],
+        plan: &CallPlan,
+        deadline: Instant,
+        call: F,
+    ) -> CallReport<T>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<Replica>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>> + Send + 'static,
+    {
+        let kind = plan.kind;
+        let started = Instant::now();
+        let mut report = CallReport {
+            outcome: Called::Unavailable,
+            hedges: 0,
+            hedge_won: false,
+            failures: Vec::new(),
         };
         if replicas.is_empty() {
-            self.metrics
-                .leaf_call(shard, LeafCallOutcome::Unavailable, Duration::ZERO);
-            return result(ShardOutcome::Unavailable, 0, false);
+            self.count(
+                kind,
+                shard,
+                "primary",
+                Some((LeafCallOutcome::Unavailable, Duration::ZERO)),
+            );
+            return report;
         }
-        let mut tried = vec![false; replicas.len()];
-        let mut pending: Vec<(usize, Instant)> = Vec::new();
-        let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
-        let Some(primary) = replica::choose(
-            &self.policy,
-            &self.metrics,
-            replicas,
-            &tried,
-            self.stuck_after(shard),
-        ) else {
-            return result(ShardOutcome::Unavailable, 0, false);
+        let mut tried: Vec<bool> = (0..replicas.len())
+            .map(|i| plan.excluded.get(i).copied().unwrap_or(false))
+            .collect();
+        let primary = plan
+            .first
+            .filter(|&i| i < replicas.len() && !tried[i])
+            .or_else(|| {
+                replica::choose(
+                    &self.policy,
+                    &self.metrics,
+                    replicas,
+                    &tried,
+                    self.stuck_after(shard),
+                )
+            });
+        let Some(primary) = primary else {
+            return report;
         };
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut calls: FuturesUnordered<CallFuture<T>> = FuturesUnordered::new();
         self.budget.deposit();
+        self.count(kind, shard, "primary", None);
         self.launch(
             replicas,
             primary,
-            request,
+            &call,
             deadline,
             &mut tried,
             &mut pending,
@@ -248,98 +439,145 @@ impl Fanout {
         );
         // Before a shard has enough samples for a percentile, hedge once
         // half of the budget is gone.
-        let mut hedge_at = self.config.hedging.then(|| {
-            let delay = self
-                .hedge_delay(shard)
-                .unwrap_or_else(|| deadline.saturating_duration_since(started) / 2);
-            started + delay
-        });
-        let mut hedges = 0;
+        let delay = || {
+            self.hedge_delay_of(kind, shard)
+                .unwrap_or_else(|| deadline.saturating_duration_since(started) / 2)
+        };
+        let mut hedge_at = self.config.hedging.then(|| started + delay());
         loop {
             let can_hedge = hedge_at.is_some() && tried.iter().any(|t| !t);
             tokio::select! {
                 biased;
                 Some((index, outcome, waited)) = calls.next() => {
-                    let call_started = take_pending(&mut pending, index);
+                    let (call_started, alive_before) = take_pending(&mut pending, index);
                     let latency = call_started.elapsed();
                     let stalled = waited.is_some_and(|w| self.stalled(shard, replicas, index, w));
-                    self.observe(shard, &replicas[index], latency, stalled);
+                    self.observe(kind, shard, &replicas[index], latency, stalled);
                     match outcome {
-                        Ok(response) => {
-                            replicas[index].load.observe_server(
-                                response.queued.saturating_add(response.in_flight),
-                                Duration::from_micros(response.service_us),
-                            );
-                            self.metrics.leaf_call(shard, LeafCallOutcome::Ok, latency);
-                            let hedge_won = hedges > 0 && index != primary;
-                            if hedge_won {
+                        Ok(value) => {
+                            self.count(kind, shard, "", Some((LeafCallOutcome::Ok, latency)));
+                            report.hedge_won = report.hedges > 0 && index != primary;
+                            if report.hedge_won && kind == CallKind::Search {
                                 self.metrics.hedge_won(shard);
                             }
-                            self.abandon(shard, replicas, &pending, LeafCallOutcome::Cancelled);
-                            return result(ShardOutcome::Answered(response), hedges, hedge_won);
+                            self.abandon(kind, shard, replicas, &pending, LeafCallOutcome::Cancelled);
+                            report.outcome = Called::Answered { replica: index, value };
+                            return report;
                         }
                         Err(error) => {
-                            self.metrics.leaf_call(shard, error.outcome(), latency);
-                            let retry = self.config.retry
+                            self.count(kind, shard, "", Some((error.outcome(), latency)));
+                            let retry = plan.retry
+                                && self.config.retry
                                 && error.retryable()
                                 && error != CallError::Timeout
                                 && deadline.saturating_duration_since(Instant::now())
                                     > Duration::from_millis(1);
                             if retry {
                                 if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried, self.stuck_after(shard)) {
-                                    self.launch(replicas, next, request, deadline, &mut tried, &mut pending, &mut calls);
+                                    self.count(kind, shard, "retry", None);
+                                    self.launch(replicas, next, &call, deadline, &mut tried, &mut pending, &mut calls);
                                 }
                             }
+                            if error != CallError::Timeout {
+                                report.failures.push(Failure { replica: index, error: error.clone(), alive_before });
+                            }
                             if calls.is_empty() {
-                                let outcome = match error {
-                                    CallError::Timeout => ShardOutcome::TimedOut,
-                                    error => ShardOutcome::Failed(error),
+                                report.outcome = match error {
+                                    CallError::Timeout => Called::TimedOut,
+                                    error => Called::Failed(error),
                                 };
-                                return result(outcome, hedges, false);
+                                return report;
                             }
                         }
                     }
                 }
                 () = sleep_until_opt(hedge_at), if can_hedge => {
                     hedge_at = None;
-                    if self.budget.try_withdraw() {
+                    // Silent: no answer at all for the last hedge delay
+                    // (nor since the call was sent).
+                    let silence = delay().max(self.config.hedge_min_delay);
+                    let now = Instant::now();
+                    let busy = plan.hedge_only_if_silent
+                        && pending.iter().any(|&(i, sent, _)| {
+                            let since = now.checked_sub(silence).map_or(sent, |t| t.max(sent));
+                            replicas[i].load.answered_since(since)
+                        });
+                    if busy {
+                        // Answering other calls, so busy with this one
+                        // rather than frozen: look again a delay later.
+                        hedge_at = Some(now + silence);
+                    } else if self.budget.try_withdraw() {
                         if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried, self.stuck_after(shard)) {
-                            hedges += 1;
-                            self.metrics.hedge_sent(shard);
-                            self.launch(replicas, next, request, deadline, &mut tried, &mut pending, &mut calls);
+                            report.hedges += 1;
+                            if kind == CallKind::Search {
+                                self.metrics.hedge_sent(shard);
+                            }
+                            self.count(kind, shard, "hedge", None);
+                            self.launch(replicas, next, &call, deadline, &mut tried, &mut pending, &mut calls);
                         }
                     } else {
                         self.metrics.hedge_denied();
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    self.abandon(shard, replicas, &pending, LeafCallOutcome::Timeout);
-                    return result(ShardOutcome::TimedOut, hedges, false);
+                    self.abandon(kind, shard, replicas, &pending, LeafCallOutcome::Timeout);
+                    report.outcome = Called::TimedOut;
+                    return report;
                 }
             }
         }
     }
 
+    /// Counts a call: searches in `frontend_leaf_calls_total` (by outcome,
+    /// when it ended), the other kinds in `frontend_side_calls_total` (by
+    /// role, when it was sent).
+    fn count(
+        &self,
+        kind: CallKind,
+        shard: u32,
+        role: &str,
+        ended: Option<(LeafCallOutcome, Duration)>,
+    ) {
+        match (kind, ended) {
+            (CallKind::Search, Some((outcome, latency))) => {
+                self.metrics.leaf_call(shard, outcome, latency)
+            }
+            (CallKind::Search, None) | (_, Some(_)) => {}
+            (kind, None) => self
+                .metrics
+                .side_calls
+                .with_label_values(&[kind.label(), role])
+                .inc(),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn launch(
+    fn launch<T, F, Fut>(
         &self,
         replicas: &[Arc<Replica>],
         index: usize,
-        request: &SearchRequest,
+        call: &F,
         deadline: Instant,
         tried: &mut [bool],
-        pending: &mut Vec<(usize, Instant)>,
-        calls: &mut FuturesUnordered<CallFuture>,
-    ) {
+        pending: &mut Vec<Pending>,
+        calls: &mut FuturesUnordered<CallFuture<T>>,
+    ) where
+        T: Send + 'static,
+        F: Fn(Arc<Replica>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>> + Send + 'static,
+    {
         tried[index] = true;
         let now = Instant::now();
-        pending.push((index, now));
         let replica = Arc::clone(&replicas[index]);
-        let request = request.clone();
+        let alive_before = replica
+            .load
+            .answered_since(now.checked_sub(ALIVE_WINDOW).unwrap_or(now));
+        pending.push((index, now, alive_before));
         let budget = deadline.saturating_duration_since(now);
+        let call = call(Arc::clone(&replica), budget);
         calls.push(Box::pin(async move {
             let in_flight = replica.load.start();
-            let outcome = replica.client.search(request, budget).await;
+            let outcome = call.await;
             // A timeout is the caller giving up, not an answer: the replica
             // still owes one.
             let waited = replica.load.waiting_for(Instant::now());
@@ -354,20 +592,21 @@ impl Fanout {
     /// dropping their futures cancels them at the leaf.
     fn abandon(
         &self,
+        kind: CallKind,
         shard: u32,
         replicas: &[Arc<Replica>],
-        pending: &[(usize, Instant)],
+        pending: &[Pending],
         outcome: LeafCallOutcome,
     ) {
         let now = Instant::now();
-        for &(index, started) in pending {
+        for &(index, started, _) in pending {
             let latency = started.elapsed();
             let stalled = replicas[index]
                 .load
                 .waiting_for(now)
                 .is_some_and(|w| self.stalled(shard, replicas, index, w));
-            self.observe(shard, &replicas[index], latency, stalled);
-            self.metrics.leaf_call(shard, outcome, latency);
+            self.observe(kind, shard, &replicas[index], latency, stalled);
+            self.count(kind, shard, "", Some((outcome, latency)));
         }
     }
 
@@ -389,23 +628,35 @@ impl Fanout {
                 .any(|(j, r)| j != index && !replica::is_stuck(r, stuck_after, now))
     }
 
-    /// Feeds a call's latency to the replica's estimate, and to the shard's
-    /// window unless the call ended in a stall.
-    fn observe(&self, shard: u32, replica: &Replica, latency: Duration, stalled: bool) {
-        replica.load.observe(latency);
+    /// Feeds a search's latency to the replica's estimate, and any call's
+    /// to the shard's window of its kind unless the call ended in a stall.
+    fn observe(
+        &self,
+        kind: CallKind,
+        shard: u32,
+        replica: &Replica,
+        latency: Duration,
+        stalled: bool,
+    ) {
+        if matches!(kind, CallKind::Search | CallKind::Canary) {
+            replica.load.observe(latency);
+        }
         if stalled {
             return;
         }
-        if let Some(window) = self.windows.get(shard as usize) {
+        if let Some(window) = self.windows[kind.window()].get(shard as usize) {
             window.record(latency);
         }
     }
 }
 
-fn take_pending(pending: &mut Vec<(usize, Instant)>, index: usize) -> Instant {
-    match pending.iter().position(|&(i, _)| i == index) {
-        Some(position) => pending.swap_remove(position).1,
-        None => Instant::now(),
+fn take_pending(pending: &mut Vec<Pending>, index: usize) -> (Instant, bool) {
+    match pending.iter().position(|&(i, _, _)| i == index) {
+        Some(position) => {
+            let (_, started, alive_before) = pending.swap_remove(position);
+            (started, alive_before)
+        }
+        None => (Instant::now(), false),
     }
 }
 

@@ -244,7 +244,15 @@ impl Root {
             .max_by_key(|(shard, docs)| (docs.load(Ordering::Relaxed), std::cmp::Reverse(*shard)))
             .map_or(0, |(shard, _)| shard);
         self.canaries
-            .admit(&params.q, params.k, topology, shard, deadline, &self.tasks)
+            .admit(
+                &params.q,
+                params.k,
+                &self.fanout,
+                topology,
+                shard,
+                deadline,
+                &self.tasks,
+            )
             .await
     }
 
@@ -277,7 +285,7 @@ impl Root {
         let query_stats = if self.config.global_stats {
             let stats_deadline = started + budget.mul_f64(self.config.stats_budget_fraction);
             self.stats
-                .for_query(&params.q, self.fanout.routing(), stats_deadline)
+                .for_query(&params.q, &self.fanout, stats_deadline)
                 .await
         } else {
             QueryStats::local()

@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::cluster::topology::Routing;
 use crate::query::estimate::{Evidence, Occur, PairModel};
+use crate::query::fanout::{CallKind, CallPlan, Called, Fanout};
 
 /// The fields the leaves search; their terms are looked up locally.
 const FIELDS: [&str; 2] = scoring::SEARCH_FIELDS;
@@ -197,8 +197,13 @@ impl TermStatsCache {
     /// Statistics for `query`, from the cache or from one round trip to one
     /// replica of every shard if it ends by `deadline` (see
     /// `FETCH_BUDGET`).
-    pub async fn for_query(&self, query: &str, routing: &Routing, deadline: Instant) -> QueryStats {
-        let topology = routing.snapshot();
+    pub async fn for_query(
+        &self,
+        query: &str,
+        fanout: &Arc<Fanout>,
+        deadline: Instant,
+    ) -> QueryStats {
+        let topology = fanout.routing().snapshot();
         let generations = topology.generations();
         let set = xxh3_64(
             &generations
@@ -212,9 +217,17 @@ impl TermStatsCache {
         }
         let cache = self.clone();
         let owned = query.to_string();
+        let fanout = Arc::clone(fanout);
         let fetch = self.tasks.spawn(async move {
             cache
-                .fetch(&owned, &topology.shards, &generations, set, normalized)
+                .fetch(
+                    &owned,
+                    &fanout,
+                    &topology.shards,
+                    &generations,
+                    set,
+                    normalized,
+                )
                 .await
         });
         match tokio::time::timeout_at(deadline, fetch).await {
@@ -225,27 +238,49 @@ impl TermStatsCache {
     }
 
     /// One `TermStats` round trip to one replica of every shard, within
-    /// [`FETCH_BUDGET`]; complete answers go into the cache.
+    /// [`FETCH_BUDGET`]; complete answers go into the cache. Each shard's
+    /// call is the fan-out's ([`Fanout::call`]): replica choice with the
+    /// stuck rule, hedged, retried elsewhere on a failure.
     async fn fetch(
         &self,
         query: &str,
+        fanout: &Fanout,
         shards: &[Vec<Arc<crate::cluster::topology::Replica>>],
         generations: &[u64],
         set: u64,
         normalized: String,
     ) -> QueryStats {
-        // One replica per shard (statistics are identical across replicas
-        // of one generation): one on the generation the set names, so that
-        // during a rolling swap the statistics of the new generation are
-        // fetched and cached under it, never those of the old one.
+        // Any replica of a shard will do (statistics are identical across
+        // replicas of one generation), as long as it serves the generation
+        // the set names, so that during a rolling swap the statistics of
+        // the new generation are fetched and cached under it, never those
+        // of the old one; failing that, the shard's newest.
+        let until = Instant::now() + FETCH_BUDGET;
         let calls = shards.iter().enumerate().map(|(shard, replicas)| {
-            let wanted = generations.get(shard).copied();
-            let replica = replicas
-                .iter()
-                .find(|r| Some(r.member.generation) == wanted)
-                .or_else(|| replicas.iter().max_by_key(|r| r.member.generation))
-                .cloned();
-            async move { replica?.client.term_stats(query, FETCH_BUDGET).await.ok() }
+            let wanted = generations
+                .get(shard)
+                .copied()
+                .filter(|&g| replicas.iter().any(|r| r.member.generation == g))
+                .or_else(|| replicas.iter().map(|r| r.member.generation).max());
+            let plan = CallPlan {
+                excluded: replicas
+                    .iter()
+                    .map(|r| Some(r.member.generation) != wanted)
+                    .collect(),
+                ..CallPlan::new(CallKind::Stats)
+            };
+            async move {
+                let report = fanout
+                    .call(shard as u32, replicas, &plan, until, |replica, budget| {
+                        let query = query.to_string();
+                        async move { replica.client.term_stats(&query, budget).await }
+                    })
+                    .await;
+                match report.outcome {
+                    Called::Answered { value, .. } => Some(value),
+                    _ => None,
+                }
+            }
         });
         let answers = futures::future::join_all(calls).await;
         let complete = answers.iter().all(|a| {
@@ -551,6 +586,17 @@ mod tests {
         assert!(local_terms("title:json").is_none());
     }
 
+    /// The fan-out (the stats calls' replica choice and hedging) over
+    /// `routing`, with the default configuration.
+    fn over(routing: &Arc<crate::cluster::topology::Routing>) -> Arc<Fanout> {
+        let metrics = Arc::new(crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap());
+        Arc::new(Fanout::new(
+            Arc::clone(routing),
+            crate::query::fanout::FanoutConfig::default(),
+            metrics,
+        ))
+    }
+
     /// A leaf whose `TermStats` takes `delay` and reports `json` in five
     /// of its hundred documents.
     struct SlowStats {
@@ -631,7 +677,7 @@ mod tests {
                 let leaf = Arc::clone(&lookup[member.shard as usize]);
                 Some(leaf as Arc<dyn crate::cluster::leaf_client::LeafService>)
             });
-        let routing = Routing::new(2, factory);
+        let routing = crate::cluster::topology::Routing::new(2, factory);
         routing.apply(
             &(0..2)
                 .map(|shard| lease::Member {
@@ -644,18 +690,19 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         let cache = TermStatsCache::default();
+        let fanout = over(&routing);
         let deadline = || Instant::now() + Duration::from_millis(10);
 
         // The round trip takes longer than the query may wait: local
         // scoring, said so.
-        let first = cache.for_query("json", &routing, deadline()).await;
+        let first = cache.for_query("json", &fanout, deadline()).await;
         assert_eq!(first.source.label(), "local");
         assert!(first.stats.is_none());
 
         // It went on, and the next query with the term is warm without
         // another round trip.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let second = cache.for_query("JSON", &routing, deadline()).await;
+        let second = cache.for_query("JSON", &fanout, deadline()).await;
         assert_eq!(second.source.label(), "warm");
         let stats = second.stats.unwrap();
         assert_eq!(stats.num_docs, 200);
@@ -690,7 +737,7 @@ mod tests {
                 let (_, leaf) = lookup.iter().find(|(a, _)| *a == member.address)?;
                 Some(Arc::clone(leaf) as Arc<dyn crate::cluster::leaf_client::LeafService>)
             });
-        let routing = Routing::new(2, factory);
+        let routing = crate::cluster::topology::Routing::new(2, factory);
         routing.apply(
             &leaves
                 .iter()
@@ -705,8 +752,9 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         let cache = TermStatsCache::default();
+        let fanout = over(&routing);
         let deadline = || Instant::now() + Duration::from_secs(1);
-        let first = cache.for_query("json", &routing, deadline()).await;
+        let first = cache.for_query("json", &fanout, deadline()).await;
         assert_eq!(
             first.source.label(),
             "fetched",
@@ -716,7 +764,7 @@ mod tests {
             leaves[0].1.calls.load(std::sync::atomic::Ordering::SeqCst),
             0
         );
-        let second = cache.for_query("json", &routing, deadline()).await;
+        let second = cache.for_query("json", &fanout, deadline()).await;
         assert_eq!(second.source.label(), "warm");
 
         // The last replica moves on: same set, still warm. One that goes
@@ -737,12 +785,71 @@ mod tests {
                 generation: 2,
             },
         ]);
-        let third = cache.for_query("json", &routing, deadline()).await;
+        let third = cache.for_query("json", &fanout, deadline()).await;
         assert_eq!(
             third.source.label(),
             "fetched",
             "another generation set is cold"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn statistics_do_not_wait_for_a_hung_replica() {
+        // Shard 0: leaf0a hangs (a frozen process; first by address, where
+        // a fixed choice would go), leaf0b answers; shard 1: leaf1.
+        let leaves: Vec<(String, Arc<SlowStats>)> = [
+            ("leaf0a", 0, Duration::from_secs(3600)),
+            ("leaf0b", 0, Duration::from_millis(1)),
+            ("leaf1", 1, Duration::from_millis(1)),
+        ]
+        .into_iter()
+        .map(|(address, shard, delay)| {
+            let leaf = Arc::new(SlowStats {
+                shard,
+                generation: 1,
+                delay,
+                calls: Default::default(),
+            });
+            (address.to_string(), leaf)
+        })
+        .collect();
+        let lookup = leaves.clone();
+        let factory: crate::cluster::topology::ClientFactory =
+            Arc::new(move |member: &lease::Member| {
+                let (_, leaf) = lookup.iter().find(|(a, _)| *a == member.address)?;
+                Some(Arc::clone(leaf) as Arc<dyn crate::cluster::leaf_client::LeafService>)
+            });
+        let routing = crate::cluster::topology::Routing::new(2, factory);
+        routing.apply(
+            &leaves
+                .iter()
+                .enumerate()
+                .map(|(i, (address, leaf))| lease::Member {
+                    lease_id: i as u64 + 1,
+                    role: lease::Role::Leaf,
+                    shard: leaf.shard,
+                    address: address.clone(),
+                    generation: 1,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let cache = TermStatsCache::default();
+        let fanout = over(&routing);
+        // Distinct queries whose terms the cache does not know: a round
+        // trip each.
+        for i in 0..10 {
+            let query = format!("json q{i}");
+            let stats = cache
+                .for_query(&query, &fanout, Instant::now() + Duration::from_secs(1))
+                .await;
+            assert_eq!(stats.source.label(), "fetched", "{query}");
+        }
+        // The hung replica got at most one call: the one it still owes
+        // (hedged to its peer), after which it is stuck and gets none.
+        let hung = leaves[0].1.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(hung <= 1, "{hung} statistics calls to the hung replica");
+        let peer = leaves[1].1.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(peer, 10);
     }
 
     #[test]

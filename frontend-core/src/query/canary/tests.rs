@@ -74,6 +74,8 @@ struct Fake {
     dead: AtomicBool,
     /// The next search kills it.
     dies_on_search: AtomicBool,
+    /// Searches hang (a frozen process, or one busy dying on the query).
+    hangs: AtomicBool,
     searches: AtomicUsize,
 }
 
@@ -81,6 +83,9 @@ struct Fake {
 impl LeafService for Fake {
     async fn search(&self, _: SearchRequest, _: Duration) -> Result<SearchResponse, CallError> {
         self.searches.fetch_add(1, Ordering::SeqCst);
+        if self.hangs.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.dies_on_search.load(Ordering::SeqCst) {
             self.dead.store(true, Ordering::SeqCst);
         }
@@ -102,20 +107,46 @@ impl LeafService for Fake {
     }
 }
 
-fn one_replica() -> (Arc<Topology>, Arc<Fake>) {
-    let fake = Arc::new(Fake::default());
-    let client = Arc::clone(&fake);
-    let factory: ClientFactory =
-        Arc::new(move |_: &Member| Some(Arc::clone(&client) as Arc<dyn LeafService>));
+/// A cluster as the canary sees it: the fan-out (its calls) and a
+/// topology snapshot.
+struct Net {
+    fanout: Arc<Fanout>,
+    topology: Arc<Topology>,
+}
+
+/// `replicas` fakes of shard 0, addressed `s0r{i}`.
+fn replicas(count: usize) -> (Net, Vec<Arc<Fake>>) {
+    let fakes: Vec<Arc<Fake>> = (0..count).map(|_| Arc::new(Fake::default())).collect();
+    let lookup = fakes.clone();
+    let factory: ClientFactory = Arc::new(move |member: &Member| {
+        let index: usize = member.address.strip_prefix("s0r")?.parse().ok()?;
+        Some(Arc::clone(lookup.get(index)?) as Arc<dyn LeafService>)
+    });
     let routing = Routing::new(1, factory);
-    routing.apply(&[Member {
-        lease_id: 1,
-        role: Role::Leaf,
-        shard: 0,
-        address: "s0r0".into(),
-        generation: 1,
-    }]);
-    (routing.snapshot(), fake)
+    routing.apply(
+        &(0..count)
+            .map(|i| Member {
+                lease_id: i as u64 + 1,
+                role: Role::Leaf,
+                shard: 0,
+                address: format!("s0r{i}"),
+                generation: 1,
+            })
+            .collect::<Vec<_>>(),
+    );
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
+    let fanout = Arc::new(Fanout::new(
+        Arc::clone(&routing),
+        crate::query::fanout::FanoutConfig::default(),
+        metrics,
+    ));
+    let topology = routing.snapshot();
+    (Net { fanout, topology }, fakes)
+}
+
+fn one_replica() -> (Net, Arc<Fake>) {
+    let (net, mut fakes) = replicas(1);
+    (net, fakes.remove(0))
 }
 
 fn canaries() -> (Canaries, Arc<Metrics>) {
@@ -123,10 +154,18 @@ fn canaries() -> (Canaries, Arc<Metrics>) {
     (Canaries::new(config(), Arc::clone(&metrics)), metrics)
 }
 
-async fn admit(canaries: &Canaries, topology: &Topology, query: &str) -> Result<(), QueryError> {
+async fn admit(canaries: &Canaries, net: &Net, query: &str) -> Result<(), QueryError> {
     let deadline = Instant::now() + Duration::from_secs(1);
     canaries
-        .admit(query, 10, topology, 0, deadline, &TaskTracker::new())
+        .admit(
+            query,
+            10,
+            &net.fanout,
+            &net.topology,
+            0,
+            deadline,
+            &TaskTracker::new(),
+        )
         .await
 }
 
@@ -209,4 +248,79 @@ async fn turned_off_it_sends_nothing() {
     fake.dead.store(true, Ordering::SeqCst);
     admit(&canaries, &topology, "deadly query").await.unwrap();
     assert_eq!(fake.searches.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_to_a_hung_replica_is_hedged_to_another() {
+    let (net, fakes) = replicas(2);
+    // Replica 0 answers probes but never a search: as if it froze right
+    // after the probe.
+    fakes[0].hangs.store(true, Ordering::SeqCst);
+    let (canaries, metrics) = canaries();
+    for i in 0..10 {
+        admit(&canaries, &net, &format!("json q{i}")).await.unwrap();
+    }
+    // Every canary answered: none waited out its budget on replica 0.
+    assert_eq!(metrics.canaries.with_label_values(&["answered"]).get(), 10);
+    assert_eq!(
+        metrics
+            .canaries
+            .with_label_values(&["ordinary_error"])
+            .get(),
+        0
+    );
+    // Replica 0, once it owes an answer, gets no more canaries.
+    assert!(fakes[0].searches.load(Ordering::SeqCst) <= 1);
+    assert_eq!(fakes[1].searches.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_on_a_replica_that_answers_other_calls_is_not_hedged() {
+    let (net, fakes) = replicas(2);
+    // Both replicas hang on the query (a query that takes its replica down
+    // slowly) while answering other calls: the canary must not reach a
+    // second replica.
+    for fake in &fakes {
+        fake.hangs.store(true, Ordering::SeqCst);
+    }
+    let (canaries, metrics) = canaries();
+    let busy = tokio::spawn({
+        let fanout = Arc::clone(&net.fanout);
+        let replicas = net.topology.shards[0].clone();
+        async move {
+            // Other traffic: probes of both replicas, answered, every ms.
+            loop {
+                for index in 0..replicas.len() {
+                    let plan = CallPlan {
+                        first: Some(index),
+                        ..CallPlan::new(CallKind::Probe)
+                    };
+                    fanout
+                        .call(
+                            0,
+                            &replicas,
+                            &plan,
+                            Instant::now() + Duration::from_millis(50),
+                            |replica, budget| async move { replica.client.info(budget).await },
+                        )
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    admit(&canaries, &net, "slow query").await.unwrap();
+    busy.abort();
+    let searches: usize = fakes
+        .iter()
+        .map(|f| f.searches.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(searches, 1, "one canary, no hedge");
+    assert_eq!(
+        metrics
+            .canaries
+            .with_label_values(&["ordinary_error"])
+            .get(),
+        1
+    );
 }
