@@ -93,7 +93,7 @@ async fn main() {
     let cluster = last.expect("a cluster");
     let grpc = cluster.grpc_addr().expect("registry address").to_string();
     let client = bench::client();
-    let base = cluster.url("");
+    let base = cluster.admin_url("");
     let measure = |seconds: u64| {
         let client = client.clone();
         let base = base.clone();

@@ -46,10 +46,10 @@ async fn main() {
     let load = Load::new(cluster.url("/search"), queries, Pick::Replay(0)).param("nocache", true);
     // Warm up connections and caches of the OS, unmeasured.
     bench::open_loop(&client, &load, rate, Duration::from_secs(3), 100_000).await;
-    let before = bench::scrape(&client, &cluster.url("")).await;
+    let before = bench::scrape(&client, &cluster.admin_url("")).await;
     let duration = Duration::from_secs_f64(count as f64 / rate);
     let samples = bench::open_loop(&client, &load, rate, duration, 0).await;
-    let after = bench::scrape(&client, &cluster.url("")).await;
+    let after = bench::scrape(&client, &cluster.admin_url("")).await;
 
     let ok: Vec<_> = samples
         .iter()
