@@ -16,9 +16,12 @@
 //!   closed to make room (`frontend_http_connections_closed_total{reason="evicted"}`):
 //!   an attacker's half-open connections then only push each other out,
 //!   while a well-formed request, which is in progress as soon as its head
-//!   is read, is not evicted. When every open connection has a request in
-//!   progress, the new one is answered `503` with `Retry-After: 1` and
-//!   closed at once (`reason="full"`), without a task or a wait.
+//!   is read, is not evicted. An evicted connection without a request in
+//!   progress closes at once; while as many are still closing as the cap,
+//!   accepting pauses for one to go (at most [`EVICTION_WAIT`]; the rest
+//!   wait in the kernel's backlog). When every open connection has a
+//!   request in progress, the new one is answered `503` with
+//!   `Retry-After: 1` and closed at once (`reason="full"`).
 //! - **Accept errors** (`EMFILE`, `ENFILE`, `ENOBUFS`) back off for
 //!   [`ACCEPT_BACKOFF`] instead of spinning, and are logged at most once
 //!   per [`ACCEPT_LOG_EVERY`].
@@ -247,7 +250,7 @@ pub async fn accept_loop<S, I>(
                 }
             }
         };
-        let Some(slot) = open.admit() else {
+        let Some(slot) = admit_or_wait(&open, &stop).await else {
             connections.spawn(refuse(stream));
             metrics
                 .closed
@@ -272,6 +275,35 @@ pub async fn accept_loop<S, I>(
         connections.spawn(connection.serve(stream));
     }
     tracing::debug!(listener = listener.label(), "stopped accepting");
+}
+
+/// How long accepting pauses for evicted connections to go before a
+/// newcomer is refused: they still hold descriptors, and a short pause
+/// (the rest wait in the kernel's backlog) beats answering 503 to a
+/// client that may be about to send a good request.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// A slot for a new connection: at once, after waiting up to
+/// [`EVICTION_WAIT`] for evicted connections to close, or none when every
+/// live connection has a request in progress (or the wait ran out).
+async fn admit_or_wait(open: &OpenConnections, stop: &CancellationToken) -> Option<Arc<Slot>> {
+    let deadline = Instant::now() + EVICTION_WAIT;
+    loop {
+        let freed = open.freed.notified();
+        tokio::pin!(freed);
+        // Registered before the check, so a close in between is not missed.
+        freed.as_mut().enable();
+        match open.admit() {
+            Admit::Slot(slot) => return Some(slot),
+            Admit::Busy => return None,
+            Admit::Evicting => {}
+        }
+        tokio::select! {
+            () = freed => {}
+            () = tokio::time::sleep_until(deadline) => return None,
+            () = stop.cancelled() => return None,
+        }
+    }
 }
 
 /// The connections of a [`svc::net::incoming`] stream with their peers.
@@ -416,6 +448,11 @@ impl Connection {
                 }
                 () = self.slot.evicted.cancelled(), if closing.is_none() => {
                     self.close(CloseReason::Evicted);
+                    // Nothing to finish: close now, so that its descriptor
+                    // is free for the newcomer it was evicted for.
+                    if self.slot.busy.load(Ordering::Acquire) == 0 {
+                        break;
+                    }
                     connection.as_mut().graceful_shutdown();
                     closing = Some(Instant::now());
                 }
@@ -496,6 +533,17 @@ impl Drop for BusyGuard {
 struct OpenConnections {
     max: usize,
     state: Mutex<OpenState>,
+    /// Signalled whenever a connection leaves.
+    freed: tokio::sync::Notify,
+}
+
+/// What a new connection gets.
+enum Admit {
+    Slot(Arc<Slot>),
+    /// Every live connection has a request in progress.
+    Busy,
+    /// As many connections are being evicted as the cap: wait for them.
+    Evicting,
 }
 
 struct OpenState {
@@ -516,24 +564,28 @@ impl OpenConnections {
                 evicting: 0,
                 next_id: 0,
             }),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
     /// A slot for a new connection, evicting the oldest connection without
-    /// a request in progress when full; `None` when every connection is
-    /// busy. Connections being evicted still count against the cap until
-    /// they are gone, up to as many again, so that the descriptors held
-    /// stay bounded at twice the cap.
-    fn admit(&self) -> Option<Arc<Slot>> {
+    /// a request in progress when full; [`Admit::Busy`] when every
+    /// connection is busy. Connections being evicted still count against
+    /// the cap until they are gone, up to as many again
+    /// ([`Admit::Evicting`] past that), so that the descriptors held stay
+    /// bounded at twice the cap.
+    fn admit(&self) -> Admit {
         let mut state = self.state.lock();
         let live = state.slots.len() - state.evicting;
         if live >= self.max {
             if state.evicting >= self.max {
-                return None;
+                return Admit::Evicting;
             }
-            let victim = state.slots.iter().find(|slot| {
+            let Some(victim) = state.slots.iter().find(|slot| {
                 !slot.evicted.is_cancelled() && slot.busy.load(Ordering::Acquire) == 0
-            })?;
+            }) else {
+                return Admit::Busy;
+            };
             victim.evicted.cancel();
             state.evicting += 1;
         }
@@ -548,7 +600,7 @@ impl OpenConnections {
             removed: AtomicBool::new(false),
         });
         state.slots.push_back(Arc::clone(&slot));
-        Some(slot)
+        Admit::Slot(slot)
     }
 
     fn remove(&self, slot: &Slot) {
@@ -562,6 +614,8 @@ impl OpenConnections {
                 state.evicting = state.evicting.saturating_sub(1);
             }
         }
+        drop(state);
+        self.freed.notify_waiters();
     }
 }
 
@@ -580,31 +634,58 @@ mod tests {
         assert!(text.contains("frontend_http_connections{listener=\"admin\"} 0"));
     }
 
+    impl Admit {
+        fn slot(self) -> Arc<Slot> {
+            match self {
+                Admit::Slot(slot) => slot,
+                Admit::Busy => panic!("busy"),
+                Admit::Evicting => panic!("evicting"),
+            }
+        }
+    }
+
     #[test]
     fn a_full_table_evicts_the_oldest_idle_connection_and_refuses_when_all_are_busy() {
         let open = OpenConnections::new(2);
-        let first = open.admit().unwrap();
-        let second = open.admit().unwrap();
+        let first = open.admit().slot();
+        let second = open.admit().slot();
         let _busy = second.begin();
-        let third = open.admit().unwrap();
+        let third = open.admit().slot();
         assert!(first.evicted.is_cancelled(), "the oldest idle one goes");
         assert!(!second.evicted.is_cancelled(), "a busy one stays");
         let _busy_third = third.begin();
-        assert!(open.admit().is_none(), "every live connection is busy");
+        assert!(
+            matches!(open.admit(), Admit::Busy),
+            "every live connection is busy"
+        );
         open.remove(&first);
         open.remove(&first);
         assert_eq!(open.state.lock().slots.len(), 2);
         assert_eq!(open.state.lock().evicting, 0);
     }
 
-    #[test]
-    fn connections_being_evicted_bound_the_descriptors_held() {
-        let open = OpenConnections::new(1);
-        let _a = open.admit().unwrap();
-        let _b = open.admit().unwrap();
-        assert!(
-            open.admit().is_none(),
-            "one evicted connection still open: at twice the cap"
-        );
+    #[tokio::test(start_paused = true)]
+    async fn a_newcomer_waits_for_evicted_connections_to_go_instead_of_being_refused() {
+        let open = Arc::new(OpenConnections::new(1));
+        let stop = CancellationToken::new();
+        let _a = open.admit().slot();
+        let b = open.admit().slot();
+        // One evicted connection still open: at twice the cap, so the next
+        // newcomer must wait (descriptors stay bounded)…
+        assert!(matches!(open.admit(), Admit::Evicting));
+        let waiting = tokio::spawn({
+            let (open, stop) = (Arc::clone(&open), stop.clone());
+            async move { admit_or_wait(&open, &stop).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "it waits rather than being refused");
+        // …and gets a slot as soon as the evicted one closes.
+        let _ = b;
+        let evicted = open.state.lock().slots.front().cloned().unwrap();
+        open.remove(&evicted);
+        assert!(waiting.await.unwrap().is_some(), "admitted once one left");
+        // When nothing leaves it is refused after the wait.
+        let later = admit_or_wait(&open, &stop).await;
+        assert!(later.is_none(), "refused once the wait ran out");
     }
 }
