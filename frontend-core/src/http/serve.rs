@@ -18,7 +18,7 @@
 //!   while a well-formed request, which is in progress as soon as its head
 //!   is read, is not evicted. An evicted connection without a request in
 //!   progress closes at once; while as many are still closing as the cap,
-//!   accepting pauses for one to go (at most [`EVICTION_WAIT`]; the rest
+//!   accepting pauses for one to go (at most 100 ms; the rest
 //!   wait in the kernel's backlog). When every open connection has a
 //!   request in progress, the new one is answered `503` with
 //!   `Retry-After: 1` and closed at once (`reason="full"`).
