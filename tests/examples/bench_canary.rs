@@ -5,9 +5,16 @@
 //! by the frontend (later ones are known-good); the figures are the share
 //! of such requests and their latency with and without canaries.
 //!
+//! Both frontends are warmed first with queries from the second half of
+//! the query file (leaves' caches and code paths, not the measured
+//! stream's fingerprints), then the measured stream runs in `--rounds`
+//! slices, alternating which frontend goes first, so that neither config
+//! gets the machine's quiet or busy stretch alone.
+//!
 //! ```text
 //! cargo run --release -p tests --example bench_canary -- \
-//!     [--corpus PATH] [--queries PATH] [--rate 200] [--seconds 30] [--zipf 1.0]
+//!     [--corpus PATH] [--queries PATH] [--rate 200] [--seconds 30] [--zipf 1.0] \
+//!     [--rounds 6] [--warmup-seconds 5]
 //! ```
 
 use std::collections::HashSet;
@@ -24,6 +31,8 @@ async fn main() {
     let rate: f64 = bench::arg_num("--rate", 200.0);
     let seconds: u64 = bench::arg_num("--seconds", 30);
     let zipf: f64 = bench::arg_num("--zipf", 1.0);
+    let rounds: u64 = bench::arg_num("--rounds", 6).max(1);
+    let warmup: u64 = bench::arg_num("--warmup-seconds", 5);
     let shards = 4;
     let documents = bench::load_documents(&corpus);
 
@@ -54,16 +63,43 @@ async fn main() {
         .map(|i| seen.insert(pick.index(i, queries.len())))
         .collect();
 
-    let duration = Duration::from_secs(seconds);
-    let off = Load::new(cluster.url("/search"), queries.clone(), pick.clone());
-    let on = Load::new(with_canaries.search_url(), queries.clone(), pick.clone());
-    let off = bench::open_loop(&client, &off, rate, duration, 0).await;
-    let on = bench::open_loop(&client, &on, rate, duration, 0).await;
+    // Warm-up on queries the measured stream never sends.
+    let tail = std::sync::Arc::new(queries[queries.len() / 2..].to_vec());
+    let warm_pick = Pick::zipf(tail.len(), zipf, 17);
+    for url in [cluster.url("/search"), with_canaries.search_url()] {
+        let load = Load::new(url, tail.clone(), warm_pick.clone());
+        bench::open_loop(&client, &load, rate, Duration::from_secs(warmup), 0).await;
+    }
+
+    let off_load = Load::new(cluster.url("/search"), queries.clone(), pick.clone());
+    let on_load = Load::new(with_canaries.search_url(), queries.clone(), pick.clone());
+    let per_round = count / rounds;
+    let slice = Duration::from_secs_f64(per_round as f64 / rate);
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let first = round * per_round;
+        let order = if round % 2 == 0 {
+            [(&off_load, false), (&on_load, true)]
+        } else {
+            [(&on_load, true), (&off_load, false)]
+        };
+        for (load, canaries) in order {
+            let samples = bench::open_loop(&client, load, rate, slice, first).await;
+            if canaries {
+                on.extend(samples);
+            } else {
+                off.extend(samples);
+            }
+        }
+    }
+    let count = per_round * rounds;
+    let first_seen = &first_seen[..count as usize];
 
     let share = first_seen.iter().filter(|&&f| f).count() as f64;
     println!(
         "### Canary requests: Zipf({zipf}) over {} queries, {rate:.0} req/s open loop for \
-         {seconds} s, {shards} shards × 1 replica, no cache tier\n",
+         {seconds} s per config in {rounds} alternated rounds after {warmup} s of warm-up each, \
+         {shards} shards × 1 replica, no cache tier\n",
         queries.len()
     );
     println!(
@@ -83,15 +119,15 @@ async fn main() {
     println!("|---|---|---|---|---|---|---|");
     for (name, keep) in [("first-seen", true), ("known-good (repeats)", false)] {
         for (label, samples) in [("off", &off), ("on", &on)] {
-            let v = select(samples, &first_seen, Some(keep));
+            let v = select(samples, first_seen, Some(keep));
             row(name, label, &v);
         }
     }
     for (label, samples) in [("off", &off), ("on", &on)] {
-        row("all", label, &select(samples, &first_seen, None));
+        row("all", label, &select(samples, first_seen, None));
     }
     let errors = |s: &[Sample]| s.iter().filter(|s| s.status != 200).count();
-    let (_, metrics) = get(&client, &format!("{}/metrics", with_canaries.base())).await;
+    let (_, metrics) = get(&client, &format!("{}/metrics", with_canaries.admin_base())).await;
     let canary_lines: Vec<&str> = metrics
         .lines()
         .filter(|l| {

@@ -430,9 +430,15 @@ pub struct ExtraFrontend {
 }
 
 impl ExtraFrontend {
+    /// The frontend sends the cluster token ([`crate::TOKEN`], which the
+    /// test cluster's and [`LeafProcesses`]' leaves require) unless
+    /// `config` names tokens of its own.
     pub async fn start(mut config: FrontendConfig, leaves: Vec<String>, replicas: usize) -> Self {
         config.static_leaves = leaves;
         config.cache = false;
+        if config.auth.is_empty() {
+            config.auth = svc::auth::TokenConfig::single(crate::TOKEN);
+        }
         let shutdown = CancellationToken::new();
         let frontend = Frontend::start(config, crate::bind().await, None, shutdown.child_token())
             .await
