@@ -588,6 +588,50 @@ mod tests {
 
     /// The fan-out (the stats calls' replica choice and hedging) over
     /// `routing`, with the default configuration.
+    /// Leaves `(address, shard, generation, delay)` and a routing table of
+    /// them (leases in that order).
+    #[allow(clippy::type_complexity)]
+    fn routed(
+        specs: &[(&str, u32, u64, Duration)],
+    ) -> (
+        Vec<(String, Arc<SlowStats>)>,
+        Arc<crate::cluster::topology::Routing>,
+    ) {
+        let leaves: Vec<(String, Arc<SlowStats>)> = specs
+            .iter()
+            .map(|&(address, shard, generation, delay)| {
+                let leaf = Arc::new(SlowStats {
+                    shard,
+                    generation,
+                    delay,
+                    calls: Default::default(),
+                });
+                (address.to_string(), leaf)
+            })
+            .collect();
+        let lookup = leaves.clone();
+        let factory: crate::cluster::topology::ClientFactory =
+            Arc::new(move |member: &lease::Member| {
+                let (_, leaf) = lookup.iter().find(|(a, _)| *a == member.address)?;
+                Some(Arc::clone(leaf) as Arc<dyn crate::cluster::leaf_client::LeafService>)
+            });
+        let routing = crate::cluster::topology::Routing::new(2, factory);
+        routing.apply(
+            &leaves
+                .iter()
+                .enumerate()
+                .map(|(i, (address, leaf))| lease::Member {
+                    lease_id: i as u64 + 1,
+                    role: lease::Role::Leaf,
+                    shard: leaf.shard,
+                    address: address.clone(),
+                    generation: leaf.generation,
+                })
+                .collect::<Vec<_>>(),
+        );
+        (leaves, routing)
+    }
+
     fn over(routing: &Arc<crate::cluster::topology::Routing>) -> Arc<Fanout> {
         let metrics = Arc::new(crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap());
         Arc::new(Fanout::new(
@@ -661,34 +705,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_round_trip_cut_off_by_the_deadline_still_warms_the_cache() {
-        let leaves: Vec<Arc<SlowStats>> = (0..2)
-            .map(|shard| {
-                Arc::new(SlowStats {
-                    shard,
-                    generation: 1,
-                    delay: Duration::from_millis(50),
-                    calls: Default::default(),
-                })
-            })
-            .collect();
-        let lookup = leaves.clone();
-        let factory: crate::cluster::topology::ClientFactory =
-            Arc::new(move |member: &lease::Member| {
-                let leaf = Arc::clone(&lookup[member.shard as usize]);
-                Some(leaf as Arc<dyn crate::cluster::leaf_client::LeafService>)
-            });
-        let routing = crate::cluster::topology::Routing::new(2, factory);
-        routing.apply(
-            &(0..2)
-                .map(|shard| lease::Member {
-                    lease_id: u64::from(shard) + 1,
-                    role: lease::Role::Leaf,
-                    shard,
-                    address: format!("leaf{shard}"),
-                    generation: 1,
-                })
-                .collect::<Vec<_>>(),
-        );
+        let (leaves, routing) = routed(&[
+            ("leaf0", 0, 1, Duration::from_millis(50)),
+            ("leaf1", 1, 1, Duration::from_millis(50)),
+        ]);
         let cache = TermStatsCache::default();
         let fanout = over(&routing);
         let deadline = || Instant::now() + Duration::from_millis(10);
@@ -709,7 +729,7 @@ mod tests {
         assert!(stats.terms.iter().all(|term| term.doc_freq == 10));
         let calls: usize = leaves
             .iter()
-            .map(|leaf| leaf.calls.load(std::sync::atomic::Ordering::SeqCst))
+            .map(|(_, leaf)| leaf.calls.load(std::sync::atomic::Ordering::SeqCst))
             .sum();
         assert_eq!(calls, 2);
     }
@@ -718,39 +738,11 @@ mod tests {
     async fn during_a_rolling_swap_statistics_come_from_the_new_generation() {
         // Shard 0: one replica still on generation 1 (first by address), one
         // on 2; shard 1 on 2.
-        let leaves: Vec<(String, Arc<SlowStats>)> =
-            [("leaf0a", 0, 1), ("leaf0b", 0, 2), ("leaf1", 1, 2)]
-                .into_iter()
-                .map(|(address, shard, generation)| {
-                    let leaf = Arc::new(SlowStats {
-                        shard,
-                        generation,
-                        delay: Duration::from_millis(1),
-                        calls: Default::default(),
-                    });
-                    (address.to_string(), leaf)
-                })
-                .collect();
-        let lookup = leaves.clone();
-        let factory: crate::cluster::topology::ClientFactory =
-            Arc::new(move |member: &lease::Member| {
-                let (_, leaf) = lookup.iter().find(|(a, _)| *a == member.address)?;
-                Some(Arc::clone(leaf) as Arc<dyn crate::cluster::leaf_client::LeafService>)
-            });
-        let routing = crate::cluster::topology::Routing::new(2, factory);
-        routing.apply(
-            &leaves
-                .iter()
-                .enumerate()
-                .map(|(i, (address, leaf))| lease::Member {
-                    lease_id: i as u64 + 1,
-                    role: lease::Role::Leaf,
-                    shard: leaf.shard,
-                    address: address.clone(),
-                    generation: leaf.generation,
-                })
-                .collect::<Vec<_>>(),
-        );
+        let (leaves, routing) = routed(&[
+            ("leaf0a", 0, 1, Duration::from_millis(1)),
+            ("leaf0b", 0, 2, Duration::from_millis(1)),
+            ("leaf1", 1, 2, Duration::from_millis(1)),
+        ]);
         let cache = TermStatsCache::default();
         let fanout = over(&routing);
         let deadline = || Instant::now() + Duration::from_secs(1);
@@ -797,42 +789,11 @@ mod tests {
     async fn statistics_do_not_wait_for_a_hung_replica() {
         // Shard 0: leaf0a hangs (a frozen process; first by address, where
         // a fixed choice would go), leaf0b answers; shard 1: leaf1.
-        let leaves: Vec<(String, Arc<SlowStats>)> = [
-            ("leaf0a", 0, Duration::from_secs(3600)),
-            ("leaf0b", 0, Duration::from_millis(1)),
-            ("leaf1", 1, Duration::from_millis(1)),
-        ]
-        .into_iter()
-        .map(|(address, shard, delay)| {
-            let leaf = Arc::new(SlowStats {
-                shard,
-                generation: 1,
-                delay,
-                calls: Default::default(),
-            });
-            (address.to_string(), leaf)
-        })
-        .collect();
-        let lookup = leaves.clone();
-        let factory: crate::cluster::topology::ClientFactory =
-            Arc::new(move |member: &lease::Member| {
-                let (_, leaf) = lookup.iter().find(|(a, _)| *a == member.address)?;
-                Some(Arc::clone(leaf) as Arc<dyn crate::cluster::leaf_client::LeafService>)
-            });
-        let routing = crate::cluster::topology::Routing::new(2, factory);
-        routing.apply(
-            &leaves
-                .iter()
-                .enumerate()
-                .map(|(i, (address, leaf))| lease::Member {
-                    lease_id: i as u64 + 1,
-                    role: lease::Role::Leaf,
-                    shard: leaf.shard,
-                    address: address.clone(),
-                    generation: 1,
-                })
-                .collect::<Vec<_>>(),
-        );
+        let (leaves, routing) = routed(&[
+            ("leaf0a", 0, 1, Duration::from_secs(3600)),
+            ("leaf0b", 0, 1, Duration::from_millis(1)),
+            ("leaf1", 1, 1, Duration::from_millis(1)),
+        ]);
         let cache = TermStatsCache::default();
         let fanout = over(&routing);
         // Distinct queries whose terms the cache does not know: a round

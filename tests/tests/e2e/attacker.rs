@@ -471,16 +471,22 @@ async fn a_replaced_certificate_is_seen_by_new_connections_without_a_restart() {
     shutdown.cancel();
 }
 
+/// A server certificate for the public HTTPS API (no client certificates),
+/// written under `dir` as `public.crt`, `public.key`, `public-ca.crt`.
+fn public_https(ca: &Ca, dir: &std::path::Path) -> TlsConfig {
+    TlsConfig {
+        client_ca: None,
+        ca: None,
+        ..ca.write(dir, "public")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_runs_over_mutual_tls_and_serves_https() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("cluster ca");
     let tls = ca.write(dir.path(), "member");
-    let https = TlsConfig {
-        client_ca: None,
-        ca: None,
-        ..ca.write(dir.path(), "public")
-    };
+    let https = public_https(&ca, dir.path());
     let (leaf_tls, cache_tls) = (tls.clone(), tls.clone());
     let cluster = TestCluster::builder()
         .shards(2)
@@ -520,11 +526,7 @@ async fn https_connections_that_never_finish_a_handshake_are_capped_and_closed()
     const SILENT: usize = 40;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("public ca");
-    let https = TlsConfig {
-        client_ca: None,
-        ca: None,
-        ..ca.write(dir.path(), "public")
-    };
+    let https = public_https(&ca, dir.path());
     let cluster = TestCluster::builder()
         .shards(1)
         .frontend(move |c| {
@@ -650,14 +652,7 @@ async fn a_token_file_rotation_keeps_leaf_leases_and_searches_without_a_restart(
         before,
         "no lease or search call refused during the rotation"
     );
-    let view: Value = client
-        .get(cluster.admin_url("/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, view) = cluster.get_json("/cluster").await;
     let leaves = view["holders"]
         .as_array()
         .expect("holders")
@@ -665,13 +660,6 @@ async fn a_token_file_rotation_keeps_leaf_leases_and_searches_without_a_restart(
         .filter(|h| h["role"] == "leaf")
         .count();
     assert_eq!(leaves, 2, "both leaves kept their leases: {view}");
-    let answer: Value = client
-        .get(cluster.url("/search?q=json&timeout_ms=3000&nocache=true"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = cluster.search("q=json&timeout_ms=3000&nocache=true").await;
     assert_eq!(answer["coverage"]["shards_answered"], 2, "{answer}");
 }
