@@ -564,30 +564,36 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_replica_answering_again_after_a_long_silence_is_reset() {
+    /// The only replica of a one-shard table, on a leaf that is down.
+    fn one_down_replica() -> (Arc<Flaky>, Arc<Replica>) {
         let flaky = Arc::new(Flaky {
             down: AtomicBool::new(true),
         });
         let routing = routing(Arc::clone(&flaky));
         routing.apply(&[member()]);
         let replica = Arc::clone(&routing.snapshot().shards[0][0]);
-        assert!(replica
+        (flaky, replica)
+    }
+
+    async fn answers(replica: &Replica) -> bool {
+        replica
             .client
             .search(SearchRequest::default(), Duration::from_millis(200))
             .await
-            .is_err());
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_answering_again_after_a_long_silence_is_reset() {
+        let (flaky, replica) = one_down_replica();
+        assert!(!answers(&replica).await);
         replica.load.observe(Duration::from_millis(200));
         replica
             .probation
             .put_on(Instant::now() + Duration::from_secs(10));
         tokio::time::advance(UNREACHABLE_AFTER + Duration::from_millis(1)).await;
         flaky.down.store(false, Ordering::Relaxed);
-        assert!(replica
-            .client
-            .search(SearchRequest::default(), Duration::from_millis(200))
-            .await
-            .is_ok());
+        assert!(answers(&replica).await);
         assert!(
             replica.load.estimate() < Duration::from_millis(1),
             "{:?}",
@@ -598,25 +604,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_replica_failing_briefly_keeps_its_estimate() {
-        let flaky = Arc::new(Flaky {
-            down: AtomicBool::new(true),
-        });
-        let routing = routing(Arc::clone(&flaky));
-        routing.apply(&[member()]);
-        let replica = Arc::clone(&routing.snapshot().shards[0][0]);
-        assert!(replica
-            .client
-            .search(SearchRequest::default(), Duration::from_millis(200))
-            .await
-            .is_err());
+        let (flaky, replica) = one_down_replica();
+        assert!(!answers(&replica).await);
         replica.load.observe(Duration::from_millis(200));
         tokio::time::advance(Duration::from_millis(500)).await;
         flaky.down.store(false, Ordering::Relaxed);
-        assert!(replica
-            .client
-            .search(SearchRequest::default(), Duration::from_millis(200))
-            .await
-            .is_ok());
+        assert!(answers(&replica).await);
         assert_eq!(replica.load.estimate(), Duration::from_millis(200));
     }
 
