@@ -18,13 +18,25 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Two shards: a search whose shard 0 call is caught on the cut link is a
 /// partial answer (shard 1 answered), never a 503 "no shard answered".
-async fn cluster(test: &str, config: NetClusterConfig) -> Option<NetCluster> {
+/// Two shards × two replicas on the test bed (none without root), with the
+/// hosts of the first frontend, of the replica the tests cut (replica 0 of
+/// shard 0) and of its twin.
+async fn two_by_two(test: &str) -> Option<(NetCluster, usize, usize, usize)> {
     let bed = TestBed::new(test)?;
-    Some(
-        NetCluster::start(bed, config)
-            .await
-            .expect("cluster started on the test bed"),
-    )
+    let config = NetClusterConfig {
+        shards: 2,
+        replicas: 2,
+        ..NetClusterConfig::default()
+    };
+    let cluster = NetCluster::start(bed, config)
+        .await
+        .expect("cluster started on the test bed");
+    let (frontend, cut, twin) = (
+        cluster.frontends[0],
+        cluster.leaves[0][0],
+        cluster.leaves[0][1],
+    );
+    Some((cluster, frontend, cut, twin))
 }
 
 /// Waits until the leaf on `host` serves at least a fifth of the calls its
@@ -54,23 +66,9 @@ async fn takes_its_share(cluster: &NetCluster, host: usize, twin: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_the_frontend_takes_its_share_again_after_the_heal() {
-    let Some(cluster) = cluster(
-        "partitions::replica",
-        NetClusterConfig {
-            shards: 2,
-            replicas: 2,
-            ..NetClusterConfig::default()
-        },
-    )
-    .await
-    else {
+    let Some((cluster, frontend, cut, twin)) = two_by_two("partitions::replica").await else {
         return;
     };
-    let (frontend, cut, twin) = (
-        cluster.frontends[0],
-        cluster.leaves[0][0],
-        cluster.leaves[0][1],
-    );
     let load = Load::start(cluster.frontend_url(0), RATE, DEADLINE_MS);
     takes_its_share(&cluster, cut, twin).await;
 
@@ -104,23 +102,10 @@ async fn a_replica_cut_off_from_the_frontend_takes_its_share_again_after_the_hea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_cut_off_from_its_registry_only_leaves_routing_and_returns_after_the_heal() {
-    let Some(cluster) = cluster(
-        "partitions::holder_registry",
-        NetClusterConfig {
-            shards: 2,
-            replicas: 2,
-            ..NetClusterConfig::default()
-        },
-    )
-    .await
+    let Some((cluster, frontend, cut, twin)) = two_by_two("partitions::holder_registry").await
     else {
         return;
     };
-    let (frontend, cut, twin) = (
-        cluster.frontends[0],
-        cluster.leaves[0][0],
-        cluster.leaves[0][1],
-    );
     let load = Load::start(cluster.frontend_url(0), RATE, DEADLINE_MS);
     // Only the leaf's connections to the registry port are cut: the
     // frontend can still reach the leaf, but the lease expires, and a
@@ -154,23 +139,9 @@ async fn a_leaf_cut_off_from_its_registry_only_leaves_routing_and_returns_after_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_way_cut_from_the_frontend_to_a_replica_heals_like_a_full_one() {
-    let Some(cluster) = cluster(
-        "partitions::one_way",
-        NetClusterConfig {
-            shards: 2,
-            replicas: 2,
-            ..NetClusterConfig::default()
-        },
-    )
-    .await
-    else {
+    let Some((cluster, frontend, cut, twin)) = two_by_two("partitions::one_way").await else {
         return;
     };
-    let (frontend, cut, twin) = (
-        cluster.frontends[0],
-        cluster.leaves[0][0],
-        cluster.leaves[0][1],
-    );
     let load = Load::start(cluster.frontend_url(0), RATE, DEADLINE_MS);
     takes_its_share(&cluster, cut, twin).await;
     // Searches to the replica vanish; its lease renewals still reach the
