@@ -19,7 +19,8 @@
 //!
 //! ```text
 //! cargo run --release -p tests --example bench_tail -- --stalls \
-//!     [--rate 150] [--seconds 20] [--timeout-ms 500]
+//!     [--rate 150] [--seconds 20] [--timeout-ms 500] [--only-defaults]
+//!     [--with-silence-off] [--scenarios 0,1,2,3] [--diagnose]
 //! ```
 
 use std::time::Duration;
@@ -232,6 +233,12 @@ async fn stalls() {
         ]
     };
     let mut configs = configs;
+    if std::env::args().any(|a| a == "--with-silence-off") {
+        // The defaults with only the silence rule off, side by side.
+        let mut without_silence = config(false, true);
+        without_silence.fanout.silent_replicas = false;
+        configs.push(("(c) tail-tolerant, silence rule off", without_silence));
+    }
     if std::env::args().any(|a| a == "--only-defaults") {
         configs.retain(|(name, _)| name.starts_with("(c) tail-tolerant"));
     }

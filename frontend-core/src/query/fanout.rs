@@ -37,7 +37,7 @@ use crate::cluster::load::LatencyWindow;
 use crate::cluster::topology::{Replica, Routing};
 use crate::metrics::{LeafCallOutcome, Metrics};
 use crate::query::hedge::{sleep_until_opt, HedgeBudget};
-use crate::query::replica::{self, ReplicaPolicy};
+use crate::query::replica::{self, ReplicaPolicy, StuckRule};
 
 /// Switches and figures of the tail-tolerance mechanisms; each can be
 /// turned off so that its effect can be measured.
@@ -77,6 +77,12 @@ pub struct FanoutConfig {
     pub stuck_factor: f64,
     /// …and than this floor is stuck: no new primaries until it answers.
     pub stuck_floor: Duration,
+    /// Also keep out a replica that is silent: it has owed an answer for
+    /// longer than `silent_factor` × the shard's healthy high percentile
+    /// (and `silent_floor`) and answered nothing at all for as long.
+    pub silent_replicas: bool,
+    pub silent_factor: f64,
+    pub silent_floor: Duration,
     /// Rank replicas with the load they report themselves (C3 score).
     pub server_load: bool,
 }
@@ -101,6 +107,9 @@ impl Default for FanoutConfig {
             stuck_replicas: true,
             stuck_factor: 4.0,
             stuck_floor: Duration::from_millis(5),
+            silent_replicas: true,
+            silent_factor: 1.0,
+            silent_floor: Duration::from_millis(2),
             server_load: true,
         }
     }
@@ -314,12 +323,39 @@ impl Fanout {
         if !self.config.stuck_replicas {
             return Duration::MAX;
         }
+        self.healthy_percentile(shard)
+            .map_or(STUCK_COLD, |p| p.mul_f64(self.config.stuck_factor.max(1.0)))
+            .max(self.config.stuck_floor)
+    }
+
+    /// The stuck rule of replica choice for `shard`: [`Self::stuck_after`],
+    /// and silence after `silent_factor` × the healthy percentile (at least
+    /// `silent_floor`, never later than `stuck_after`).
+    pub fn stuck_rule(&self, shard: u32) -> StuckRule {
+        let after = self.stuck_after(shard);
+        if !(self.config.stuck_replicas && self.config.silent_replicas) {
+            return StuckRule::owing(after);
+        }
+        let silent_after = self
+            .healthy_percentile(shard)
+            .map_or(STUCK_COLD, |p| {
+                p.mul_f64(self.config.silent_factor.max(0.0))
+            })
+            .max(self.config.silent_floor)
+            .min(after);
+        StuckRule {
+            after,
+            silent_after,
+        }
+    }
+
+    /// The highest of `shard`'s healthy percentiles over the kinds of call
+    /// a replica answers at once (not canaries, which may be slow queries).
+    fn healthy_percentile(&self, shard: u32) -> Option<Duration> {
         [CallKind::Search, CallKind::Stats, CallKind::Probe]
             .into_iter()
             .filter_map(|kind| self.percentile(kind, shard))
             .max()
-            .map_or(STUCK_COLD, |p| p.mul_f64(self.config.stuck_factor.max(1.0)))
-            .max(self.config.stuck_floor)
     }
 
     /// Queries every shard in parallel and returns one result per shard,
@@ -418,7 +454,7 @@ impl Fanout {
                     &self.metrics,
                     replicas,
                     &tried,
-                    self.stuck_after(shard),
+                    self.stuck_rule(shard),
                 )
             });
         let Some(primary) = primary else {
@@ -473,7 +509,7 @@ impl Fanout {
                                 && deadline.saturating_duration_since(Instant::now())
                                     > Duration::from_millis(1);
                             if retry {
-                                if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried, self.stuck_after(shard)) {
+                                if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried, self.stuck_rule(shard)) {
                                     self.count(kind, shard, "retry", None);
                                     self.launch(replicas, next, &call, deadline, &mut tried, &mut pending, &mut calls);
                                 }
@@ -507,7 +543,7 @@ impl Fanout {
                         // rather than frozen: look again a delay later.
                         hedge_at = Some(now + silence);
                     } else if self.budget.try_withdraw() {
-                        if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried, self.stuck_after(shard)) {
+                        if let Some(next) = replica::choose(&self.policy, &self.metrics, replicas, &tried, self.stuck_rule(shard)) {
                             report.hedges += 1;
                             if kind == CallKind::Search {
                                 self.metrics.hedge_sent(shard);
@@ -622,10 +658,9 @@ impl Fanout {
         let stuck_after = self.stuck_after(shard);
         let now = Instant::now();
         waited > stuck_after
-            && replicas
-                .iter()
-                .enumerate()
-                .any(|(j, r)| j != index && !replica::is_stuck(r, stuck_after, now))
+            && replicas.iter().enumerate().any(|(j, r)| {
+                j != index && !replica::is_stuck(r, StuckRule::owing(stuck_after), now)
+            })
     }
 
     /// Feeds a search's latency to the replica's estimate, and any call's

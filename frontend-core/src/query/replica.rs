@@ -8,12 +8,17 @@
 //! probation for a while, unless it is the last healthy one.
 //!
 //! A replica is **stuck** while it has owed an answer for longer than
-//! `stuck_after` (the fan-out sets it from the shard's healthy latency): it
-//! gets no new primary calls, and a hedge only when no other replica is
-//! left, until it answers again. This notices a frozen process within a few
-//! healthy latencies, from the calls that did not come back, where the
+//! [`StuckRule::after`] (the fan-out sets it from the shard's healthy
+//! latency), or for longer than [`StuckRule::silent_after`] (about one
+//! hedge delay) without answering anything at all for as long: it gets no
+//! new primary calls, and a hedge only when no other replica is left, until
+//! it answers again. The first notices a frozen process within a few
+//! healthy latencies from the calls that did not come back, where the
 //! latency estimate would learn of it only from the answers after the
-//! freeze.
+//! freeze; the second within one, because a busy process keeps answering
+//! its other calls and a frozen one answers none, so that a query's later
+//! stages (statistics after a probe, the fan-out after statistics) do not
+//! pick a replica that one of its earlier stages has just waited for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,12 +43,38 @@ pub struct ReplicaPolicy {
     pub server_load: bool,
 }
 
-/// Whether `replica` has owed an answer for longer than `stuck_after`.
-pub fn is_stuck(replica: &Replica, stuck_after: Duration, now: Instant) -> bool {
-    replica
-        .load
-        .waiting_for(now)
-        .is_some_and(|waited| waited > stuck_after)
+/// When a replica that owes an answer is kept out of primary choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StuckRule {
+    /// Owing an answer for longer than this: stuck, however busy.
+    pub after: Duration,
+    /// Owing one for longer than this, and no answer to any call for as
+    /// long: silent, so frozen rather than busy.
+    pub silent_after: Duration,
+}
+
+impl StuckRule {
+    /// The rule without the silence test: stuck only past `after`.
+    pub fn owing(after: Duration) -> Self {
+        StuckRule {
+            after,
+            silent_after: Duration::MAX,
+        }
+    }
+}
+
+/// Whether `replica` is stuck by `rule`: it has owed an answer for longer
+/// than `rule.after`, or for longer than `rule.silent_after` while
+/// answering nothing for as long.
+pub fn is_stuck(replica: &Replica, rule: StuckRule, now: Instant) -> bool {
+    let Some(waited) = replica.load.waiting_for(now) else {
+        return false;
+    };
+    waited > rule.after
+        || (waited > rule.silent_after
+            && now
+                .checked_sub(rule.silent_after)
+                .is_some_and(|since| !replica.load.answered_since(since)))
 }
 
 /// Picks an untried replica: power of two choices among those neither
@@ -55,7 +86,7 @@ pub fn choose(
     metrics: &Metrics,
     replicas: &[Arc<Replica>],
     tried: &[bool],
-    stuck_after: Duration,
+    stuck: StuckRule,
 ) -> Option<usize> {
     let now = Instant::now();
     if policy.probation {
@@ -63,7 +94,7 @@ pub fn choose(
     }
     let (untried, stuck): (Vec<usize>, Vec<usize>) = (0..replicas.len())
         .filter(|&i| !tried[i])
-        .partition(|&i| !is_stuck(&replicas[i], stuck_after, now));
+        .partition(|&i| !is_stuck(&replicas[i], stuck, now));
     if untried.is_empty() {
         return stuck
             .into_iter()

@@ -369,7 +369,7 @@ async fn a_replica_owing_an_answer_past_the_threshold_gets_no_primaries() {
     tokio::time::sleep(stuck_after + Duration::from_millis(1)).await;
     assert!(replica::is_stuck(
         &replica_of(&fanout, "s0r0"),
-        stuck_after,
+        StuckRule::owing(stuck_after),
         Instant::now()
     ));
     let calls = frozen.calls.load(Ordering::SeqCst);
@@ -397,6 +397,129 @@ async fn a_replica_owing_an_answer_past_the_threshold_gets_no_primaries() {
             .await;
     }
     assert!(frozen.calls.load(Ordering::SeqCst) > calls + 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_silent_for_one_healthy_latency_is_stuck_a_busy_one_is_not() {
+    let (fanout, fakes) = cluster(1, 2, FanoutConfig::default());
+    for fake in fakes.values() {
+        set_delay(fake, Duration::from_millis(2));
+    }
+    warm_up(&fanout, 40).await;
+    let rule = fanout.stuck_rule(0);
+    assert!(
+        rule.silent_after < rule.after,
+        "silence is noticed before the owing rule: {rule:?}"
+    );
+    let step = rule.silent_after + Duration::from_micros(500);
+    assert!(step * 2 < rule.after, "{rule:?}");
+    let replica = replica_of(&fanout, "s0r0");
+    let owing = StuckRule::owing(rule.after);
+    tokio::time::advance(rule.after).await;
+
+    // One call outstanding and nothing answered for longer than a healthy
+    // latency: silent, so stuck, though the owing rule alone would wait.
+    let outstanding = replica.load.start();
+    tokio::time::advance(step).await;
+    assert!(replica::is_stuck(&replica, rule, Instant::now()));
+    assert!(!replica::is_stuck(&replica, owing, Instant::now()));
+
+    // It answers another call: busy with the first, not frozen.
+    replica.load.start().answered();
+    assert!(!replica::is_stuck(&replica, rule, Instant::now()));
+    // Quiet again for as long: silent again.
+    tokio::time::advance(step).await;
+    assert!(replica::is_stuck(&replica, rule, Instant::now()));
+    // However busy, owing past the owing rule's threshold is stuck.
+    tokio::time::advance(rule.after).await;
+    replica.load.start().answered();
+    assert!(replica::is_stuck(&replica, owing, Instant::now()));
+    // Answering the call it owed clears it.
+    outstanding.answered();
+    assert!(!replica::is_stuck(&replica, rule, Instant::now()));
+
+    // With the silence rule off, only the owing rule counts.
+    let config = FanoutConfig {
+        silent_replicas: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, _) = cluster(1, 2, config);
+    assert_eq!(
+        fanout.stuck_rule(0),
+        StuckRule::owing(fanout.stuck_after(0))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_replica_gets_no_primaries_after_one_healthy_latency() {
+    // Random choice and no hedges, so that only the stuck rules keep calls
+    // away from the frozen replica and its call stays outstanding.
+    let config = FanoutConfig {
+        hedging: false,
+        replica_choice: false,
+        probation: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(1, 2, config);
+    let fanout = Arc::new(fanout);
+    for fake in fakes.values() {
+        set_delay(fake, Duration::from_millis(2));
+    }
+    warm_up(&fanout, 40).await;
+    let frozen = &fakes["s0r0"];
+    frozen.hang.store(true, Ordering::SeqCst);
+    let before = frozen.calls.load(Ordering::SeqCst);
+    let mut stranded = Vec::new();
+    while frozen.calls.load(Ordering::SeqCst) == before {
+        let fanout = Arc::clone(&fanout);
+        stranded.push(tokio::spawn(async move {
+            fanout
+                .search(&request(), Instant::now() + Duration::from_secs(2))
+                .await
+        }));
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+    let rule = fanout.stuck_rule(0);
+    tokio::time::sleep(rule.silent_after + Duration::from_micros(200)).await;
+    let replica = replica_of(&fanout, "s0r0");
+    let now = Instant::now();
+    assert!(
+        !replica::is_stuck(&replica, StuckRule::owing(rule.after), now),
+        "the owing rule alone would still send it primaries"
+    );
+    let replicas = fanout.routing().snapshot().shards[0].clone();
+    let frozen_index = replicas
+        .iter()
+        .position(|r| r.member.address == "s0r0")
+        .unwrap();
+    for _ in 0..200 {
+        let pick = replica::choose(
+            &fanout.policy,
+            &fanout.metrics,
+            &replicas,
+            &[false, false],
+            rule,
+        );
+        assert_ne!(pick, Some(frozen_index), "a silent replica was chosen");
+    }
+    frozen.hang.store(false, Ordering::SeqCst);
+    for task in stranded {
+        let results = task.await.unwrap();
+        assert!(matches!(results[0].outcome, ShardOutcome::Answered(_)));
+    }
+    // Thawed, it answers and is chosen again.
+    let picks = (0..200)
+        .filter(|_| {
+            replica::choose(
+                &fanout.policy,
+                &fanout.metrics,
+                &replicas,
+                &[false, false],
+                fanout.stuck_rule(0),
+            ) == Some(frozen_index)
+        })
+        .count();
+    assert!(picks > 50, "{picks} of 200 picks after the thaw");
 }
 
 #[tokio::test(start_paused = true)]
