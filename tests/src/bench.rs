@@ -511,8 +511,8 @@ pub fn pct(part: f64, whole: f64) -> String {
 /// Only these processes are ever signalled; they are thawed and killed on
 /// drop.
 pub struct LeafProcesses {
-    /// `(shard, replica, child, gRPC address)`.
-    children: Vec<(u32, u32, std::process::Child, String)>,
+    /// `(shard, replica, child, gRPC address, metrics address)`.
+    children: Vec<(u32, u32, std::process::Child, String, String)>,
 }
 
 impl LeafProcesses {
@@ -561,7 +561,7 @@ impl LeafProcesses {
                     .stdout(std::process::Stdio::null())
                     .spawn()
                     .expect("leaf starts");
-                children.push((shard, replica, child, grpc));
+                children.push((shard, replica, child, grpc, metrics.clone()));
                 ready.push(format!("http://{metrics}/readyz"));
             }
         }
@@ -595,6 +595,23 @@ impl LeafProcesses {
     /// The leaves' gRPC addresses, shard by shard.
     pub fn addresses(&self) -> Vec<String> {
         self.children.iter().map(|c| c.3.clone()).collect()
+    }
+
+    /// Searches one leaf has served so far (`leaf_search_requests_total`
+    /// on its own metrics listener).
+    pub async fn searches(&self, shard: u32, replica: u32) -> f64 {
+        let child = self
+            .children
+            .iter()
+            .find(|c| c.0 == shard && c.1 == replica)
+            .expect("no such leaf");
+        let text = reqwest::get(format!("http://{}/metrics", child.4))
+            .await
+            .expect("leaf metrics")
+            .text()
+            .await
+            .expect("leaf metrics body");
+        crate::netns::metric_sum(&text, "leaf_search_requests_total")
     }
 
     /// The process id of one leaf, e.g. to read its CPU time.
@@ -661,7 +678,7 @@ impl LeafProcesses {
 
 impl Drop for LeafProcesses {
     fn drop(&mut self) {
-        for (_, _, child, _) in &mut self.children {
+        for (_, _, child, _, _) in &mut self.children {
             // SAFETY: as in `signal`: our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
             let _ = child.kill();

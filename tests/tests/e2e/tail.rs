@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use frontend_core::FrontendConfig;
+use tests::bench::{ExtraFrontend, LeafProcesses};
+use tests::netns::metric_sum;
 use tests::TestCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,4 +102,78 @@ async fn a_leaf_short_of_time_returns_early_and_the_answer_is_partial() {
     assert!(body["coverage"]["percent"].as_f64().unwrap() < 100.0);
     assert!(body["estimated_recall"].as_f64().unwrap() < 1.0);
     assert!(cluster.leaf(1, 0).stats().early_stops >= 1);
+}
+
+/// A real leaf process frozen with SIGSTOP (as a long pause of a real
+/// host): the frontend notices it from the calls it owes (the stuck and
+/// silence rules) and sends it no new primaries, so sequential queries are
+/// answered in full by its twin and the frozen process is sent at most the
+/// first few calls of the freeze. Random replica choice, so that without
+/// those rules half of the calls would go to it. Behaviour, not timings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_process_frozen_with_sigstop_gets_no_new_primaries() {
+    let leaves = LeafProcesses::start("builtin", 1, 2).await;
+    let mut config = FrontendConfig::new(1);
+    config.cache = false;
+    config.admission.enabled = false;
+    config.root.canary.enabled = false;
+    config.fanout.replica_choice = false;
+    config.fanout.probation = false;
+    let frontend = ExtraFrontend::start(config, leaves.addresses(), 2).await;
+    let client = reqwest::Client::new();
+    let search = |i: usize| {
+        let request = client
+            .get(frontend.search_url())
+            .query(&[("q", format!("json {i}")), ("timeout_ms", "3000".into())]);
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("json body");
+            (status, body)
+        }
+    };
+    // A learned latency percentile, and both replicas in use.
+    for i in 0..40 {
+        let (status, body) = search(i).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let before = (leaves.searches(0, 0).await, leaves.searches(0, 1).await);
+    assert!(before.0 > 0.0 && before.1 > 0.0, "both served: {before:?}");
+    // Every primary sent to the frozen replica is hedged (it never
+    // answers), so the frontend's hedges count the calls it was sent.
+    let metrics = format!("{}/metrics", frontend.admin_base());
+    let hedges = || async {
+        let text = client
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_sum(&text, "frontend_hedges_total")
+    };
+    let hedges_before = hedges().await;
+
+    const QUERIES: usize = 40;
+    leaves.freeze(&[(0, 0)]);
+    let mut answers = Vec::new();
+    for i in 0..QUERIES {
+        answers.push(search(i).await);
+    }
+    let sent_to_frozen = hedges().await - hedges_before;
+    leaves.thaw(&[(0, 0)]);
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partial"], false, "{body}");
+    }
+    assert!(
+        sent_to_frozen <= 5.0,
+        "the frozen process was sent {sent_to_frozen} of {QUERIES} searches"
+    );
+    let twin_served = leaves.searches(0, 1).await - before.1;
+    assert!(
+        twin_served >= QUERIES as f64,
+        "its twin served {twin_served} of {QUERIES}"
+    );
 }
