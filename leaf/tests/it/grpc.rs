@@ -54,6 +54,7 @@ fn search(query: &str, k: u32) -> SearchRequest {
         query: query.to_string(),
         k,
         stats: None,
+        score_floor: None,
     }
 }
 
