@@ -105,6 +105,9 @@ pub struct Metrics {
     pub queries_rejected: IntCounter,
     pub term_stats: IntCounterVec,
     pub recall_models: IntCounterVec,
+    /// `frontend_score_floors_total{result}`: fan-outs by whether they sent
+    /// the leaves a score floor (see `query::root::FloorResult`).
+    pub score_floors: IntCounterVec,
     pub admission_limit: IntGauge,
     /// The latency objective as configured, for dashboards to draw.
     pub latency_objective: Gauge,
@@ -245,6 +248,13 @@ impl Metrics {
             ),
             &["model"],
         )?;
+        let score_floors = IntCounterVec::new(
+            opts!(
+                "frontend_score_floors_total",
+                "Fan-outs by score floor sent to the leaves (sent, none, missed: a complete answer held a hit below it and was fetched again without)."
+            ),
+            &["result"],
+        )?;
         let admission_limit = IntGauge::new(
             "frontend_admission_limit",
             "Current adaptive concurrency limit.",
@@ -323,6 +333,7 @@ impl Metrics {
             queries_rejected,
             term_stats,
             recall_models,
+            score_floors,
             admission_limit,
             latency_objective,
             admission_in_flight,
@@ -356,6 +367,7 @@ impl Metrics {
         r.register(Box::new(metrics.queries_rejected.clone()))?;
         r.register(Box::new(metrics.term_stats.clone()))?;
         r.register(Box::new(metrics.recall_models.clone()))?;
+        r.register(Box::new(metrics.score_floors.clone()))?;
         r.register(Box::new(metrics.admission_limit.clone()))?;
         r.register(Box::new(metrics.latency_objective.clone()))?;
         r.register(Box::new(metrics.admission_in_flight.clone()))?;

@@ -93,6 +93,11 @@ pub struct Metrics {
     pub early_stops: IntCounter,
     /// Searches run on the gRPC task instead of the blocking pool.
     pub inline_searches: IntCounter,
+    /// Hits answered by searches.
+    pub hits: IntCounter,
+    /// Hits answered without a snippet (and without loading their body)
+    /// because they scored below the request's score floor.
+    pub snippets_skipped: IntCounter,
     pub searches_in_flight: IntGauge,
     /// Searches that may run at once, so that saturation is in flight over
     /// slots.
@@ -143,6 +148,11 @@ impl Metrics {
             inline_searches: IntCounter::with_opts(opts(
                 "leaf_inline_searches_total",
                 "searches short enough to run without a hand-off to the blocking pool",
+            ))?,
+            hits: IntCounter::with_opts(opts("leaf_hits_total", "hits answered by searches"))?,
+            snippets_skipped: IntCounter::with_opts(opts(
+                "leaf_snippets_skipped_total",
+                "hits answered without a snippet because they scored below the request's score floor",
             ))?,
             searches_in_flight: IntGauge::with_opts(opts(
                 "leaf_searches_in_flight",
@@ -200,6 +210,8 @@ impl Metrics {
         registry.register(Box::new(metrics.docs_searched.clone()))?;
         registry.register(Box::new(metrics.early_stops.clone()))?;
         registry.register(Box::new(metrics.inline_searches.clone()))?;
+        registry.register(Box::new(metrics.hits.clone()))?;
+        registry.register(Box::new(metrics.snippets_skipped.clone()))?;
         registry.register(Box::new(metrics.searches_in_flight.clone()))?;
         registry.register(Box::new(metrics.search_slots.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;

@@ -22,7 +22,8 @@ use std::time::Instant;
 
 use proto::leaf::{CorpusStats, Hit, SearchResponse};
 use tantivy::query::{EnableScoring, Query, Weight};
-use tantivy::schema::Value;
+use tantivy::schema::document::{DeserializeError, DocumentDeserialize, DocumentDeserializer};
+use tantivy::schema::{Field, OwnedValue, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, DocId, Score, TantivyDocument, TERMINATED};
 
@@ -142,6 +143,9 @@ pub struct SearchOutput {
     pub global_stats: bool,
     /// The shard's scan-order fingerprint ([`ShardIndex::layout`]).
     pub layout: u64,
+    /// Hits returned with their title but without a snippet (body not
+    /// loaded) because they scored below the request's score floor.
+    pub snippets_skipped: u64,
 }
 
 impl SearchOutput {
@@ -243,6 +247,23 @@ impl ShardIndex {
         stats: Option<&CorpusStats>,
         budget: &Budget,
     ) -> Result<SearchOutput> {
+        self.search_above(query, k, stats, None, budget)
+    }
+
+    /// [`ShardIndex::search`] with the frontend's score floor (see
+    /// `SearchRequest.score_floor`): the same hits, ids and scores, but hits
+    /// scoring below `floor` come with their title and without a snippet
+    /// (their body is not loaded). Applied only with `stats` and a query
+    /// that is a pure disjunction of terms, the shape the frontend computes
+    /// floors for; otherwise every hit has its snippet.
+    pub fn search_above(
+        &self,
+        query: &ParsedQuery,
+        k: usize,
+        stats: Option<&CorpusStats>,
+        floor: Option<Score>,
+        budget: &Budget,
+    ) -> Result<SearchOutput> {
         let searcher = &self.searcher;
         let provider = stats
             .map(|stats| GlobalStatistics::new(self, stats))
@@ -255,6 +276,9 @@ impl ShardIndex {
             Some(disjunction) => Some(disjunction.weights(scoring)?),
             None => None,
         };
+        let snippet_floor = floor
+            .filter(|floor| stats.is_some() && pruner.is_some() && !floor.is_nan())
+            .unwrap_or(Score::NEG_INFINITY);
         // The plain loop's weight, built only when a segment needs it.
         let mut weight = None;
 
@@ -356,7 +380,11 @@ impl ShardIndex {
 
         winners.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         winners.truncate(k);
-        let hits = self.hits(query, winners, budget)?;
+        let snippets_skipped = winners
+            .iter()
+            .filter(|(score, _, _)| *score < snippet_floor)
+            .count() as u64;
+        let hits = self.hits(query, winners, snippet_floor, budget)?;
         Ok(SearchOutput {
             hits,
             docs_searched: covered,
@@ -364,22 +392,24 @@ impl ShardIndex {
             early_terminated: stopped.is_some(),
             global_stats: stats.is_some(),
             layout: self.layout,
+            snippets_skipped,
         })
     }
 
-    /// Loads titles and builds snippets for the winners.
+    /// Loads titles and builds snippets for the winners; those scoring below
+    /// `snippet_floor` get their title only.
     fn hits(
         &self,
         query: &ParsedQuery,
         winners: Vec<(Score, String, DocAddress)>,
+        snippet_floor: Score,
         budget: &Budget,
     ) -> Result<Vec<Hit>> {
         if winners.is_empty() {
             return Ok(Vec::new());
         }
-        let mut body_snippets =
-            SnippetGenerator::create(&self.searcher, query.0.as_ref(), self.fields.body)?;
-        body_snippets.set_max_num_chars(SNIPPET_CHARS);
+        // Built at the first hit that needs one.
+        let mut body_snippets: Option<SnippetGenerator> = None;
         // Built only when a body has no match to show (it costs a look-up
         // of every query term).
         let mut title_snippets: Option<SnippetGenerator> = None;
@@ -389,6 +419,28 @@ impl ShardIndex {
             if budget.check(0) == Some(Stop::Cancelled) {
                 return Err(LeafError::Cancelled);
             }
+            if score < snippet_floor {
+                hits.push(Hit {
+                    id,
+                    score,
+                    title: self.title(address)?,
+                    snippet: String::new(),
+                    shard: self.shard,
+                });
+                continue;
+            }
+            let body_snippets = match &mut body_snippets {
+                Some(generator) => generator,
+                None => {
+                    let mut generator = SnippetGenerator::create(
+                        &self.searcher,
+                        query.0.as_ref(),
+                        self.fields.body,
+                    )?;
+                    generator.set_max_num_chars(SNIPPET_CHARS);
+                    body_snippets.insert(generator)
+                }
+            };
             let doc: TantivyDocument = self.searcher.doc(address)?;
             let text = |field| {
                 doc.get_first(field)
@@ -431,6 +483,53 @@ impl ShardIndex {
             });
         }
         Ok(hits)
+    }
+
+    /// The stored title of the document at `address`, read without
+    /// deserializing the fields stored after it (the body).
+    fn title(&self, address: DocAddress) -> Result<String> {
+        let leading: Leading = self.searcher.doc(address)?;
+        if let Some(title) = leading.text(self.fields.title) {
+            return Ok(title);
+        }
+        // Stored in another order than the writer's: read it all.
+        let doc: TantivyDocument = self.searcher.doc(address)?;
+        Ok(doc
+            .get_first(self.fields.title)
+            .and_then(|value| value.as_str().map(str::to_string))
+            .unwrap_or_default())
+    }
+}
+
+/// The first [`Leading::FIELDS`] stored values of a document: the writer
+/// stores `id`, `title`, then `body` (`leaf/src/index.rs`), so a title is
+/// read without copying the body.
+struct Leading(Vec<(Field, OwnedValue)>);
+
+impl Leading {
+    const FIELDS: usize = 2;
+
+    fn text(&self, field: Field) -> Option<String> {
+        self.0.iter().find_map(|(f, value)| match value {
+            OwnedValue::Str(text) if *f == field => Some(text.clone()),
+            _ => None,
+        })
+    }
+}
+
+impl DocumentDeserialize for Leading {
+    fn deserialize<'de, D>(mut deserializer: D) -> std::result::Result<Self, DeserializeError>
+    where
+        D: DocumentDeserializer<'de>,
+    {
+        let mut values = Vec::with_capacity(Leading::FIELDS);
+        while values.len() < Leading::FIELDS {
+            match deserializer.next_field::<OwnedValue>()? {
+                Some(entry) => values.push(entry),
+                None => break,
+            }
+        }
+        Ok(Leading(values))
     }
 }
 

@@ -316,6 +316,7 @@ impl Shared {
         let generation = index.generation();
         let in_flight = self.metrics.searches_in_flight.clone();
         let stats = request.stats;
+        let floor = request.score_floor;
         // A short search runs right here: handing it to the blocking pool
         // costs two thread wake-ups, more than the search. A long one (or
         // any under the slow-scan fault, which tests cancel) is handed off,
@@ -327,14 +328,14 @@ impl Shared {
         let output = if inline {
             let _permit = permit;
             let _in_flight = GaugeGuard::new(&in_flight);
-            index.search(&query, k, stats.as_ref(), &budget)?
+            index.search_above(&query, k, stats.as_ref(), floor, &budget)?
         } else {
             let task = tokio::task::spawn_blocking(move || {
                 // The slot is held until the search really ends, even when
                 // the call was dropped meanwhile.
                 let _permit = permit;
                 let _in_flight = GaugeGuard::new(&in_flight);
-                index.search(&query, k, stats.as_ref(), &budget)
+                index.search_above(&query, k, stats.as_ref(), floor, &budget)
             });
             task.await
                 .map_err(|error| LeafError::Internal(format!("search task failed: {error}")))??
@@ -343,6 +344,10 @@ impl Shared {
             self.metrics.inline_searches.inc();
         }
         self.metrics.docs_searched.inc_by(output.docs_searched);
+        self.metrics.hits.inc_by(output.hits.len() as u64);
+        self.metrics
+            .snippets_skipped
+            .inc_by(output.snippets_skipped);
         if output.early_terminated {
             self.metrics.early_stops.inc();
         }

@@ -207,6 +207,7 @@ impl Canaries {
             query: query.to_string(),
             k,
             stats: None,
+            score_floor: None,
         };
         let (verdict, leader) =
             self.in_flight

@@ -119,6 +119,81 @@ impl PairModel {
     }
 }
 
+/// Relative margin under a computed floor: the frontend sums a document's
+/// parts in another order than the leaf, a few ulps apart (the leaf's own
+/// pruning slack).
+const FLOOR_SLACK: f32 = 1e-4;
+
+/// A lower bound on the k-th best score of the whole corpus for a query of
+/// free words only (every pair [`Occur::Should`]), from every shard's
+/// champion lists; `None` for other queries, or when the lists name fewer
+/// than `k` documents.
+///
+/// Such a query scores a document as the sum of its pairs' contributions,
+/// each at least 0, so a listed document scores at least the sum of the
+/// listed contributions it has (its parts in other pairs count as 0). The
+/// listed documents are distinct across shards and within one shard's list
+/// of one pair; within a shard, lists of several pairs name the same
+/// document by its position only when they come from one layout, so a
+/// shard whose lists disagree on it contributes one list alone. So the k-th
+/// best of those bounds is at most the k-th best score in the corpus, and
+/// every document of a complete answer's top k scores at least the floor
+/// (lowered by [`FLOOR_SLACK`] against summation order).
+pub fn score_floor(pairs: &[PairModel], k: usize) -> Option<f32> {
+    if k == 0 || pairs.is_empty() || pairs.iter().any(|pair| pair.occur != Occur::Should) {
+        return None;
+    }
+    let shards = pairs
+        .iter()
+        .map(|pair| pair.stats.top.len())
+        .max()
+        .unwrap_or(0);
+    let mut bounds: Vec<f32> = Vec::new();
+    let mut parts: Vec<(u32, f32)> = Vec::new();
+    for shard in 0..shards {
+        let lists = pairs.iter().filter_map(|pair| {
+            let list = pair.stats.top.get(shard).filter(|list| !list.is_empty())?;
+            let layout = pair.stats.layouts.get(shard).copied().unwrap_or(0);
+            Some((pair, &list[..], layout))
+        });
+        let mut layout = None;
+        let mut consistent = true;
+        parts.clear();
+        for (pair, list, this) in lists.clone() {
+            consistent &= *layout.get_or_insert(this) == this;
+            // A saturated position may stand for several documents.
+            parts.extend(
+                list.iter()
+                    .filter(|champion| champion.doc != u32::MAX)
+                    .map(|champion| (champion.doc, pair.score(champion))),
+            );
+        }
+        if consistent {
+            parts.sort_unstable_by_key(|part| part.0);
+            let mut parts = parts.iter().peekable();
+            while let Some(&(doc, mut score)) = parts.next() {
+                while let Some(&(_, more)) = parts.next_if(|next| next.0 == doc) {
+                    score += more;
+                }
+                bounds.push(score);
+            }
+        } else if let Some((pair, list, _)) = lists.max_by(|a, b| {
+            let best = |list: &[Champion], pair: &PairModel| {
+                list.iter().take(k).map(|c| pair.score(c)).sum::<f32>()
+            };
+            best(a.1, a.0).total_cmp(&best(b.1, b.0))
+        }) {
+            bounds.extend(list.iter().map(|champion| pair.score(champion)));
+        }
+    }
+    if bounds.len() < k {
+        return None;
+    }
+    let (_, kth, _) = bounds.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let floor = *kth - kth.abs() * FLOOR_SLACK;
+    (floor.is_finite() && floor > 0.0).then_some(floor)
+}
+
 /// Expected recall@k of an answer whose shards ended as in `reports` and
 /// whose merged top k is `hits`.
 pub fn estimated_recall(

@@ -52,6 +52,9 @@ pub fn preregister(metrics: &Metrics, shards: u32) {
             metrics.recall_models.with_label_values(&[model.label()]);
         }
     }
+    for result in root::FloorResult::ALL {
+        metrics.score_floors.with_label_values(&[result.label()]);
+    }
     for verdict in canary::Verdict::ALL {
         metrics.canaries.with_label_values(&[verdict.label()]);
     }

@@ -294,12 +294,67 @@ impl Root {
             .term_stats
             .with_label_values(&[query_stats.source.label()])
             .inc();
-        let request = SearchRequest {
+        let score_floor = query_stats.score_floor(params.k as usize);
+        let mut request = SearchRequest {
             query: params.q.clone(),
             k: params.k,
             stats: query_stats.stats.clone(),
+            score_floor,
         };
-        let results = self.fanout.search(&request, gather_until).await;
+        let (mut merged, mut slowest) = self
+            .gather(&request, gather_until, &params, &query_stats)
+            .await;
+        let mut floor_result = match score_floor {
+            Some(_) => FloorResult::Sent,
+            None => FloorResult::None,
+        };
+        if let Some(floor) = score_floor {
+            // A complete answer holds no hit below the floor unless its
+            // assumption failed (a shard answered from another generation
+            // than the statistics': its documents are not the listed ones);
+            // such a hit came without its snippet, so the answer is fetched
+            // again without a floor. A partial answer keeps such hits, with
+            // their title and an empty snippet.
+            if !merged.partial && merged.hits.iter().any(|hit| hit.score < floor) {
+                floor_result = FloorResult::Missed;
+                request.score_floor = None;
+                (merged, slowest) = self
+                    .gather(&request, gather_until, &params, &query_stats)
+                    .await;
+            }
+        }
+        self.metrics
+            .score_floors
+            .with_label_values(&[floor_result.label()])
+            .inc();
+        if merged.partial {
+            self.metrics
+                .recall_models
+                .with_label_values(&[merged.recall_model.label()])
+                .inc();
+        }
+        for report in &merged.shards {
+            self.metrics
+                .shard_outcomes
+                .with_label_values(&[&report.shard.to_string(), report.state.label()])
+                .inc();
+        }
+        self.metrics
+            .overhead
+            .observe(started.elapsed().saturating_sub(slowest).as_secs_f64());
+        merged
+    }
+
+    /// One fan-out of `request` and the merge of what it gathered by
+    /// `gather_until`, with the latency of the slowest shard that answered.
+    async fn gather(
+        &self,
+        request: &SearchRequest,
+        gather_until: Instant,
+        params: &SearchParams,
+        query_stats: &QueryStats,
+    ) -> (Merged, Duration) {
+        let results = self.fanout.search(request, gather_until).await;
         let slowest = results
             .iter()
             .filter(|r| matches!(r.outcome, ShardOutcome::Answered(_)))
@@ -334,22 +389,7 @@ impl Root {
         if !query_stats.complete() {
             merged.global_stats = false;
         }
-        if merged.partial {
-            self.metrics
-                .recall_models
-                .with_label_values(&[merged.recall_model.label()])
-                .inc();
-        }
-        for report in &merged.shards {
-            self.metrics
-                .shard_outcomes
-                .with_label_values(&[&report.shard.to_string(), report.state.label()])
-                .inc();
-        }
-        self.metrics
-            .overhead
-            .observe(started.elapsed().saturating_sub(slowest).as_secs_f64());
-        merged
+        (merged, slowest)
     }
 
     fn answer(&self, merged: &Merged, cache: CacheResult, started: Instant) -> Answer {
@@ -416,6 +456,35 @@ impl Root {
             hedges_won: 0,
             shards: Vec::new(),
             generations: generations.to_vec(),
+        }
+    }
+}
+
+/// Whether a fan-out sent the leaves a score floor, so that they built
+/// snippets only for hits that can make the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloorResult {
+    /// Sent, and the answer needed no snippet the floor left out.
+    Sent,
+    /// None for this query: not only free words, or statistics not from
+    /// every shard, or champion lists naming fewer than k documents.
+    None,
+    /// A complete answer held a hit below the floor (which only a shard on
+    /// another generation than the statistics can cause): fetched again
+    /// without one.
+    Missed,
+}
+
+impl FloorResult {
+    pub const ALL: &'static [FloorResult] =
+        &[FloorResult::Sent, FloorResult::None, FloorResult::Missed];
+
+    /// The name in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FloorResult::Sent => "sent",
+            FloorResult::None => "none",
+            FloorResult::Missed => "missed",
         }
     }
 }

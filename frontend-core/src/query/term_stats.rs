@@ -84,6 +84,9 @@ pub struct QueryStats {
     pub source: StatsSource,
     /// Documents per shard as the statistics saw them (0: unknown).
     pub shard_docs: Vec<u64>,
+    /// True when the query is made of free words only (no `+`, `-`,
+    /// phrases or other syntax): the shape a score floor holds for.
+    pub free_words: bool,
 }
 
 impl QueryStats {
@@ -93,6 +96,7 @@ impl QueryStats {
             evidence: None,
             source: StatsSource::Local,
             shard_docs: Vec::new(),
+            free_words: false,
         }
     }
 
@@ -111,6 +115,17 @@ impl QueryStats {
     /// True when the statistics cover every shard.
     pub fn complete(&self) -> bool {
         matches!(self.source, StatsSource::Warm | StatsSource::Fetched)
+    }
+
+    /// A lower bound on the k-th best score of the whole corpus, with these
+    /// statistics ([`crate::query::estimate::score_floor`]): only for a
+    /// query of free words and statistics from every shard.
+    pub fn score_floor(&self, k: usize) -> Option<f32> {
+        if !self.free_words || !self.complete() || self.stats.is_none() {
+            return None;
+        }
+        let pairs = self.evidence.as_ref()?.impacts.as_deref()?;
+        crate::query::estimate::score_floor(pairs, k)
     }
 }
 
@@ -405,6 +420,9 @@ fn assemble(
             .collect(),
         layout: 0,
     };
+    let free_words = clauses
+        .as_ref()
+        .is_some_and(|clauses| clauses.values().all(|occur| *occur == Occur::Should));
     let evidence = (!per_term.is_empty()).then(|| {
         let impacts = clauses.and_then(|clauses| {
             per_term
@@ -436,6 +454,7 @@ fn assemble(
         evidence,
         source: StatsSource::Warm,
         shard_docs: totals.docs.clone(),
+        free_words,
     }
 }
 

@@ -492,3 +492,86 @@ fn id_tables_resolve_like_the_stored_field() {
         assert!(by_ord.windows(2).all(|w| w[0].1 < w[1].1));
     }
 }
+
+// ---- The frontend's score floor (issue 17) ----
+
+#[test]
+fn hits_below_the_floor_come_with_their_title_and_no_snippet() {
+    let index = segmented_index();
+    let mut skipped = 0;
+    for query in reference_queries() {
+        let parsed = index.parse_query(&query).unwrap();
+        let stats = index.term_stats(&query).unwrap();
+        let full = index
+            .search(&parsed, 10, Some(&stats), &Budget::unlimited())
+            .unwrap();
+        assert_eq!(full.snippets_skipped, 0);
+        let Some(fifth) = full.hits.get(4) else {
+            continue;
+        };
+        // A floor at the fifth hit: the first five keep their snippets.
+        let floor = fifth.score;
+        let floored = index
+            .search_above(&parsed, 10, Some(&stats), Some(floor), &Budget::unlimited())
+            .unwrap();
+        let pruned = prune::Disjunction::of(parsed.query()).is_some();
+        if !pruned {
+            // Phrases, `+`, `-`: the frontend sends no floor for them, and
+            // the leaf ignores one.
+            assert_eq!(floored, full, "{query}");
+            continue;
+        }
+        assert_eq!(floored.hits.len(), full.hits.len(), "{query}");
+        let mut below = 0;
+        for (got, want) in floored.hits.iter().zip(&full.hits) {
+            if want.score < floor {
+                below += 1;
+                assert_eq!(got.snippet, "", "{query}: {got:?}");
+                assert_eq!(
+                    Hit {
+                        snippet: want.snippet.clone(),
+                        ..got.clone()
+                    },
+                    *want,
+                    "{query}: same hit, title included"
+                );
+            } else {
+                assert_eq!(got, want, "{query}");
+            }
+        }
+        assert_eq!(floored.snippets_skipped, below, "{query}");
+        assert_eq!(
+            SearchOutput {
+                hits: full.hits.clone(),
+                snippets_skipped: below,
+                ..floored.clone()
+            },
+            SearchOutput {
+                snippets_skipped: below,
+                ..full.clone()
+            }
+        );
+        skipped += below;
+        // Without corpus-wide statistics the floor is ignored too.
+        let local = index
+            .search_above(&parsed, 10, None, Some(floor), &Budget::unlimited())
+            .unwrap();
+        assert_eq!(local.snippets_skipped, 0, "{query}");
+    }
+    assert!(skipped > 100, "only {skipped} snippets skipped");
+}
+
+#[test]
+fn a_title_is_read_without_the_body() {
+    let index = small_index();
+    for address in (0..200).map(|doc| DocAddress::new(0, doc)) {
+        let leading: Leading = index.searcher.doc(address).unwrap();
+        let doc: TantivyDocument = index.searcher.doc(address).unwrap();
+        let title = doc
+            .get_first(index.fields.title)
+            .and_then(|value| value.as_str().map(str::to_string));
+        assert_eq!(leading.text(index.fields.title), title, "{address:?}");
+        assert!(title.is_some());
+        assert_eq!(index.title(address).unwrap(), title.unwrap());
+    }
+}

@@ -13,6 +13,7 @@ fn search(query: &str) -> SearchRequest {
         query: query.to_string(),
         k: 5,
         stats: None,
+        score_floor: None,
     }
 }
 

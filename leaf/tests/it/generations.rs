@@ -104,6 +104,7 @@ async fn search_ids(client: &mut LeafClient<Channel>, query: &str) -> Vec<String
             query: query.to_string(),
             k: 10,
             stats: None,
+            score_floor: None,
         })
         .await
         .unwrap()

@@ -54,6 +54,7 @@ fn search(query: &str, k: u32) -> SearchRequest {
         query: query.to_string(),
         k,
         stats: None,
+        score_floor: None,
     }
 }
 
@@ -465,4 +466,53 @@ async fn inline_searches_answer_as_handed_off_ones() {
     assert_eq!(metric(&handed_off, "leaf_inline_searches_total"), Some(0.0));
     inline.stop().await;
     handed_off.stop().await;
+}
+
+#[tokio::test]
+async fn hits_below_the_score_floor_come_without_snippets() {
+    let handle = start_leaf(LeafConfig::new(0, 2)).await;
+    let mut leaf = client(&handle).await;
+    let stats = leaf
+        .term_stats(TermStatsRequest {
+            query: "json parser".to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let request = SearchRequest {
+        stats,
+        ..search("json parser", 10)
+    };
+    let full = leaf.search(request.clone()).await.unwrap().into_inner();
+    assert_eq!(full.hits.len(), 10);
+    assert!(full.hits.iter().all(|hit| !hit.snippet.is_empty()));
+    let floor = full.hits[3].score;
+    let below = full.hits.iter().filter(|hit| hit.score < floor).count();
+    assert!(below > 0);
+    let floored = leaf
+        .search(SearchRequest {
+            score_floor: Some(floor),
+            ..request
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for (got, want) in floored.hits.iter().zip(&full.hits) {
+        assert_eq!(
+            (&got.id, got.score, &got.title),
+            (&want.id, want.score, &want.title)
+        );
+        if want.score < floor {
+            assert_eq!(got.snippet, "");
+        } else {
+            assert_eq!(got.snippet, want.snippet);
+        }
+    }
+    assert_eq!(floored.hits.len(), full.hits.len());
+    assert_eq!(
+        metric(&handle, "leaf_snippets_skipped_total"),
+        Some(below as f64)
+    );
+    assert_eq!(metric(&handle, "leaf_hits_total"), Some(20.0));
 }

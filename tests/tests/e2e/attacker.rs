@@ -143,6 +143,7 @@ async fn leaf_lease_and_cache_calls_without_a_valid_token_are_refused() {
         query: "json".into(),
         k: 10,
         stats: None,
+        score_floor: None,
     };
     let refusals = [
         client.search(search.clone()).await.map(drop),

@@ -111,6 +111,7 @@ fn request() -> SearchRequest {
         query: "q".into(),
         k: 10,
         stats: None,
+        score_floor: None,
     }
 }
 

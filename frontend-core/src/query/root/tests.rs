@@ -161,3 +161,170 @@ async fn a_joiner_left_with_time_after_an_incomplete_shared_fan_out_carries_on()
     assert_eq!(b.coverage.shards_answered, 0);
     assert_eq!(leaf.calls.load(Ordering::SeqCst), 2);
 }
+
+/// A leaf with corpus-wide statistics for `json` (twelve listed body
+/// matches) that records the floor of every search. `stale` makes it answer
+/// a floored search as a shard on another generation than its statistics
+/// would: with hits below the floor, without their snippets.
+struct Floored {
+    stale: bool,
+    floors: std::sync::Mutex<Vec<Option<f32>>>,
+}
+
+#[async_trait]
+impl LeafService for Floored {
+    async fn search(
+        &self,
+        request: SearchRequest,
+        _budget: Duration,
+    ) -> Result<SearchResponse, CallError> {
+        self.floors.lock().unwrap().push(request.score_floor);
+        let (score, snippet) = match request.score_floor {
+            Some(floor) if self.stale => (floor / 2.0, ""),
+            _ => (100.0, "<b>json</b>"),
+        };
+        Ok(SearchResponse {
+            hits: (0..10)
+                .map(|i| Hit {
+                    id: format!("doc-{i}"),
+                    score,
+                    title: format!("title {i}"),
+                    snippet: snippet.into(),
+                    shard: 0,
+                })
+                .collect(),
+            docs_searched: 100,
+            docs_total: 100,
+            generation: 1,
+            global_stats: true,
+            ..SearchResponse::default()
+        })
+    }
+
+    async fn term_stats(&self, _: &str, _: Duration) -> Result<TermStatsResponse, CallError> {
+        let top = (0..12)
+            .map(|doc| proto::leaf::Impact {
+                doc,
+                term_freq: 1 + doc as u32 % 3,
+                field_length: 10,
+            })
+            .collect();
+        Ok(TermStatsResponse {
+            shard: 0,
+            generation: 1,
+            stats: Some(proto::leaf::CorpusStats {
+                num_docs: 100,
+                fields: ["body", "title"]
+                    .map(|field| proto::leaf::FieldStats {
+                        field: field.into(),
+                        total_tokens: 1000,
+                    })
+                    .into(),
+                terms: vec![proto::leaf::TermStat {
+                    field: "body".into(),
+                    term: "json".into(),
+                    doc_freq: 12,
+                    top,
+                }],
+                layout: 7,
+            }),
+        })
+    }
+
+    async fn info(&self, _: Duration) -> Result<InfoResponse, CallError> {
+        Ok(InfoResponse::default())
+    }
+}
+
+/// A root with corpus-wide statistics over one [`Floored`] leaf.
+fn root_over_one_floored_leaf(stale: bool) -> (Root, Arc<Floored>) {
+    let leaf = Arc::new(Floored {
+        stale,
+        floors: Default::default(),
+    });
+    let client = Arc::clone(&leaf);
+    let factory: ClientFactory =
+        Arc::new(move |_: &Member| Some(Arc::clone(&client) as Arc<dyn LeafService>));
+    let routing = Routing::new(1, factory);
+    routing.apply(&[Member {
+        lease_id: 1,
+        role: Role::Leaf,
+        shard: 0,
+        address: "s0r0".into(),
+        generation: 1,
+    }]);
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
+    let fanout = Arc::new(Fanout::new(
+        routing,
+        FanoutConfig {
+            hedging: false,
+            ..FanoutConfig::default()
+        },
+        Arc::clone(&metrics),
+    ));
+    let config = RootConfig {
+        canary: CanaryConfig {
+            enabled: false,
+            ..CanaryConfig::default()
+        },
+        ..RootConfig::default()
+    };
+    let stats = Arc::new(TermStatsCache::new(1 << 20, 100));
+    (Root::new(config, fanout, None, stats, metrics), leaf)
+}
+
+fn floor_count(root: &Root, result: FloorResult) -> u64 {
+    root.metrics
+        .score_floors
+        .with_label_values(&[result.label()])
+        .get()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_query_of_free_words_sends_the_leaves_a_score_floor() {
+    let (root, leaf) = root_over_one_floored_leaf(false);
+    let answer = root
+        .search(&SearchParams {
+            q: "json".into(),
+            ..params(1000)
+        })
+        .await
+        .unwrap();
+    assert!(!answer.partial && answer.global_stats);
+    let floors = leaf.floors.lock().unwrap().clone();
+    assert_eq!(floors.len(), 1);
+    assert!(floors[0].is_some_and(|floor| floor > 0.0), "{floors:?}");
+    assert_eq!(floor_count(&root, FloorResult::Sent), 1);
+
+    // Phrases, `+` and `-` get none.
+    for q in ["\"json parser\"", "+json", "json -parser", "json^3"] {
+        root.search(&SearchParams {
+            q: q.into(),
+            ..params(1000)
+        })
+        .await
+        .unwrap();
+    }
+    let floors = leaf.floors.lock().unwrap().clone();
+    assert_eq!(floors[1..], [None; 4], "{floors:?}");
+    assert_eq!(floor_count(&root, FloorResult::None), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_complete_answer_with_a_hit_below_the_floor_is_fetched_again_without_it() {
+    let (root, leaf) = root_over_one_floored_leaf(true);
+    let answer = root
+        .search(&SearchParams {
+            q: "json".into(),
+            ..params(1000)
+        })
+        .await
+        .unwrap();
+    assert!(!answer.partial);
+    assert_eq!(answer.hits.len(), 10);
+    assert!(answer.hits.iter().all(|hit| hit.snippet == "<b>json</b>"));
+    let floors = leaf.floors.lock().unwrap().clone();
+    assert_eq!(floors.len(), 2, "{floors:?}");
+    assert!(floors[0].is_some() && floors[1].is_none(), "{floors:?}");
+    assert_eq!(floor_count(&root, FloorResult::Missed), 1);
+}
