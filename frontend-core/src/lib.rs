@@ -166,7 +166,6 @@ impl Frontend {
             plane.connect.clone(),
         );
         routing.follow(membership.watch(), stopping.clone());
-        spawn_live_gauge(Arc::clone(&routing), Arc::clone(&metrics), stopping.clone());
 
         let fanout = Arc::new(Fanout::new(
             Arc::clone(&routing),
@@ -195,6 +194,12 @@ impl Frontend {
                 Arc::clone(&metrics),
             )
             .with_tasks(background.clone()),
+        );
+        spawn_live_gauge(
+            Arc::clone(&routing),
+            Arc::clone(&root),
+            Arc::clone(&metrics),
+            stopping.clone(),
         );
         let admission = Admission::new(config.admission.clone(), Arc::clone(&metrics));
         let state = AppState {
@@ -339,9 +344,15 @@ where
     result
 }
 
-/// Keeps `frontend_shard_replicas_live` and the generation gauges current,
-/// and records finished rollouts.
-fn spawn_live_gauge(routing: Arc<Routing>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Keeps `frontend_shard_replicas_live`, the generation gauges and the
+/// cache-fill gauges current (the latter also on every admin scrape, for
+/// `svc`'s `--metrics` listener), and records finished rollouts.
+fn spawn_live_gauge(
+    routing: Arc<Routing>,
+    root: Arc<Root>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut rollouts_seen = 0;
@@ -358,6 +369,7 @@ fn spawn_live_gauge(routing: Arc<Routing>, metrics: Arc<Metrics>, shutdown: Canc
                     }
                     rollouts_seen =
                         crate::cluster::topology::export_generations(&routing, &topology, &metrics, rollouts_seen);
+                    root.export_memory(false);
                 }
             }
         }

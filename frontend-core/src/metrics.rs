@@ -119,6 +119,13 @@ pub struct Metrics {
     pub shard_generations: prometheus::IntGaugeVec,
     pub rollout_in_progress: IntGauge,
     pub rollout_duration: Histogram,
+    /// What the frontend's bounded in-memory caches hold (set from the
+    /// caches by `Root::export_memory`), so that memory growth can be told
+    /// apart from caches filling up to their bounds.
+    pub term_stats_cache_bytes: IntGauge,
+    pub term_stats_cache_terms: IntGauge,
+    pub term_stats_cache_queries: IntGauge,
+    pub canary_known_good: IntGauge,
 }
 
 impl Metrics {
@@ -310,6 +317,22 @@ impl Metrics {
             )
             .buckets(ROLLOUT_BUCKETS.to_vec()),
         )?;
+        let term_stats_cache_bytes = IntGauge::new(
+            "frontend_term_stats_cache_bytes",
+            "Bytes of per-term statistics held by the term-statistics cache (bounded by --stats-cache-mib).",
+        )?;
+        let term_stats_cache_terms = IntGauge::new(
+            "frontend_term_stats_cache_terms",
+            "(field, term) pairs held by the term-statistics cache.",
+        )?;
+        let term_stats_cache_queries = IntGauge::new(
+            "frontend_term_stats_cache_queries",
+            "Queries whose term lists the term-statistics cache holds (at most 100000).",
+        )?;
+        let canary_known_good = IntGauge::new(
+            "frontend_canary_known_good_queries",
+            "Known-good query fingerprints remembered by the canary (bounded by --canary-known-good).",
+        )?;
         let metrics = Metrics {
             registry,
             requests,
@@ -344,6 +367,10 @@ impl Metrics {
             shard_generations,
             rollout_in_progress,
             rollout_duration,
+            term_stats_cache_bytes,
+            term_stats_cache_terms,
+            term_stats_cache_queries,
+            canary_known_good,
         };
         let r = &metrics.registry;
         r.register(Box::new(metrics.requests.clone()))?;
@@ -378,6 +405,10 @@ impl Metrics {
         r.register(Box::new(metrics.shard_generations.clone()))?;
         r.register(Box::new(metrics.rollout_in_progress.clone()))?;
         r.register(Box::new(metrics.rollout_duration.clone()))?;
+        r.register(Box::new(metrics.term_stats_cache_bytes.clone()))?;
+        r.register(Box::new(metrics.term_stats_cache_terms.clone()))?;
+        r.register(Box::new(metrics.term_stats_cache_queries.clone()))?;
+        r.register(Box::new(metrics.canary_known_good.clone()))?;
         for result in CACHE_LOOKUP_RESULTS {
             metrics.cache_lookups.with_label_values(&[*result]);
         }

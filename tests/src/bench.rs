@@ -535,6 +535,18 @@ impl LeafProcesses {
         shards: u32,
         replicas: u32,
     ) -> LeafProcesses {
+        Self::start_binary_with(binary, corpus, shards, replicas, &[]).await
+    }
+
+    /// Like [`LeafProcesses::start_binary`], with `extra` flags for every
+    /// leaf (e.g. `--frontend ADDR` to hold leases with a frontend).
+    pub async fn start_binary_with(
+        binary: &Path,
+        corpus: &str,
+        shards: u32,
+        replicas: u32,
+        extra: &[String],
+    ) -> LeafProcesses {
         assert!(
             binary.exists(),
             "{} is missing: cargo build --release -p leaf",
@@ -556,6 +568,7 @@ impl LeafProcesses {
                     .args(["--corpus", corpus, "--shard", &shard.to_string()])
                     .args(["--shards", &shards.to_string(), "--grpc", &grpc])
                     .args(["--metrics", &metrics])
+                    .args(extra)
                     .env("RUST_LOG", "warn")
                     .env("SEARCH_CLUSTER_TOKEN", crate::TOKEN)
                     .stdout(std::process::Stdio::null())

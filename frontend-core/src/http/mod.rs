@@ -219,6 +219,7 @@ async fn ready(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
+    app.root.export_memory(true);
     svc::metrics::response(&app.metrics.registry).into_response()
 }
 

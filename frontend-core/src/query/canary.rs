@@ -141,6 +141,15 @@ impl Memory {
         self.good.insert(fingerprint, ());
     }
 
+    /// Known-good fingerprints held; with `settle`, after moka's pending
+    /// bookkeeping (see `TermStatsCache::usage`).
+    pub fn known_good(&self, settle: bool) -> u64 {
+        if settle {
+            self.good.run_pending_tasks();
+        }
+        self.good.entry_count()
+    }
+
     pub fn is_refused(&self, fingerprint: u64) -> bool {
         self.refused.contains_key(&fingerprint)
     }
@@ -280,6 +289,11 @@ impl Canaries {
             Verdict::Died => Err(self.rejected(fingerprint)),
             Verdict::Answered | Verdict::OrdinaryError => Ok(()),
         }
+    }
+
+    /// Known-good fingerprints held (see [`Memory::known_good`]).
+    pub fn known_good(&self, settle: bool) -> u64 {
+        self.memory.known_good(settle)
     }
 
     /// Remembers a query answered by every shard (a fan-out is as good a

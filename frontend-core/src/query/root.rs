@@ -121,6 +121,22 @@ impl Root {
         self
     }
 
+    /// Sets the gauges of what the bounded in-memory caches hold (term
+    /// statistics, known-good fingerprints); with `settle`, exact as of
+    /// now (see `TermStatsCache::usage`), for a scrape.
+    pub fn export_memory(&self, settle: bool) {
+        let usage = self.stats.usage(settle);
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.metrics.term_stats_cache_bytes.set(gauge(usage.bytes));
+        self.metrics.term_stats_cache_terms.set(gauge(usage.terms));
+        self.metrics
+            .term_stats_cache_queries
+            .set(gauge(usage.queries));
+        self.metrics
+            .canary_known_good
+            .set(gauge(self.canaries.known_good(settle)));
+    }
+
     /// Answers one validated request before its deadline.
     pub async fn search(&self, params: &SearchParams) -> Result<Answer, QueryError> {
         let started = Instant::now();

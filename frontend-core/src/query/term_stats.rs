@@ -162,6 +162,18 @@ const FETCH_BUDGET: Duration = Duration::from_secs(1);
 /// Bytes of per-term statistics kept unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
+/// The fill of a [`TermStatsCache`], for the memory gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsCacheUsage {
+    /// Bytes of per-term statistics (the weigher's figure, bounded by
+    /// `max_bytes`).
+    pub bytes: u64,
+    /// (field, term) pairs held.
+    pub terms: u64,
+    /// Queries whose term lists are held.
+    pub queries: u64,
+}
+
 /// Cheap to clone: the clones share the caches.
 #[derive(Clone)]
 pub struct TermStatsCache {
@@ -199,6 +211,21 @@ impl TermStatsCache {
                 .build(),
             totals: Cache::builder().max_capacity(64).build(),
             tasks: TaskTracker::new(),
+        }
+    }
+
+    /// What the cache holds now. With `settle`, moka's pending
+    /// bookkeeping runs first, so that the figures count every insert and
+    /// eviction so far (else they may lag by a few).
+    pub fn usage(&self, settle: bool) -> StatsCacheUsage {
+        if settle {
+            self.terms.run_pending_tasks();
+            self.queries.run_pending_tasks();
+        }
+        StatsCacheUsage {
+            bytes: self.terms.weighted_size(),
+            terms: self.terms.entry_count(),
+            queries: self.queries.entry_count(),
         }
     }
 

@@ -212,3 +212,50 @@ async fn every_bad_input_gets_a_400_naming_the_problem() {
     assert_eq!(status, 200);
     assert!(metrics.contains("frontend_search_requests_total{outcome=\"bad_request\"}"));
 }
+
+/// The gauges of what the frontend's bounded caches hold (issue 17's soak
+/// reads them next to RSS) start at zero and grow with distinct queries,
+/// not with repeats of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_fill_gauges_count_distinct_queries() {
+    let cluster = TestCluster::builder().shards(2).build().await;
+    let gauges = |metrics: &str| {
+        [
+            "frontend_term_stats_cache_bytes",
+            "frontend_term_stats_cache_terms",
+            "frontend_term_stats_cache_queries",
+            "frontend_canary_known_good_queries",
+        ]
+        .map(|name| tests::netns::metric_sum(metrics, name))
+    };
+    let (_, before) = cluster.get_text("/metrics").await;
+    assert!(
+        before.contains("frontend_canary_known_good_queries 0"),
+        "exported from the start"
+    );
+    assert_eq!(gauges(&before), [0.0; 4], "nothing cached before a query");
+
+    let queries = ["json", "json+parser", "http+client", "react", "date+format"];
+    for query in queries {
+        let (status, body) = cluster
+            .search(&format!("q={query}&timeout_ms=5000&nocache=true"))
+            .await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+    let (_, after) = cluster.get_text("/metrics").await;
+    let [bytes, terms, lists, good] = gauges(&after);
+    assert!(bytes > 0.0, "statistics bytes held: {bytes}");
+    assert!(
+        terms >= 6.0,
+        "at least one (field, term) pair per word: {terms}"
+    );
+    assert_eq!(lists, 5.0, "one term list per distinct query");
+    assert_eq!(good, 5.0, "one known-good fingerprint per distinct query");
+
+    for _ in 0..5 {
+        let (status, _) = cluster.search("q=json&timeout_ms=5000&nocache=true").await;
+        assert_eq!(status, 200);
+    }
+    let (_, again) = cluster.get_text("/metrics").await;
+    assert_eq!(gauges(&again), gauges(&after), "repeats hold nothing more");
+}
