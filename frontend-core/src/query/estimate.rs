@@ -138,7 +138,7 @@ const FLOOR_SLACK: f32 = 1e-4;
 /// shard whose lists disagree on it contributes one list alone. So the k-th
 /// best of those bounds is at most the k-th best score in the corpus, and
 /// every document of a complete answer's top k scores at least the floor
-/// (lowered by [`FLOOR_SLACK`] against summation order).
+/// (lowered by `FLOOR_SLACK` against summation order).
 pub fn score_floor(pairs: &[PairModel], k: usize) -> Option<f32> {
     if k == 0 || pairs.is_empty() || pairs.iter().any(|pair| pair.occur != Occur::Should) {
         return None;
