@@ -130,7 +130,7 @@ impl PeakEwma {
         let Some(server) = self.server_load() else {
             return self.cost();
         };
-        let response_ns = self.state.lock().estimate_ns;
+        let response_ns = self.choice_estimate_ns();
         let service_ns = server.service_ns.min(response_ns);
         let q = 1.0 + self.in_flight() as f64 + server.queue;
         response_ns - service_ns + service_ns * q.powi(3)
@@ -162,7 +162,27 @@ impl PeakEwma {
     /// The load that replica choice compares: latency × (calls in flight + 1).
     pub fn cost(&self) -> f64 {
         let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
-        self.state.lock().estimate_ns * (in_flight + 1.0)
+        self.choice_estimate_ns() * (in_flight + 1.0)
+    }
+
+    /// The estimate as replica choice sees it: while the replica has no
+    /// call in flight it decays toward zero with the time constant `decay`
+    /// since its last observation (as tower's and Finagle's peak EWMA do),
+    /// so that a replica passed over for a while is tried again and learns
+    /// its real latency, instead of keeping a stale estimate (the initial
+    /// one, or one slow answer) for good when traffic is light enough that
+    /// the other replica is never busy. A replica with calls in flight does
+    /// not decay: a frozen one stays as costly as it last was (and the
+    /// stuck rule keeps it out). Probation compares the undecayed estimate.
+    fn choice_estimate_ns(&self) -> f64 {
+        let state = self.state.lock();
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return state.estimate_ns;
+        }
+        let idle = Instant::now()
+            .saturating_duration_since(state.updated)
+            .as_secs_f64();
+        state.estimate_ns * (-idle / self.decay.as_secs_f64().max(1e-9)).exp()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -303,8 +323,33 @@ mod tests {
         );
     }
 
-    #[test]
-    fn in_flight_raises_cost_until_dropped() {
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_replica_looks_cheaper_with_time_until_it_is_tried() {
+        let busy = PeakEwma::new(Duration::from_millis(5), Duration::from_secs(10));
+        let idle = PeakEwma::new(Duration::from_millis(5), Duration::from_secs(10));
+        // Twenty seconds of answers of 1 ms from one replica, none from
+        // the other: the idle one's estimate, untouched, has decayed for as
+        // long toward zero, the busy one's only toward 1 ms.
+        for _ in 0..200 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            busy.observe(Duration::from_millis(1));
+        }
+        assert!(
+            idle.cost() < busy.cost(),
+            "{} vs {}",
+            idle.cost(),
+            busy.cost()
+        );
+        // The decay is choice's view only: probation sees the estimate.
+        assert_eq!(idle.estimate(), Duration::from_millis(5));
+        // A replica with a call in flight does not decay (a frozen one
+        // stays as costly as it was).
+        let _call = idle.start();
+        assert!((idle.cost() - 5e6 * 2.0).abs() < 1.0, "{}", idle.cost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_raises_cost_until_dropped() {
         let ewma = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1));
         let idle = ewma.cost();
         let guard = ewma.start();
@@ -338,8 +383,8 @@ mod tests {
         assert_eq!(ewma.waiting_for(Instant::now()), None);
     }
 
-    #[test]
-    fn the_c3_score_weighs_the_reported_queue() {
+    #[tokio::test(start_paused = true)]
+    async fn the_c3_score_weighs_the_reported_queue() {
         let a = PeakEwma::new(Duration::from_millis(2), Duration::from_secs(1));
         let b = PeakEwma::new(Duration::from_millis(2), Duration::from_secs(1));
         // Before any report the score is the frontend's own view.

@@ -524,6 +524,35 @@ async fn a_frozen_replica_gets_no_primaries_after_one_healthy_latency() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn light_sequential_traffic_still_reaches_both_replicas() {
+    // One query at a time: neither replica is ever busy, so only the idle
+    // decay of the passed-over replica's estimate sends it calls again.
+    let config = FanoutConfig {
+        hedging: false,
+        probation: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, fakes) = cluster(1, 2, config);
+    for fake in fakes.values() {
+        set_delay(fake, Duration::from_millis(1));
+    }
+    for _ in 0..600 {
+        fanout
+            .search(&request(), Instant::now() + Duration::from_secs(1))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls: Vec<usize> = ["s0r0", "s0r1"]
+        .iter()
+        .map(|a| fakes[*a].calls.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        calls.iter().all(|&n| n >= 3),
+        "calls per replica over a minute of light traffic: {calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stall_does_not_push_the_hedge_delay_into_it() {
     let config = FanoutConfig {
         hedging: false,
