@@ -554,10 +554,13 @@ async fn light_sequential_traffic_still_reaches_both_replicas() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stall_does_not_push_the_hedge_delay_into_it() {
+    // No silence rule, which would notice the stall within one healthy
+    // latency and leave too few calls ending in it for this test's premise.
     let config = FanoutConfig {
         hedging: false,
         replica_choice: false,
         probation: false,
+        silent_replicas: false,
         ..FanoutConfig::default()
     };
     let (fanout, fakes) = cluster(1, 2, config);
