@@ -335,10 +335,17 @@ fn replica_of(fanout: &Fanout, address: &str) -> Arc<Replica> {
         .clone()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_replica_owing_an_answer_past_the_threshold_gets_no_primaries() {
-    // Random choice, so that only the stuck rule keeps calls away from the
-    // frozen replica; no hedges, so that its call stays outstanding.
+/// One shard, two replicas answering in 2 ms, random choice, no hedges
+/// and no probation, warmed up; then replica `s0r0` hangs (a frozen
+/// process) and queries go out in the background, one every `step`, until
+/// one is stranded on it. Returns the stranded queries' tasks too.
+async fn strand_a_call_on_a_frozen_replica(
+    step: Duration,
+) -> (
+    Arc<Fanout>,
+    HashMap<String, Arc<Fake>>,
+    Vec<tokio::task::JoinHandle<Vec<ShardResult>>>,
+) {
     let config = FanoutConfig {
         hedging: false,
         replica_choice: false,
@@ -353,7 +360,6 @@ async fn a_replica_owing_an_answer_past_the_threshold_gets_no_primaries() {
     warm_up(&fanout, 40).await;
     let frozen = &fakes["s0r0"];
     frozen.hang.store(true, Ordering::SeqCst);
-    // Queries in the background until one is stranded on the frozen replica.
     let before = frozen.calls.load(Ordering::SeqCst);
     let mut stranded = Vec::new();
     while frozen.calls.load(Ordering::SeqCst) == before {
@@ -363,8 +369,18 @@ async fn a_replica_owing_an_answer_past_the_threshold_gets_no_primaries() {
                 .search(&request(), Instant::now() + Duration::from_secs(2))
                 .await
         }));
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(step).await;
     }
+    (fanout, fakes, stranded)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_owing_an_answer_past_the_threshold_gets_no_primaries() {
+    // Random choice, so that only the stuck rule keeps calls away from the
+    // frozen replica; no hedges, so that its call stays outstanding.
+    let (fanout, fakes, stranded) =
+        strand_a_call_on_a_frozen_replica(Duration::from_millis(1)).await;
+    let frozen = &fakes["s0r0"];
     let stuck_after = fanout.stuck_after(0);
     assert!(stuck_after < Duration::from_millis(50), "{stuck_after:?}");
     tokio::time::sleep(stuck_after + Duration::from_millis(1)).await;
@@ -455,31 +471,9 @@ async fn a_replica_silent_for_one_healthy_latency_is_stuck_a_busy_one_is_not() {
 async fn a_frozen_replica_gets_no_primaries_after_one_healthy_latency() {
     // Random choice and no hedges, so that only the stuck rules keep calls
     // away from the frozen replica and its call stays outstanding.
-    let config = FanoutConfig {
-        hedging: false,
-        replica_choice: false,
-        probation: false,
-        ..FanoutConfig::default()
-    };
-    let (fanout, fakes) = cluster(1, 2, config);
-    let fanout = Arc::new(fanout);
-    for fake in fakes.values() {
-        set_delay(fake, Duration::from_millis(2));
-    }
-    warm_up(&fanout, 40).await;
+    let (fanout, fakes, stranded) =
+        strand_a_call_on_a_frozen_replica(Duration::from_micros(100)).await;
     let frozen = &fakes["s0r0"];
-    frozen.hang.store(true, Ordering::SeqCst);
-    let before = frozen.calls.load(Ordering::SeqCst);
-    let mut stranded = Vec::new();
-    while frozen.calls.load(Ordering::SeqCst) == before {
-        let fanout = Arc::clone(&fanout);
-        stranded.push(tokio::spawn(async move {
-            fanout
-                .search(&request(), Instant::now() + Duration::from_secs(2))
-                .await
-        }));
-        tokio::time::sleep(Duration::from_micros(100)).await;
-    }
     let rule = fanout.stuck_rule(0);
     tokio::time::sleep(rule.silent_after + Duration::from_micros(200)).await;
     let replica = replica_of(&fanout, "s0r0");

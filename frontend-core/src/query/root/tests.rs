@@ -53,9 +53,19 @@ fn root_over_one_slow_leaf(delay: Duration) -> (Root, Arc<Slow>) {
         delay,
         calls: AtomicUsize::new(0),
     });
-    let client = Arc::clone(&leaf);
-    let factory: ClientFactory =
-        Arc::new(move |_: &Member| Some(Arc::clone(&client) as Arc<dyn LeafService>));
+    let config = RootConfig {
+        global_stats: false,
+        ..RootConfig::default()
+    };
+    (
+        root_over(Arc::clone(&leaf) as Arc<dyn LeafService>, config),
+        leaf,
+    )
+}
+
+/// A root with `config` over one shard served by `leaf`, no hedging.
+fn root_over(leaf: Arc<dyn LeafService>, config: RootConfig) -> Root {
+    let factory: ClientFactory = Arc::new(move |_: &Member| Some(Arc::clone(&leaf)));
     let routing = Routing::new(1, factory);
     routing.apply(&[Member {
         lease_id: 1,
@@ -73,12 +83,8 @@ fn root_over_one_slow_leaf(delay: Duration) -> (Root, Arc<Slow>) {
         },
         Arc::clone(&metrics),
     ));
-    let config = RootConfig {
-        global_stats: false,
-        ..RootConfig::default()
-    };
     let stats = Arc::new(TermStatsCache::new(1 << 20, 100));
-    (Root::new(config, fanout, None, stats, metrics), leaf)
+    Root::new(config, fanout, None, stats, metrics)
 }
 
 fn params(timeout_ms: u64) -> SearchParams {
@@ -242,26 +248,6 @@ fn root_over_one_floored_leaf(stale: bool) -> (Root, Arc<Floored>) {
         stale,
         floors: Default::default(),
     });
-    let client = Arc::clone(&leaf);
-    let factory: ClientFactory =
-        Arc::new(move |_: &Member| Some(Arc::clone(&client) as Arc<dyn LeafService>));
-    let routing = Routing::new(1, factory);
-    routing.apply(&[Member {
-        lease_id: 1,
-        role: Role::Leaf,
-        shard: 0,
-        address: "s0r0".into(),
-        generation: 1,
-    }]);
-    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
-    let fanout = Arc::new(Fanout::new(
-        routing,
-        FanoutConfig {
-            hedging: false,
-            ..FanoutConfig::default()
-        },
-        Arc::clone(&metrics),
-    ));
     let config = RootConfig {
         canary: CanaryConfig {
             enabled: false,
@@ -269,8 +255,10 @@ fn root_over_one_floored_leaf(stale: bool) -> (Root, Arc<Floored>) {
         },
         ..RootConfig::default()
     };
-    let stats = Arc::new(TermStatsCache::new(1 << 20, 100));
-    (Root::new(config, fanout, None, stats, metrics), leaf)
+    (
+        root_over(Arc::clone(&leaf) as Arc<dyn LeafService>, config),
+        leaf,
+    )
 }
 
 fn floor_count(root: &Root, result: FloorResult) -> u64 {
