@@ -210,6 +210,10 @@ pub struct Cli {
     /// Fault: time added at every budget check of a search's scoring loop.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub fault_slow_scan: Duration,
+    /// Fault: every search holds its slot at least this long (with
+    /// --max-concurrent N, a replica of at most N / D searches a second).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub fault_hold: Duration,
     /// Fault: a search whose query contains TERM (ignoring case) aborts the
     /// process, as a query of death would.
     #[arg(long, value_name = "TERM")]
@@ -276,6 +280,7 @@ impl Cli {
                 error_fraction: self.fault_error_fraction,
                 hang: self.fault_hang,
                 slow_scan: self.fault_slow_scan,
+                hold: self.fault_hold,
                 crash_on: self.fault_crash_on.clone(),
             },
             lease,

@@ -40,6 +40,12 @@ pub struct FaultConfig {
     /// hundred matches): a slow disk or a cold cache, so that deadlines cut
     /// searches short.
     pub slow_scan: Duration,
+    /// Every search holds its slot (`--max-concurrent`) for at least this
+    /// long, answering only then: a replica of bounded capacity (with N
+    /// slots it serves at most N / `hold` searches a second, and calls
+    /// beyond that queue), without spending CPU, for benchmarks of replica
+    /// choice on one machine.
+    pub hold: Duration,
     /// A search whose query contains this text (ignoring case) crashes the
     /// leaf (see [`Faults::set_crash_hook`]).
     pub crash_on: Option<String>,
@@ -65,6 +71,7 @@ struct Inner {
     /// is turned off.
     hang: watch::Sender<bool>,
     slow_scan_nanos: AtomicU64,
+    hold_nanos: AtomicU64,
     /// Lowercase.
     crash_on: RwLock<Option<String>>,
     crash_hook: RwLock<CrashHook>,
@@ -96,6 +103,7 @@ impl Faults {
                 error_fraction: AtomicU64::new(0f64.to_bits()),
                 hang: watch::Sender::new(false),
                 slow_scan_nanos: AtomicU64::new(0),
+                hold_nanos: AtomicU64::new(0),
                 crash_on: RwLock::new(None),
                 crash_hook: RwLock::new(Arc::new(|| std::process::abort())),
                 crashes: AtomicU64::new(0),
@@ -111,6 +119,7 @@ impl Faults {
         self.set_error_fraction(config.error_fraction);
         self.set_hang(config.hang);
         self.set_slow_scan(config.slow_scan);
+        self.set_hold(config.hold);
         self.set_crash_on(config.crash_on.as_deref());
     }
 
@@ -140,6 +149,22 @@ impl Faults {
     pub fn set_slow_scan(&self, delay: Duration) {
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self.inner.slow_scan_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The slow-scan delay alone (cheaper than [`Self::config`]).
+    pub fn slow_scan(&self) -> Duration {
+        Duration::from_nanos(self.inner.slow_scan_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Makes every search hold its slot for at least `hold` (zero: off).
+    pub fn set_hold(&self, hold: Duration) {
+        let nanos = u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.hold_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// How long every search holds its slot at least (zero: off).
+    pub fn hold(&self) -> Duration {
+        Duration::from_nanos(self.inner.hold_nanos.load(Ordering::Relaxed))
     }
 
     /// Crashes the leaf on queries containing `term` (ignoring case);
@@ -176,7 +201,8 @@ impl Faults {
             delay_fraction: load_fraction(&self.inner.delay_fraction),
             error_fraction: load_fraction(&self.inner.error_fraction),
             hang: *self.inner.hang.borrow(),
-            slow_scan: Duration::from_nanos(self.inner.slow_scan_nanos.load(Ordering::Relaxed)),
+            slow_scan: self.slow_scan(),
+            hold: self.hold(),
             crash_on: self.inner.crash_on.read().clone(),
         }
     }

@@ -302,6 +302,7 @@ impl Shared {
             .await?;
         ensure_time_left(deadline)?;
         let permit = self.admission.admit(deadline).await?;
+        let admitted = Instant::now();
         ensure_time_left(deadline)?;
 
         // Scoring stops early enough to load the hits and reply in time.
@@ -311,7 +312,7 @@ impl Shared {
             None => Budget::unlimited(),
         }
         .with_cancel(cancel)
-        .with_scan_delay(self.faults.config().slow_scan);
+        .with_scan_delay(self.faults.slow_scan());
         let shard = index.shard();
         let generation = index.generation();
         let in_flight = self.metrics.searches_in_flight.clone();
@@ -323,23 +324,33 @@ impl Shared {
         // so that it neither holds a runtime worker nor misses the caller's
         // going away.
         let inline = self.inline_postings > 0
-            && self.faults.config().slow_scan.is_zero()
+            && self.faults.slow_scan().is_zero()
             && index.postings_at_most(&query, self.inline_postings);
-        let output = if inline {
-            let _permit = permit;
+        let (output, permit) = if inline {
             let _in_flight = GaugeGuard::new(&in_flight);
-            index.search_above(&query, k, stats.as_ref(), floor, &budget)?
+            let output = index.search_above(&query, k, stats.as_ref(), floor, &budget);
+            (output, permit)
         } else {
+            let in_flight = in_flight.clone();
             let task = tokio::task::spawn_blocking(move || {
                 // The slot is held until the search really ends, even when
-                // the call was dropped meanwhile.
-                let _permit = permit;
+                // the call was dropped meanwhile (the task's output, permit
+                // included, is dropped only when it finishes).
                 let _in_flight = GaugeGuard::new(&in_flight);
-                index.search_above(&query, k, stats.as_ref(), floor, &budget)
+                let output = index.search_above(&query, k, stats.as_ref(), floor, &budget);
+                (output, permit)
             });
             task.await
-                .map_err(|error| LeafError::Internal(format!("search task failed: {error}")))??
+                .map_err(|error| LeafError::Internal(format!("search task failed: {error}")))?
         };
+        let hold = self.faults.hold();
+        if !hold.is_zero() {
+            // Fault: the slot stays taken until `hold` after admission.
+            let _in_flight = GaugeGuard::new(&in_flight);
+            tokio::time::sleep_until((admitted + hold).into()).await;
+        }
+        drop(permit);
+        let output = output?;
         if inline {
             self.metrics.inline_searches.inc();
         }

@@ -23,6 +23,8 @@ pub struct PeakEwma {
     state: Mutex<EwmaState>,
     decay: Duration,
     in_flight: AtomicUsize,
+    /// Calls started over the replica's life in this frontend.
+    started: AtomicU64,
     outstanding: Mutex<Outstanding>,
     server: Mutex<ServerLoad>,
 }
@@ -70,6 +72,7 @@ impl PeakEwma {
             }),
             decay,
             in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
             outstanding: Mutex::new(Outstanding::default()),
             server: Mutex::new(ServerLoad::default()),
         }
@@ -189,11 +192,18 @@ impl PeakEwma {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Calls this frontend has sent the replica (every kind), for load
+    /// balance figures.
+    pub fn calls_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
     /// Counts a call in flight until the guard drops; the replica owes an
     /// answer for it until [`InFlight::answered`] (a dropped guard leaves
     /// the debt standing until the replica answers some later call).
     pub fn start(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut outstanding = self.outstanding.lock();
         let id = outstanding.next_id;
@@ -321,6 +331,18 @@ mod tests {
             "{:?}",
             ewma.estimate()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_started_counts_every_call_answered_or_not() {
+        let ewma = PeakEwma::new(Duration::from_millis(5), Duration::from_secs(10));
+        ewma.start().answered();
+        drop(ewma.start());
+        let running = ewma.start();
+        assert_eq!(ewma.calls_started(), 3);
+        assert_eq!(ewma.in_flight(), 1);
+        drop(running);
+        assert_eq!(ewma.calls_started(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -255,6 +255,41 @@ async fn a_cancelled_call_is_counted_as_cancelled() {
 }
 
 #[tokio::test]
+async fn held_searches_queue_behind_the_slots() {
+    // One slot held 1 s by every search: three calls at once run one at a
+    // time, the other two wait in the leaf's queue, and all three answer.
+    let mut config = LeafConfig::new(0, 1);
+    config.limits.max_concurrent = 1;
+    config.limits.max_queue_wait = Duration::from_secs(20);
+    config.faults.hold = Duration::from_secs(1);
+    let handle = start_leaf(config).await;
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = handle.addr();
+            tokio::spawn(async move {
+                let mut leaf = LeafClient::new(channel(addr).await);
+                leaf.search(search("json", 10)).await
+            })
+        })
+        .collect();
+    eventually("two searches to queue behind the held slot", || {
+        metric(&handle, "leaf_queue_depth") == Some(2.0)
+            && metric(&handle, "leaf_searches_in_flight") == Some(1.0)
+    })
+    .await;
+    let mut most_queued = 0;
+    for call in calls {
+        let response = call.await.unwrap().unwrap().into_inner();
+        assert!(!response.hits.is_empty());
+        most_queued = most_queued.max(response.queued);
+    }
+    // The first answer reports a queue the others were still in.
+    assert!(most_queued >= 1, "no answer reported a queue");
+    assert_eq!(handle.stats().searches, 3);
+    handle.stop().await;
+}
+
+#[tokio::test]
 async fn injected_errors_are_unavailable() {
     let handle = start_leaf(LeafConfig::new(0, 1)).await;
     let mut leaf = client(&handle).await;
