@@ -99,7 +99,10 @@ async fn main() {
     for feedback in configs {
         let frontends = start_frontends(&etcd, feedback, &shutdown).await;
         for frontend in &frontends {
-            wait_routed(frontend).await;
+            assert!(
+                tests::wait_routed(frontend, REPLICAS as usize).await,
+                "frontend never routed every replica"
+            );
         }
         let pick = Pick::zipf(queries.len(), 1.0, 23);
         let loads: Vec<Load> = frontends
@@ -165,26 +168,6 @@ async fn main() {
     }
     println!("\n{}", bench::machine_load());
     shutdown.cancel();
-}
-
-/// Waits until `frontend` routes every replica of every shard.
-async fn wait_routed(frontend: &Frontend) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while frontend
-        .root
-        .fanout
-        .routing()
-        .snapshot()
-        .shards
-        .iter()
-        .any(|replicas| replicas.len() < REPLICAS as usize)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "frontend never routed every replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn start_frontends(

@@ -794,19 +794,10 @@ async fn stats_cost(
     let global = start(true).await?;
     let local = start(false).await?;
     for frontend in [&global, &local] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !frontend
-            .root
-            .fanout
-            .routing()
-            .snapshot()
-            .shards
-            .iter()
-            .all(|replicas| replicas.len() >= 2)
-        {
-            anyhow::ensure!(Instant::now() < deadline, "static leaves not routed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        anyhow::ensure!(
+            tests::wait_routed(frontend, 2).await,
+            "static leaves not routed"
+        );
     }
     let global_url = format!("http://{}/search", global.http_addr);
     let local_url = format!("http://{}/search", local.http_addr);

@@ -443,22 +443,10 @@ impl ExtraFrontend {
         let frontend = Frontend::start(config, crate::bind().await, None, shutdown.child_token())
             .await
             .expect("frontend starts");
-        let started = Instant::now();
-        while !frontend
-            .root
-            .fanout
-            .routing()
-            .snapshot()
-            .shards
-            .iter()
-            .all(|r| r.len() >= replicas)
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "extra frontend never routed every replica"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(
+            crate::wait_routed(&frontend, replicas).await,
+            "extra frontend never routed every replica"
+        );
         ExtraFrontend { frontend, shutdown }
     }
 

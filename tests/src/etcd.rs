@@ -109,15 +109,7 @@ impl EtcdCluster {
 
     /// Live replicas per shard as frontend `index` routes now.
     pub fn routed(&self, index: usize) -> Vec<usize> {
-        self.frontend(index)
-            .root
-            .fanout
-            .routing()
-            .snapshot()
-            .shards
-            .iter()
-            .map(Vec::len)
-            .collect()
+        crate::routed_replicas(self.frontend(index))
     }
 
     /// `(shard, address, lease id)` of every replica frontend `index` routes

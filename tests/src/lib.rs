@@ -401,15 +401,7 @@ impl TestCluster {
 
     /// Live replicas per shard as the frontend routes now.
     pub fn routed(&self) -> Vec<usize> {
-        self.frontend()
-            .root
-            .fanout
-            .routing()
-            .snapshot()
-            .shards
-            .iter()
-            .map(Vec::len)
-            .collect()
+        routed_replicas(self.frontend())
     }
 
     /// Live cache servers as the frontend routes now.
@@ -521,6 +513,32 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Live replicas per shard as `frontend` routes now.
+pub fn routed_replicas(frontend: &Frontend) -> Vec<usize> {
+    frontend
+        .root
+        .fanout
+        .routing()
+        .snapshot()
+        .shards
+        .iter()
+        .map(Vec::len)
+        .collect()
+}
+
+/// Waits until `frontend` routes at least `replicas` replicas of every
+/// shard; false if it still does not after 30 s.
+pub async fn wait_routed(frontend: &Frontend, replicas: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !routed_replicas(frontend).iter().all(|&r| r >= replicas) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// A listener on a free loopback port.
