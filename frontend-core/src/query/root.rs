@@ -317,6 +317,7 @@ impl Root {
             stats: query_stats.stats.clone(),
             score_floor,
         };
+        let fanout_started = Instant::now();
         let (mut merged, mut slowest) = self
             .gather(&request, gather_until, &params, &query_stats)
             .await;
@@ -334,9 +335,13 @@ impl Root {
             if !merged.partial && merged.hits.iter().any(|hit| hit.score < floor) {
                 floor_result = FloorResult::Missed;
                 request.score_floor = None;
+                let first = fanout_started.elapsed();
                 (merged, slowest) = self
                     .gather(&request, gather_until, &params, &query_stats)
                     .await;
+                // The first fan-out was waiting on leaves too, not the
+                // root's own overhead.
+                slowest += first;
             }
         }
         self.metrics

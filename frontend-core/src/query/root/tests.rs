@@ -171,7 +171,8 @@ async fn a_joiner_left_with_time_after_an_incomplete_shared_fan_out_carries_on()
 /// A leaf with corpus-wide statistics for `json` (twelve listed body
 /// matches) that records the floor of every search. `stale` makes it answer
 /// a floored search as a shard on another generation than its statistics
-/// would: with hits below the floor, without their snippets.
+/// would: with hits below the floor, without their snippets. Every search
+/// takes [`FLOORED_LATENCY`].
 struct Floored {
     stale: bool,
     floors: std::sync::Mutex<Vec<Option<f32>>>,
@@ -185,6 +186,7 @@ impl LeafService for Floored {
         _budget: Duration,
     ) -> Result<SearchResponse, CallError> {
         self.floors.lock().unwrap().push(request.score_floor);
+        tokio::time::sleep(FLOORED_LATENCY).await;
         let (score, snippet) = match request.score_floor {
             Some(floor) if self.stale => (floor / 2.0, ""),
             _ => (100.0, "<b>json</b>"),
@@ -241,6 +243,8 @@ impl LeafService for Floored {
         Ok(InfoResponse::default())
     }
 }
+
+const FLOORED_LATENCY: Duration = Duration::from_millis(50);
 
 /// A root with corpus-wide statistics over one [`Floored`] leaf.
 fn root_over_one_floored_leaf(stale: bool) -> (Root, Arc<Floored>) {
@@ -315,4 +319,9 @@ async fn a_complete_answer_with_a_hit_below_the_floor_is_fetched_again_without_i
     assert_eq!(floors.len(), 2, "{floors:?}");
     assert!(floors[0].is_some() && floors[1].is_none(), "{floors:?}");
     assert_eq!(floor_count(&root, FloorResult::Missed), 1);
+    // Both fan-outs were time spent waiting on the leaf, not the root's own
+    // overhead (paused time: the root's own work takes none).
+    assert_eq!(root.metrics.overhead.get_sample_count(), 1);
+    let overhead = root.metrics.overhead.get_sample_sum();
+    assert!(overhead < FLOORED_LATENCY.as_secs_f64() / 2.0, "{overhead}");
 }
