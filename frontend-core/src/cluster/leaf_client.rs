@@ -22,9 +22,14 @@ use tonic::service::interceptor::InterceptedService;
 pub enum CallError {
     #[error("deadline exceeded")]
     Timeout,
-    /// The replica could not be reached or answered unavailable.
+    /// The replica answered unavailable (draining, an injected fault).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// No answer came from the replica's process: the connection could not
+    /// be made, broke, or was closed by the keep-alive. Unlike every other
+    /// error this is no sign that the process runs.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
     /// The replica shed the call (resource exhausted): another may take it.
     #[error("rejected: {0}")]
     Rejected(String),
@@ -36,6 +41,12 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// Whether the replica's process itself answered (an error status
+    /// included): false for a timeout and for a transport failure.
+    pub fn from_replica(&self) -> bool {
+        !matches!(self, CallError::Timeout | CallError::Unreachable(_))
+    }
+
     /// Whether trying another replica may help.
     pub fn retryable(&self) -> bool {
         !matches!(self, CallError::InvalidQuery(_))
@@ -45,7 +56,7 @@ impl CallError {
     pub fn outcome(&self) -> LeafCallOutcome {
         match self {
             CallError::Timeout => LeafCallOutcome::Timeout,
-            CallError::Unavailable(_) => LeafCallOutcome::Unavailable,
+            CallError::Unavailable(_) | CallError::Unreachable(_) => LeafCallOutcome::Unavailable,
             CallError::Rejected(_) => LeafCallOutcome::Rejected,
             CallError::InvalidQuery(_) => LeafCallOutcome::Invalid,
             CallError::Failed(_) => LeafCallOutcome::Error,
@@ -61,6 +72,18 @@ impl CallError {
 impl From<tonic::Status> for CallError {
     fn from(status: tonic::Status) -> Self {
         let message = status.message().to_string();
+        // A status the replica sent arrives in headers or trailers and has
+        // no source; one made on this side from a transport error (connect
+        // failed, connection reset or closed, keep-alive timed out) carries
+        // that error as its source.
+        if std::error::Error::source(&status).is_some()
+            && !matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            )
+        {
+            return CallError::Unreachable(message);
+        }
         match status.code() {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => CallError::Timeout,
             tonic::Code::Unavailable => CallError::Unavailable(message),
@@ -135,7 +158,7 @@ impl GrpcLeaf {
 /// `connect`'s token on every call (over TLS when configured).
 pub fn lazy_channel(addr: &str, connect: &Connect) -> Result<AuthChannel, CallError> {
     let endpoint = svc::channel::endpoint(addr, &svc::channel::ChannelOptions::default())
-        .map_err(|error| CallError::Unavailable(format!("bad address {addr}: {error}")))?;
+        .map_err(|error| CallError::Unreachable(format!("bad address {addr}: {error}")))?;
     let channel = svc::tls::channel(&endpoint, connect.tls.as_ref());
     Ok(InterceptedService::new(
         channel,
@@ -188,5 +211,28 @@ impl LeafService for GrpcLeaf {
     async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
         let mut client = self.client.clone();
         with_deadline(budget, client.info(request(InfoRequest {}, budget))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_the_replica_sent_is_told_from_a_transport_failure() {
+        let sent = tonic::Status::unavailable("draining");
+        assert_eq!(
+            CallError::from(sent),
+            CallError::Unavailable("draining".into())
+        );
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        let error = CallError::from(broken);
+        assert!(matches!(error, CallError::Unreachable(_)), "{error:?}");
+        assert!(!error.from_replica());
+        assert!(CallError::Rejected("full".into()).from_replica());
+        assert!(!CallError::Timeout.from_replica());
     }
 }

@@ -299,7 +299,7 @@ impl Rejoining {
     fn note<T>(&self, result: &Result<T, CallError>, started: Instant) {
         let now = Instant::now();
         match result {
-            Err(CallError::Timeout | CallError::Unavailable(_)) => {
+            Err(CallError::Timeout | CallError::Unavailable(_) | CallError::Unreachable(_)) => {
                 self.failing_since.lock().get_or_insert(started);
             }
             Err(_) => {}

@@ -406,7 +406,7 @@ async fn judge(replica: &Replica, error: &CallError, probe_budget: Duration) -> 
         CallError::Timeout | CallError::Rejected(_) | CallError::InvalidQuery(_) => {
             Verdict::OrdinaryError
         }
-        CallError::Unavailable(_) | CallError::Failed(_) => {
+        CallError::Unavailable(_) | CallError::Unreachable(_) | CallError::Failed(_) => {
             match replica.client.info(probe_budget).await {
                 Ok(_) => Verdict::OrdinaryError,
                 Err(_) => Verdict::Died,

@@ -614,10 +614,11 @@ impl Fanout {
         calls.push(Box::pin(async move {
             let in_flight = replica.load.start();
             let outcome = call.await;
-            // A timeout is the caller giving up, not an answer: the replica
-            // still owes one.
+            // A timeout is the caller giving up, and a transport failure
+            // (a connection closed by its keep-alive, a connect that failed)
+            // no word from the process: the replica still owes an answer.
             let waited = replica.load.waiting_for(Instant::now());
-            if !matches!(outcome, Err(CallError::Timeout)) {
+            if outcome.as_ref().err().is_none_or(CallError::from_replica) {
                 in_flight.answered();
             }
             (index, outcome, waited)

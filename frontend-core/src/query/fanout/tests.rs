@@ -417,6 +417,31 @@ async fn a_replica_owing_an_answer_past_the_threshold_gets_no_primaries() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_that_broke_at_the_transport_is_no_answer() {
+    // A frozen replica's connection closed by the keep-alive fails its
+    // calls on this side: the process said nothing, so it still owes an
+    // answer. An error status it sent itself is an answer.
+    for (error, still_owing) in [
+        (CallError::Unreachable("connection closed".into()), true),
+        (CallError::Unavailable("draining".into()), false),
+    ] {
+        let (fanout, fakes, stranded) =
+            strand_a_call_on_a_frozen_replica(Duration::from_millis(1)).await;
+        let frozen = &fakes["s0r0"];
+        *frozen.fail.lock() = Some(error.clone());
+        frozen.hang.store(false, Ordering::SeqCst);
+        for task in stranded {
+            task.await.unwrap();
+        }
+        let owing = replica_of(&fanout, "s0r0")
+            .load
+            .waiting_for(Instant::now())
+            .is_some();
+        assert_eq!(owing, still_owing, "{error:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_replica_silent_for_one_healthy_latency_is_stuck_a_busy_one_is_not() {
     let (fanout, fakes) = cluster(1, 2, FanoutConfig::default());
     for fake in fakes.values() {
