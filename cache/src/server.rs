@@ -94,7 +94,7 @@ pub async fn start(
     let health = lifecycle
         .health_service::<CacheServer<CacheService>>()
         .await;
-    let grpc = tonic::transport::Server::builder()
+    let grpc = svc::server::grpc_server()
         .layer(lifecycle.auth_layer())
         .add_service(health)
         .add_service(CacheService::new(store.clone()).server())

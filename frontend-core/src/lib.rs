@@ -276,7 +276,7 @@ impl Frontend {
                 // plane's: TLS with its certificate when configured (the
                 // HTTP listeners above were taken before, in plain).
                 lc.secure(plane.security.clone());
-                let grpc = tonic::transport::Server::builder()
+                let grpc = svc::server::grpc_server()
                     .layer(lc.auth_layer())
                     .add_service(health)
                     .add_service(registry.service())

@@ -247,7 +247,7 @@ pub async fn start(
             .map_err(|error| LeafError::Config(error.to_string()))?,
     );
     let health = lifecycle.health_service::<LeafServer<LeafService>>().await;
-    let grpc = tonic::transport::Server::builder()
+    let grpc = svc::server::grpc_server()
         .layer(ArrivalLayer)
         .layer(lifecycle.auth_layer())
         .add_service(health)

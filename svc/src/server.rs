@@ -56,6 +56,22 @@ use crate::tls::Conn;
 /// after the drain, before they are cut.
 const TASKS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Streams a client may reset before this server accepted them, per
+/// connection, before the server closes the connection (h2's guard against
+/// rapid-reset floods, CVE-2023-44487; its default is 20). A process that
+/// was frozen for a moment (SIGSTOP, CPU throttling, a long pause) finds on
+/// waking every call its callers hedged or abandoned meanwhile already
+/// reset: at 20 it closed the connection with GOAWAY and failed the calls
+/// that came after them too, just as it came back. 1,024 holds about a
+/// second of a busy frontend's calls and still bounds the guard.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
+
+/// The gRPC server builder every server of the cluster starts from.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+}
+
 /// Why a server stopped other than by a graceful stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

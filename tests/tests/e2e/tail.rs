@@ -177,3 +177,72 @@ async fn a_leaf_process_frozen_with_sigstop_gets_no_new_primaries() {
         "its twin served {twin_served} of {QUERIES}"
     );
 }
+
+/// One raw gRPC `Search` request for `json` on an HTTP/2 connection.
+fn raw_search(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    use prost::Message;
+    let message = proto::leaf::SearchRequest {
+        query: "json".into(),
+        k: 10,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&message);
+    let request = http::Request::post("http://leaf/search.leaf.v1.Leaf/Search")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", tests::TOKEN))
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).expect("stream opens");
+    stream
+        .send_data(bytes::Bytes::from(body), true)
+        .expect("body sent");
+    (response, stream)
+}
+
+/// A real `leaf` process frozen with SIGSTOP while a frontend's calls on
+/// one connection time out and are cancelled (RST_STREAM), as hedged and
+/// abandoned calls are during a freeze: once thawed, the leaf meets more
+/// streams reset before it accepted them than h2's default allows (20,
+/// its rapid-reset guard) and would close the connection with GOAWAY,
+/// failing every call on it just as the replica comes back. The leaf
+/// allows a freeze's worth, so the connection and a call after the thaw
+/// survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_leaf_keeps_the_connection_its_cancelled_calls_came_on() {
+    let leaves = LeafProcesses::start("builtin", 1, 1).await;
+    let tcp = tokio::net::TcpStream::connect(&leaves.addresses()[0])
+        .await
+        .expect("connects");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let (response, _stream) = raw_search(&mut client);
+    assert_eq!(response.await.expect("answered").status(), 200);
+
+    leaves.freeze(&[(0, 0)]);
+    for _ in 0..60 {
+        client = client.ready().await.expect("ready");
+        // Dropping both halves resets the stream (CANCEL).
+        drop(raw_search(&mut client));
+    }
+    // The frames reach the frozen process's socket buffer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leaves.thaw(&[(0, 0)]);
+
+    client = client.ready().await.expect("ready after the thaw");
+    let (response, _stream) = raw_search(&mut client);
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer after the thaw");
+    assert_eq!(
+        response.expect("the connection survived the thaw").status(),
+        200
+    );
+    assert!(!connection.is_finished(), "the leaf closed the connection");
+}
