@@ -200,6 +200,12 @@ pub struct SearchFlags {
     /// `estimated_recall`).
     #[arg(long, default_value_t = 64)]
     pub stats_cache_mib: u64,
+    /// Queries whose term lists the statistics cache keeps (about 0.1 KiB
+    /// each): a query seen again whose list is kept, and whose terms are,
+    /// needs no `TermStats` round trip (the frontend does not analyse text;
+    /// the leaves do).
+    #[arg(long, default_value_t = 100_000)]
+    pub stats_cache_queries: u64,
     /// Consult and fill the cache tier.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub cache: bool,
@@ -266,6 +272,7 @@ impl SearchFlags {
             global_stats: self.global_stats,
             wait_for_all: self.wait_for_all,
             stats_cache_bytes: self.stats_cache_mib.saturating_mul(1 << 20),
+            stats_cache_queries: self.stats_cache_queries,
             canary: CanaryConfig {
                 enabled: self.canary,
                 known_good: self.canary_known_good,

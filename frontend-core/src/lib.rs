@@ -188,8 +188,11 @@ impl Frontend {
                 fanout,
                 cache,
                 Arc::new(
-                    TermStatsCache::new(config.root.stats_cache_bytes, 100_000)
-                        .with_tasks(background.clone()),
+                    TermStatsCache::new(
+                        config.root.stats_cache_bytes,
+                        config.root.stats_cache_queries,
+                    )
+                    .with_tasks(background.clone()),
                 ),
                 Arc::clone(&metrics),
             )

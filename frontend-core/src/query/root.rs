@@ -55,6 +55,10 @@ pub struct RootConfig {
     pub wait_for_all: bool,
     /// Bytes of per-term statistics (frequencies and champion lists) kept.
     pub stats_cache_bytes: u64,
+    /// Queries whose (field, term) lists the statistics cache keeps (a
+    /// query's list names the pairs it needs; the pairs are bounded by
+    /// `stats_cache_bytes`).
+    pub stats_cache_queries: u64,
     /// Canary requests of first-seen queries.
     pub canary: CanaryConfig,
 }
@@ -69,6 +73,7 @@ impl Default for RootConfig {
             global_stats: true,
             wait_for_all: false,
             stats_cache_bytes: crate::query::term_stats::DEFAULT_CACHE_BYTES,
+            stats_cache_queries: crate::query::term_stats::DEFAULT_CACHE_QUERIES,
             canary: CanaryConfig::default(),
         }
     }

@@ -162,6 +162,9 @@ const FETCH_BUDGET: Duration = Duration::from_secs(1);
 /// Bytes of per-term statistics kept unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
+/// Queries whose term lists the cache keeps by default.
+pub const DEFAULT_CACHE_QUERIES: u64 = 100_000;
+
 /// The fill of a [`TermStatsCache`], for the memory gauges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsCacheUsage {
@@ -191,7 +194,7 @@ pub struct TermStatsCache {
 
 impl Default for TermStatsCache {
     fn default() -> Self {
-        Self::new(DEFAULT_CACHE_BYTES, 100_000)
+        Self::new(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_QUERIES)
     }
 }
 

@@ -259,3 +259,23 @@ async fn cache_fill_gauges_count_distinct_queries() {
     let (_, again) = cluster.get_text("/metrics").await;
     assert_eq!(gauges(&again), gauges(&after), "repeats hold nothing more");
 }
+
+/// `--stats-cache-queries` bounds the term lists the statistics cache
+/// keeps: past it, older queries' lists are evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_statistics_cache_keeps_at_most_its_query_bound() {
+    let cluster = TestCluster::builder()
+        .shards(2)
+        .frontend(|c| c.root.stats_cache_queries = 2)
+        .build()
+        .await;
+    for query in ["json", "json+parser", "http+client", "react", "date+format"] {
+        let (status, body) = cluster
+            .search(&format!("q={query}&timeout_ms=5000&nocache=true"))
+            .await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+    let (_, metrics) = cluster.get_text("/metrics").await;
+    let lists = tests::netns::metric_sum(&metrics, "frontend_term_stats_cache_queries");
+    assert!((1.0..=2.0).contains(&lists), "term lists held: {lists}");
+}
