@@ -150,8 +150,8 @@ impl Lifecycle {
     }
 
     /// The check of every incoming call but health, for
-    /// `tonic::transport::Server::builder().layer(…)`; it passes everything
-    /// on an open server.
+    /// [`grpc_server`]`().layer(…)`; it passes everything on an open
+    /// server.
     pub fn auth_layer(&self) -> AuthLayer {
         AuthLayer::new(self.name, self.security.tokens.clone(), &self.registry)
     }
