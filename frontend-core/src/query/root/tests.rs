@@ -272,16 +272,20 @@ fn floor_count(root: &Root, result: FloorResult) -> u64 {
         .get()
 }
 
+/// `q` searched with a second of budget; the answer must come.
+async fn search_q(root: &Root, q: &str) -> Answer {
+    root.search(&SearchParams {
+        q: q.into(),
+        ..params(1000)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_query_of_free_words_sends_the_leaves_a_score_floor() {
     let (root, leaf) = root_over_one_floored_leaf(false);
-    let answer = root
-        .search(&SearchParams {
-            q: "json".into(),
-            ..params(1000)
-        })
-        .await
-        .unwrap();
+    let answer = search_q(&root, "json").await;
     assert!(!answer.partial && answer.global_stats);
     let floors = leaf.floors.lock().unwrap().clone();
     assert_eq!(floors.len(), 1);
@@ -290,12 +294,7 @@ async fn a_query_of_free_words_sends_the_leaves_a_score_floor() {
 
     // Phrases, `+` and `-` get none.
     for q in ["\"json parser\"", "+json", "json -parser", "json^3"] {
-        root.search(&SearchParams {
-            q: q.into(),
-            ..params(1000)
-        })
-        .await
-        .unwrap();
+        search_q(&root, q).await;
     }
     let floors = leaf.floors.lock().unwrap().clone();
     assert_eq!(floors[1..], [None; 4], "{floors:?}");
@@ -305,13 +304,7 @@ async fn a_query_of_free_words_sends_the_leaves_a_score_floor() {
 #[tokio::test(start_paused = true)]
 async fn a_complete_answer_with_a_hit_below_the_floor_is_fetched_again_without_it() {
     let (root, leaf) = root_over_one_floored_leaf(true);
-    let answer = root
-        .search(&SearchParams {
-            q: "json".into(),
-            ..params(1000)
-        })
-        .await
-        .unwrap();
+    let answer = search_q(&root, "json").await;
     assert!(!answer.partial);
     assert_eq!(answer.hits.len(), 10);
     assert!(answer.hits.iter().all(|hit| hit.snippet == "<b>json</b>"));
