@@ -48,7 +48,7 @@ async fn a_partial_answer_is_never_stored() {
         .await;
     cluster.leaf(1, 0).faults().set_hang(true);
     let (status, body) = cluster.search("q=http+server&timeout_ms=600").await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["partial"], true, "{body}");
     cluster.leaf(1, 0).faults().set_hang(false);
     tokio::time::sleep(Duration::from_millis(200)).await;
