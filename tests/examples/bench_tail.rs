@@ -22,6 +22,15 @@
 //!     [--rate 150] [--seconds 20] [--timeout-ms 500] [--only-defaults]
 //!     [--with-silence-off] [--scenarios 0,1,2,3] [--diagnose]
 //! ```
+//!
+//! With `--interleave [--phase-seconds 2.4]`, each fault scenario runs as
+//! one stretch of `--seconds` in which no-fault and fault phases alternate
+//! (a periodic freeze's phase is whole periods, at least two; frozen for
+//! good, at least 6 s per phase, past the keep-alive's 3 s), and each
+//! request counts as a fault sample when it ran during a fault phase or
+//! shortly after one, else as a no-fault sample. Both percentiles then come
+//! from the same seconds of the machine's life, so a noisy neighbour moves
+//! both, where separate rows measured seconds apart see different machines.
 
 use std::time::Duration;
 
@@ -298,6 +307,43 @@ async fn stalls() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let every_replica_0: Vec<(u32, u32)> = (0..SHARDS).map(|s| (s, 0)).collect();
+    if std::env::args().any(|a| a == "--interleave") {
+        let phase = Duration::from_secs_f64(bench::arg_num("--phase-seconds", 2.4));
+        let mut slowest = Vec::new();
+        for &(scenario, freeze) in scenarios.iter().filter(|(_, f)| !matches!(f, Freeze::None)) {
+            println!("\n#### {scenario}\n");
+            println!("{}", Interleaved::HEADER);
+            for (name, fe) in &frontends {
+                let load = load_for(fe);
+                let row = interleaved(
+                    &leaves,
+                    &every_replica_0,
+                    fe,
+                    &load,
+                    freeze,
+                    phase,
+                    seconds,
+                    rate,
+                    &client,
+                )
+                .await;
+                println!("{}", row.line(name));
+                slowest.extend(row.slowest.iter().map(|s| format!("- {name}: {s}")));
+            }
+            if !slowest.is_empty() {
+                println!("\nSlowest samples:\n\n{}", slowest.join("\n"));
+                slowest.clear();
+            }
+        }
+        println!(
+            "\nLatency is client-side from each request's scheduled send time; a request \
+             is a fault sample when it ran during a fault phase or within {} ms after one, \
+             a no-fault sample otherwise · {}",
+            INTERLEAVE_GRACE.as_millis(),
+            bench::machine_load()
+        );
+        return;
+    }
     let mut baseline = vec![(f64::NAN, f64::NAN); frontends.len()];
     let mut run = 0u64;
     let mut notes = Vec::new();
@@ -415,4 +461,195 @@ async fn stalls() {
         bench::machine_load()
     );
     println!("\nBefore the fan-out, per row:\n\n{}", notes.join("\n"));
+}
+
+/// Requests after a thaw still count as fault samples for this long (the
+/// thawed process drains what queued while it was frozen).
+const INTERLEAVE_GRACE: Duration = Duration::from_millis(200);
+
+/// One config's interleaved stretch: no-fault and fault samples of the
+/// same seconds.
+struct Interleaved {
+    clean: Vec<f64>,
+    fault: Vec<f64>,
+    partial_fault: usize,
+    errors: usize,
+    answers: usize,
+    extra_calls: f64,
+    shard_queries: f64,
+    phases: usize,
+    phase: Duration,
+    /// The `--slowest N` slowest samples, described.
+    slowest: Vec<String>,
+}
+
+impl Interleaved {
+    const HEADER: &'static str = "| config | phases | no-fault / fault samples | no-fault p50 / p99 / p99.9 ms | \
+        fault p50 / p99 / p99.9 ms | p99 ÷ no-fault | p99.9 ÷ no-fault | partial (fault samples) | \
+        errors | extra leaf calls ÷ shard queries, whole stretch |\n|---|---|---|---|---|---|---|---|---|---|";
+
+    fn line(&self, name: &str) -> String {
+        let p = |v: &[f64], q: f64| bench::percentile(v, q);
+        format!(
+            "| {name} | {} × {:.1} s | {} / {} | {} / {} / {} | {} / {} / {} | {:.2} | {:.2} | {} | {} | {} |",
+            self.phases,
+            self.phase.as_secs_f64(),
+            self.clean.len(),
+            self.fault.len(),
+            bench::ms(p(&self.clean, 50.0)),
+            bench::ms(p(&self.clean, 99.0)),
+            bench::ms(p(&self.clean, 99.9)),
+            bench::ms(p(&self.fault, 50.0)),
+            bench::ms(p(&self.fault, 99.0)),
+            bench::ms(p(&self.fault, 99.9)),
+            p(&self.fault, 99.0) / p(&self.clean, 99.0),
+            p(&self.fault, 99.9) / p(&self.clean, 99.9),
+            bench::pct(self.partial_fault as f64, self.fault.len() as f64),
+            bench::pct(self.errors as f64, self.answers as f64),
+            bench::pct(self.extra_calls, self.shard_queries),
+        )
+    }
+}
+
+/// Runs `freeze` in every other phase of one open-loop stretch of about
+/// `seconds` against `fe`, and splits the requests into no-fault and fault
+/// samples by when they ran.
+#[allow(clippy::too_many_arguments)]
+async fn interleaved(
+    leaves: &LeafProcesses,
+    every_replica_0: &[(u32, u32)],
+    fe: &ExtraFrontend,
+    load: &Load,
+    freeze: Freeze,
+    phase: Duration,
+    seconds: f64,
+    rate: f64,
+    client: &reqwest::Client,
+) -> Interleaved {
+    let phase = match freeze {
+        Freeze::Periodic { period, .. } => {
+            let periods = (phase.as_secs_f64() / period.as_secs_f64()).ceil().max(2.0);
+            period.mul_f64(periods)
+        }
+        Freeze::ForGood | Freeze::None => phase.max(Duration::from_secs(6)),
+    };
+    let phases = ((seconds / phase.as_secs_f64()).round() as usize).max(2) & !1;
+    let seed = 7_000_000 + phases as u64 * 1_000;
+    bench::open_loop(client, load, rate, Duration::from_secs(2), seed).await;
+    let before = bench::scrape(client, &fe.admin_base()).await;
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let measured = bench::open_loop_from(
+        client,
+        load,
+        rate,
+        phase * phases as u32,
+        seed + 100_000,
+        start,
+    );
+    // Odd phases are the fault phases: [start + i × phase, start + (i+1) × phase).
+    let faults: Vec<(Duration, Duration)> = (0..phases)
+        .filter(|i| i % 2 == 1)
+        .map(|i| (phase * i as u32, phase * (i as u32 + 1)))
+        .collect();
+    let freezer = async {
+        for &(from, to) in &faults {
+            tokio::time::sleep_until(start + from).await;
+            match freeze {
+                Freeze::Periodic { frozen, period } => {
+                    let stop = CancellationToken::new();
+                    let stopper = {
+                        let stop = stop.clone();
+                        async move {
+                            tokio::time::sleep_until(start + to).await;
+                            stop.cancel();
+                        }
+                    };
+                    tokio::join!(
+                        leaves.freeze_periodically(every_replica_0, frozen, period, stop),
+                        stopper
+                    );
+                }
+                Freeze::ForGood => {
+                    leaves.freeze(&[(0, 0)]);
+                    tokio::time::sleep_until(start + to).await;
+                    leaves.thaw(&[(0, 0)]);
+                }
+                Freeze::None => {}
+            }
+        }
+    };
+    let (samples, ()) = tokio::join!(measured, freezer);
+    let after = bench::scrape(client, &fe.admin_base()).await;
+    let diff = |name: &str, filters: &[&str]| {
+        bench::metric(&after, name, filters) - bench::metric(&before, name, filters)
+    };
+    let shard_queries = diff("frontend_shard_results_total", &[]);
+    let calls = diff("frontend_leaf_calls_total", &[])
+        - diff("frontend_leaf_calls_total", &["outcome=\"unavailable\""])
+        + diff("frontend_side_calls_total", &["role=\"hedge\""])
+        + diff("frontend_side_calls_total", &["role=\"retry\""]);
+    let in_fault = |s: &bench::Sample| {
+        let (sent, ended) = (s.at, s.at + s.latency);
+        faults
+            .iter()
+            .any(|&(from, to)| sent < to + INTERLEAVE_GRACE && ended > from)
+    };
+    let mut row = Interleaved {
+        clean: Vec::new(),
+        fault: Vec::new(),
+        partial_fault: 0,
+        errors: samples.iter().filter(|s| s.status != 200).count(),
+        answers: samples.len(),
+        extra_calls: calls - shard_queries,
+        shard_queries,
+        phases,
+        phase,
+        slowest: Vec::new(),
+    };
+    for sample in samples.iter().filter(|s| s.status != 0) {
+        if in_fault(sample) {
+            row.fault.push(sample.ms());
+            row.partial_fault += usize::from(sample.partial);
+        } else {
+            row.clean.push(sample.ms());
+        }
+    }
+    // Where in the fault cycle the slowest requests were sent, and how
+    // much of their time the frontend's handler saw.
+    let mut slow: Vec<&bench::Sample> = samples.iter().collect();
+    slow.sort_by(|a, b| b.latency.cmp(&a.latency));
+    let since_freeze = |s: &bench::Sample| {
+        let Some(&(from, _)) = faults.iter().rev().find(|(from, _)| *from <= s.at) else {
+            return "before the first fault phase".to_string();
+        };
+        let into = (s.at - from).as_secs_f64() * 1e3;
+        match freeze {
+            Freeze::Periodic { frozen, period } => {
+                let (period, frozen) = (period.as_secs_f64() * 1e3, frozen.as_secs_f64() * 1e3);
+                format!(
+                    "{:.1} ms after a freeze began",
+                    (into - (period - frozen)).rem_euclid(period)
+                )
+            }
+            _ => format!("{into:.0} ms into a fault phase"),
+        }
+    };
+    row.slowest = slow
+        .iter()
+        .take(bench::arg_num("--slowest", 0))
+        .map(|s| {
+            format!(
+                "{} {:.1} ms (status {}, took_ms {:.1}, slowest shard {:.1} ms), sent {}",
+                if in_fault(s) { "fault" } else { "no-fault" },
+                s.ms(),
+                s.status,
+                s.took_ms,
+                s.max_shard_ms,
+                since_freeze(s)
+            )
+        })
+        .collect();
+    // Let the thawed leaves drain before the next stretch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    row
 }

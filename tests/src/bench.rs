@@ -285,8 +285,21 @@ pub async fn open_loop(
     duration: Duration,
     first: u64,
 ) -> Vec<Sample> {
-    let count = (rate * duration.as_secs_f64()).round() as u64;
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    open_loop_from(client, load, rate, duration, first, start).await
+}
+
+/// [`open_loop`] with its schedule starting at `start` (a sample's `at` is
+/// from there), so that another task can act on the same time line.
+pub async fn open_loop_from(
+    client: &reqwest::Client,
+    load: &Load,
+    rate: f64,
+    duration: Duration,
+    first: u64,
+    start: tokio::time::Instant,
+) -> Vec<Sample> {
+    let count = (rate * duration.as_secs_f64()).round() as u64;
     let mut tasks = Vec::with_capacity(count as usize);
     for n in 0..count {
         let at = Duration::from_secs_f64(n as f64 / rate);
