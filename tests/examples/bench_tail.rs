@@ -296,21 +296,17 @@ async fn stalls() {
         .iter()
         .filter_map(|&i| scenarios.get(i).copied())
         .collect();
-    println!(
-        "### Stalls: {SHARDS} shards × 2 replicas as leaf processes, {rate:.0} req/s open loop \
-         for {seconds:.0} s per row, timeout_ms={timeout_ms}, nocache=true\n"
-    );
-    println!(
-        "| scenario | config | answers | p50 ms | p99 ms | p99.9 ms | max ms | p99 ÷ no-fault | \
-         p99.9 ÷ no-fault | partial | errors | hedges ÷ shard queries | \
-         extra leaf calls ÷ shard queries |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let every_replica_0: Vec<(u32, u32)> = (0..SHARDS).map(|s| (s, 0)).collect();
     if std::env::args().any(|a| a == "--interleave") {
+        println!(
+            "### Stalls, interleaved: {SHARDS} shards × 2 replicas as leaf processes, {rate:.0} \
+             req/s open loop for about {seconds:.0} s per config and scenario, \
+             timeout_ms={timeout_ms}, nocache=true"
+        );
         let phase = Duration::from_secs_f64(bench::arg_num("--phase-seconds", 2.4));
         let mut slowest = Vec::new();
-        for &(scenario, freeze) in scenarios.iter().filter(|(_, f)| !matches!(f, Freeze::None)) {
+        let faulty = scenarios.iter().filter(|(_, f)| !matches!(f, Freeze::None));
+        for (stretch, &(scenario, freeze)) in faulty.enumerate() {
             println!("\n#### {scenario}\n");
             println!("{}", Interleaved::HEADER);
             for (name, fe) in &frontends {
@@ -325,6 +321,9 @@ async fn stalls() {
                     seconds,
                     rate,
                     &client,
+                    // The same queries for every config of a stretch, new
+                    // ones (mostly first-seen) for the next stretch.
+                    7_000_000 + stretch as u64 * 1_000_000,
                 )
                 .await;
                 println!("{}", row.line(name));
@@ -337,13 +336,24 @@ async fn stalls() {
         }
         println!(
             "\nLatency is client-side from each request's scheduled send time; a request \
-             is a fault sample when it ran during a fault phase or within {} ms after one, \
-             a no-fault sample otherwise · {}",
-            INTERLEAVE_GRACE.as_millis(),
+             is a fault sample when it ran during a fault phase or within {} ms after one \
+             ({} ms after a freeze for good), a no-fault sample otherwise · {}",
+            grace(Freeze::None).as_millis(),
+            grace(Freeze::ForGood).as_millis(),
             bench::machine_load()
         );
         return;
     }
+    println!(
+        "### Stalls: {SHARDS} shards × 2 replicas as leaf processes, {rate:.0} req/s open loop \
+         for {seconds:.0} s per row, timeout_ms={timeout_ms}, nocache=true\n"
+    );
+    println!(
+        "| scenario | config | answers | p50 ms | p99 ms | p99.9 ms | max ms | p99 ÷ no-fault | \
+         p99.9 ÷ no-fault | partial | errors | hedges ÷ shard queries | \
+         extra leaf calls ÷ shard queries |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut baseline = vec![(f64::NAN, f64::NAN); frontends.len()];
     let mut run = 0u64;
     let mut notes = Vec::new();
@@ -463,9 +473,15 @@ async fn stalls() {
     println!("\nBefore the fan-out, per row:\n\n{}", notes.join("\n"));
 }
 
-/// Requests after a thaw still count as fault samples for this long (the
-/// thawed process drains what queued while it was frozen).
-const INTERLEAVE_GRACE: Duration = Duration::from_millis(200);
+/// Requests after a thaw still count as fault samples for this long: the
+/// thawed process drains what queued while it was frozen and, after a long
+/// freeze, its callers reconnect (the keep-alive closed their connections).
+fn grace(freeze: Freeze) -> Duration {
+    match freeze {
+        Freeze::ForGood => Duration::from_secs(2),
+        Freeze::Periodic { .. } | Freeze::None => Duration::from_millis(500),
+    }
+}
 
 /// One config's interleaved stretch: no-fault and fault samples of the
 /// same seconds.
@@ -525,6 +541,7 @@ async fn interleaved(
     seconds: f64,
     rate: f64,
     client: &reqwest::Client,
+    seed: u64,
 ) -> Interleaved {
     let phase = match freeze {
         Freeze::Periodic { period, .. } => {
@@ -534,7 +551,6 @@ async fn interleaved(
         Freeze::ForGood | Freeze::None => phase.max(Duration::from_secs(6)),
     };
     let phases = ((seconds / phase.as_secs_f64()).round() as usize).max(2) & !1;
-    let seed = 7_000_000 + phases as u64 * 1_000;
     bench::open_loop(client, load, rate, Duration::from_secs(2), seed).await;
     let before = bench::scrape(client, &fe.admin_base()).await;
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -592,8 +608,18 @@ async fn interleaved(
         let (sent, ended) = (s.at, s.at + s.latency);
         faults
             .iter()
-            .any(|&(from, to)| sent < to + INTERLEAVE_GRACE && ended > from)
+            .any(|&(from, to)| sent < to + grace(freeze) && ended > from)
     };
+    let note = format!(
+        "canaries answered {} ordinary_error {}; term statistics fetched {} partial {}; \
+         hedges denied {}; probations {}",
+        diff("frontend_canaries_total", &["outcome=\"answered\""]),
+        diff("frontend_canaries_total", &["outcome=\"ordinary_error\""]),
+        diff("frontend_term_stats_total", &["source=\"fetched\""]),
+        diff("frontend_term_stats_total", &["source=\"partial\""]),
+        diff("frontend_hedges_denied_total", &[]),
+        diff("frontend_probations_total", &[]),
+    );
     let mut row = Interleaved {
         clean: Vec::new(),
         fault: Vec::new(),
@@ -634,10 +660,8 @@ async fn interleaved(
             _ => format!("{into:.0} ms into a fault phase"),
         }
     };
-    row.slowest = slow
-        .iter()
-        .take(bench::arg_num("--slowest", 0))
-        .map(|s| {
+    row.slowest = std::iter::once(note)
+        .chain(slow.iter().take(bench::arg_num("--slowest", 0)).map(|s| {
             format!(
                 "{} {:.1} ms (status {}, took_ms {:.1}, slowest shard {:.1} ms), sent {}",
                 if in_fault(s) { "fault" } else { "no-fault" },
@@ -647,7 +671,7 @@ async fn interleaved(
                 s.max_shard_ms,
                 since_freeze(s)
             )
-        })
+        }))
         .collect();
     // Let the thawed leaves drain before the next stretch.
     tokio::time::sleep(Duration::from_secs(1)).await;
