@@ -143,8 +143,15 @@ async fn call(target: &Target, rpc: Rpc) -> Result<u64, CallError> {
 type Outcome = (Duration, Option<u64>);
 
 /// `rate` ticks a second for `seconds`, each tick a task calling every
-/// leaf at once; waits for every call.
-async fn fixed_rate(leaves: &Arc<Vec<Target>>, rpc: Rpc, rate: f64, seconds: f64) -> Vec<Outcome> {
+/// leaf at once (with `spread`, only the next leaf in turn); waits for
+/// every call.
+async fn fixed_rate(
+    leaves: &Arc<Vec<Target>>,
+    rpc: Rpc,
+    rate: f64,
+    seconds: f64,
+    spread: bool,
+) -> Vec<Outcome> {
     let count = (rate * seconds).round() as u64;
     let start = Instant::now() + Duration::from_millis(20);
     let mut tasks = Vec::with_capacity(count as usize);
@@ -152,8 +159,14 @@ async fn fixed_rate(leaves: &Arc<Vec<Target>>, rpc: Rpc, rate: f64, seconds: f64
         let at = start + Duration::from_secs_f64(n as f64 / rate);
         tokio::time::sleep_until(at).await;
         let leaves = Arc::clone(leaves);
+        let turn = (n % leaves.len() as u64) as usize;
         tasks.push(tokio::spawn(async move {
-            futures::future::join_all(leaves.iter().map(|leaf| async move {
+            let chosen = leaves
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !spread || *i == turn)
+                .map(|(_, leaf)| leaf);
+            futures::future::join_all(chosen.map(|leaf| async move {
                 let result = call(leaf, rpc).await;
                 (at.elapsed(), result.ok())
             }))
@@ -205,9 +218,10 @@ async fn client_main() {
         leaves.push(Target::Grpc(leaf));
     }
     let leaves = Arc::new(leaves);
-    fixed_rate(&leaves, rpc, rate, warmup).await;
+    let spread = std::env::args().any(|a| a == "--spread");
+    fixed_rate(&leaves, rpc, rate, warmup, spread).await;
     println!("MEASURE");
-    let outcomes = fixed_rate(&leaves, rpc, rate, seconds).await;
+    let outcomes = fixed_rate(&leaves, rpc, rate, seconds, spread).await;
     let ms: Vec<f64> = outcomes.iter().map(|o| o.0.as_secs_f64() * 1e3).collect();
     let served: Vec<u64> = outcomes.iter().filter_map(|o| o.1).collect();
     let errors = outcomes.len() - served.len();
@@ -292,12 +306,14 @@ async fn grpc_row(
     servers: &[u32],
     rpc: Rpc,
     ticks: f64,
+    spread: bool,
     warmup: f64,
     seconds: f64,
 ) -> Row {
     let exe = std::env::current_exe().expect("current exe");
     let mut child = tokio::process::Command::new(exe)
         .args(["--client", &targets.join(",")])
+        .args(spread.then_some("--spread"))
         .args(["--rpc", rpc.name(), "--rate", &ticks.to_string()])
         .args(["--warmup", &warmup.to_string()])
         .args(["--seconds", &seconds.to_string()])
@@ -338,12 +354,19 @@ async fn grpc_row(
     let calls = f[0];
     let per_server = calls / servers.len() as f64;
     Row {
-        shape: if targets.len() == 1 {
-            "1 leaf".into()
-        } else {
-            format!("{} leaves", targets.len())
+        shape: match (targets.len(), spread) {
+            (1, _) => "1 leaf".into(),
+            (n, false) => format!("{n} leaves, {n} calls per tick"),
+            (n, true) => format!("{n} leaves, 1 call per tick"),
         },
-        rate: format!("{:.0}", ticks * targets.len() as f64),
+        rate: format!(
+            "{:.0}",
+            if spread {
+                ticks
+            } else {
+                ticks * targets.len() as f64
+            }
+        ),
         rpc: rpc.label(),
         calls,
         client: deltas[0],
@@ -561,13 +584,26 @@ async fn main() {
         println!("\n### gRPC: the project's client process → leaf processes\n");
         header();
         for rpc in [Rpc::Info, Rpc::Miss, Rpc::Search] {
-            let row = grpc_row(&addresses[..1], &pids[..1], rpc, 1200.0, warmup, seconds).await;
+            let row = grpc_row(
+                &addresses[..1],
+                &pids[..1],
+                rpc,
+                1200.0,
+                false,
+                warmup,
+                seconds,
+            )
+            .await;
             print_row(&row);
         }
         for rpc in [Rpc::Info, Rpc::Miss, Rpc::Search] {
-            let row = grpc_row(&addresses, &pids, rpc, 300.0, warmup, seconds).await;
+            let row = grpc_row(&addresses, &pids, rpc, 300.0, false, warmup, seconds).await;
             print_row(&row);
         }
+        // The same 4 connections with the calls not issued together: is
+        // the fan-out's per-call saving the connections or the batching?
+        let row = grpc_row(&addresses, &pids, Rpc::Info, 1200.0, true, warmup, seconds).await;
+        print_row(&row);
         // The same shapes over bare TCP, one echo server process per
         // connection (as one leaf process per shard).
         let (echo, echo_addresses) = echo_servers(4).await;
@@ -577,6 +613,7 @@ async fn main() {
             &echo_pids[..1],
             Rpc::Echo,
             1200.0,
+            false,
             warmup,
             seconds,
         )
@@ -590,12 +627,27 @@ async fn main() {
             &echo_pids,
             Rpc::Echo,
             300.0,
+            false,
             warmup,
             seconds,
         )
         .await;
         print_row(&Row {
-            shape: "4 echo servers".into(),
+            shape: "4 echo servers, 4 calls per tick".into(),
+            ..row
+        });
+        let row = grpc_row(
+            &echo_addresses,
+            &echo_pids,
+            Rpc::Echo,
+            1200.0,
+            true,
+            warmup,
+            seconds,
+        )
+        .await;
+        print_row(&Row {
+            shape: "4 echo servers, 1 call per tick".into(),
             ..row
         });
         drop(echo);
