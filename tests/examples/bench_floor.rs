@@ -25,13 +25,20 @@
 //! `MEASURE` and at `DONE`.
 //!
 //! - shape `1 leaf`: 1,200 calls/s to leaf 0, one call per task;
-//! - shape `4 leaves`: 300 ticks/s, each a task calling all 4 leaves at
-//!   once (`join_all`, as a fan-out does): 1,200 calls/s in all, 300 on
-//!   each connection.
+//! - shape `4 leaves, 4 calls per tick`: 300 ticks/s, each a task calling
+//!   all 4 leaves at once (`join_all`, as a fan-out does): 1,200 calls/s in
+//!   all, 300 on each connection;
+//! - shape `4 leaves, 1 call per tick` (`Info` only): 1,200 ticks/s, each
+//!   one call to the next leaf in turn, so that the saving of issuing a
+//!   fan-out's calls together is told from that of using 4 connections.
 //!
 //! RPCs: `Info` (the cheapest), `Search` of a term absent from the index
 //! (`miss`), `Search` of a common term (`search`, k = 10, shard-local
-//! statistics, no score floor).
+//! statistics, no score floor). The same shapes then run as a bare TCP
+//! echo (`--echo-server` processes, this example again; 64 bytes each way,
+//! tokio on both ends, `TCP_NODELAY`, one call at a time per connection):
+//! the floor of the loopback transport and the runtime without HTTP/2,
+//! gRPC and protobuf.
 //!
 //! Then the frontend process (`frontend serve --leaf …`, no cache,
 //! admission on) at 300 req/s from `bench::open_loop` in this process:
