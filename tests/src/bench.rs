@@ -700,3 +700,64 @@ impl Drop for LeafProcesses {
         }
     }
 }
+
+/// One process's CPU time and context switches at one moment, read as
+/// `bench_cpu` reads them: utime and stime from `/proc/<pid>/stat` (10 ms
+/// ticks), voluntary and involuntary switches summed over the threads in
+/// `/proc/<pid>/task/*/status` (threads that have exited drop out).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcCounters {
+    pub user_ms: f64,
+    pub sys_ms: f64,
+    pub ctx: u64,
+}
+
+impl ProcCounters {
+    /// `self` minus an earlier reading.
+    pub fn since(&self, before: &ProcCounters) -> ProcCounters {
+        ProcCounters {
+            user_ms: self.user_ms - before.user_ms,
+            sys_ms: self.sys_ms - before.sys_ms,
+            ctx: self.ctx.saturating_sub(before.ctx),
+        }
+    }
+
+    /// User plus system time.
+    pub fn cpu_ms(&self) -> f64 {
+        self.user_ms + self.sys_ms
+    }
+}
+
+/// [`ProcCounters`] of process `pid` now (zeros when it is gone).
+pub fn proc_counters(pid: u32) -> ProcCounters {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            * 10.0
+    };
+    let field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut ctx = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let text = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            ctx += field(&text, "voluntary_ctxt_switches:")
+                + field(&text, "nonvoluntary_ctxt_switches:");
+        }
+    }
+    ProcCounters {
+        user_ms: tick(11),
+        sys_ms: tick(12),
+        ctx,
+    }
+}
