@@ -222,6 +222,10 @@ pub struct SearchFlags {
     /// How long a query whose canary died is refused.
     #[arg(long, env = "FRONTEND_CANARY_REJECT_FOR", default_value = "10m", value_parser = humantime::parse_duration)]
     pub canary_reject_for: Duration,
+    /// Log each search slower than this with the time of each stage
+    /// (canary, statistics, leaf calls), e.g. `250ms`; off when not given.
+    #[arg(long, env = "FRONTEND_SLOW_QUERY", value_parser = humantime::parse_duration)]
+    pub slow_query: Option<Duration>,
     /// Adaptive admission control in front of the request path.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub admission: bool,
@@ -273,6 +277,7 @@ impl SearchFlags {
             wait_for_all: self.wait_for_all,
             stats_cache_bytes: self.stats_cache_mib.saturating_mul(1 << 20),
             stats_cache_queries: self.stats_cache_queries,
+            slow_query: self.slow_query.filter(|d| !d.is_zero()),
             canary: CanaryConfig {
                 enabled: self.canary,
                 known_good: self.canary_known_good,
@@ -290,5 +295,33 @@ impl SearchFlags {
             ..AdmissionConfig::default()
         };
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        search: SearchFlags,
+    }
+
+    #[test]
+    fn the_slow_query_log_is_off_unless_given_a_duration() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("frontend").chain(args.iter().copied()))
+                .map(|cli| cli.search.to_config(1).root.slow_query)
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(
+            parse(&["--slow-query", "250ms"]).unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse(&["--slow-query", "0s"]).unwrap(), None);
+        assert!(parse(&["--slow-query", "fast"]).is_err());
     }
 }

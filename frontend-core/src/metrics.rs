@@ -84,6 +84,8 @@ pub struct Metrics {
     pub coverage: Histogram,
     pub estimated_recall: Histogram,
     pub overhead: Histogram,
+    /// Time of each stage of a search: canary, stats, gather.
+    pub stages: HistogramVec,
     pub leaf_calls: IntCounterVec,
     pub leaf_duration: HistogramVec,
     pub shard_outcomes: IntCounterVec,
@@ -160,6 +162,14 @@ impl Metrics {
             "Frontend latency minus the slowest leaf call it waited on.",
             vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]
         ))?;
+        let stages = HistogramVec::new(
+            histogram_opts!(
+                "frontend_stage_duration_seconds",
+                "Time of each stage of a search that reached the leaves: canary, stats, gather.",
+                LATENCY_BUCKETS.to_vec()
+            ),
+            &["stage"],
+        )?;
         let leaf_calls = IntCounterVec::new(
             opts!(
                 "frontend_leaf_calls_total",
@@ -340,6 +350,7 @@ impl Metrics {
             coverage,
             estimated_recall,
             overhead,
+            stages,
             leaf_calls,
             leaf_duration,
             shard_outcomes,
@@ -378,6 +389,7 @@ impl Metrics {
         r.register(Box::new(metrics.coverage.clone()))?;
         r.register(Box::new(metrics.estimated_recall.clone()))?;
         r.register(Box::new(metrics.overhead.clone()))?;
+        r.register(Box::new(metrics.stages.clone()))?;
         r.register(Box::new(metrics.leaf_calls.clone()))?;
         r.register(Box::new(metrics.leaf_duration.clone()))?;
         r.register(Box::new(metrics.shard_outcomes.clone()))?;

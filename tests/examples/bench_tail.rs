@@ -20,7 +20,7 @@
 //! ```text
 //! cargo run --release -p tests --example bench_tail -- --stalls \
 //!     [--rate 150] [--seconds 20] [--timeout-ms 500] [--only-defaults]
-//!     [--with-silence-off] [--scenarios 0,1,2,3] [--diagnose]
+//!     [--with-silence-off] [--scenarios 0,1,2,3] [--diagnose] [--slow-query-ms N]
 //! ```
 //!
 //! With `--interleave [--phase-seconds 2.4]`, each fault scenario runs as
@@ -205,6 +205,16 @@ async fn stalls() {
     let seconds: f64 = bench::arg_num("--seconds", 20.0);
     let timeout_ms: u64 = bench::arg_num("--timeout-ms", 500);
     let leaves = LeafProcesses::start(&corpus, SHARDS, 2).await;
+    // `--slow-query-ms N`: the frontends' slow-query log (stage times of
+    // every search slower than N ms) on stderr.
+    let slow_query: u64 = bench::arg_num("--slow-query-ms", 0);
+    if slow_query > 0 {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("frontend_core=warn"))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
 
     let config = |wait_for_all: bool, tolerant: bool| {
         let mut config = FrontendConfig::new(SHARDS);
@@ -216,6 +226,7 @@ async fn stalls() {
         config.fanout.probation = tolerant;
         config.fanout.stuck_replicas = tolerant;
         config.fanout.server_load = tolerant;
+        config.root.slow_query = (slow_query > 0).then(|| Duration::from_millis(slow_query));
         config
     };
     let diagnose = std::env::args().any(|a| a == "--diagnose");

@@ -291,6 +291,15 @@ impl Canaries {
         }
     }
 
+    /// Whether `query` would send (or join) a canary now: canaries on and
+    /// the query neither known-good nor refused.
+    pub fn needs_canary(&self, query: &str) -> bool {
+        let fingerprint = fingerprint(query);
+        self.config.enabled
+            && !self.memory.is_good(fingerprint)
+            && !self.memory.is_refused(fingerprint)
+    }
+
     /// Known-good fingerprints held (see [`Memory::known_good`]).
     pub fn known_good(&self, settle: bool) -> u64 {
         self.memory.known_good(settle)

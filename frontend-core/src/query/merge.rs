@@ -5,6 +5,7 @@
 //! searched only part of its documents.
 
 use std::cmp::Ordering;
+use std::time::Duration;
 
 use crate::query::estimate::{Evidence, RecallModel};
 use crate::query::fanout::{ShardOutcome, ShardResult};
@@ -31,6 +32,17 @@ pub struct Merged {
     pub global_stats: bool,
     /// The first invalid-query error, when the query itself was bad.
     pub invalid_query: Option<String>,
+    /// How long the fan-out's own stages took (set by the root).
+    pub stages: StageTimes,
+}
+
+/// The time a fan-out spent in each of its stages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    /// The corpus-wide term statistics (a cache look-up, or a round trip).
+    pub stats: Duration,
+    /// The leaf calls and the merge, a refetch without score floor included.
+    pub gather: Duration,
 }
 
 /// Orders hits by score (descending), ties by id so the order is stable.
@@ -162,6 +174,7 @@ pub fn merge(
         generations,
         global_stats,
         invalid_query,
+        stages: StageTimes::default(),
     }
 }
 

@@ -34,7 +34,7 @@ use crate::query::canary::{Canaries, CanaryConfig};
 use crate::query::coalesce::{Coalescer, Window};
 use crate::query::error::QueryError;
 use crate::query::fanout::{Fanout, ShardOutcome};
-use crate::query::merge::{self, Coverage, Merged};
+use crate::query::merge::{self, Coverage, Merged, StageTimes};
 use crate::query::term_stats::{QueryStats, TermStatsCache};
 
 /// Figures of the request path that are not about fan-out.
@@ -61,6 +61,9 @@ pub struct RootConfig {
     pub stats_cache_queries: u64,
     /// Canary requests of first-seen queries.
     pub canary: CanaryConfig,
+    /// Log every search that reached the leaves and took longer than this,
+    /// with the time of each stage (a slow-query log); `None`: off.
+    pub slow_query: Option<Duration>,
 }
 
 impl Default for RootConfig {
@@ -75,6 +78,7 @@ impl Default for RootConfig {
             stats_cache_bytes: crate::query::term_stats::DEFAULT_CACHE_BYTES,
             stats_cache_queries: crate::query::term_stats::DEFAULT_CACHE_QUERIES,
             canary: CanaryConfig::default(),
+            slow_query: None,
         }
     }
 }
@@ -165,7 +169,16 @@ impl Root {
             cache_result = CacheResult::Miss;
         }
 
+        let canary_started = Instant::now();
+        let canary = self.canaries.needs_canary(&params.q);
         self.canary(params, &topology, deadline).await?;
+        let canary_took = canary.then(|| canary_started.elapsed());
+        if let Some(took) = canary_took {
+            self.metrics
+                .stages
+                .with_label_values(&["canary"])
+                .observe(took.as_secs_f64());
+        }
         let merged = if cache.is_some() {
             self.coalesced(key.clone(), params, Window::new(started, deadline))
                 .await?
@@ -197,6 +210,7 @@ impl Root {
             }
         }
         let answer = self.answer(&merged, cache_result, started);
+        self.log_if_slow(params, &answer, &merged, canary_took);
         if merged.coverage.shards_answered == 0 {
             return Err(QueryError::NoShardAnswered {
                 answer: Some(Box::new(answer)),
@@ -208,6 +222,38 @@ impl Root {
             });
         }
         Ok(answer)
+    }
+
+    /// The slow-query log: one line per search slower than
+    /// [`RootConfig::slow_query`], with the query's fingerprint (never its
+    /// text) and where the time went.
+    fn log_if_slow(
+        &self,
+        params: &SearchParams,
+        answer: &Answer,
+        merged: &Merged,
+        canary: Option<Duration>,
+    ) {
+        let Some(threshold) = self.config.slow_query else {
+            return;
+        };
+        if answer.took <= threshold {
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let slowest_shard_ms = merged.shards.iter().map(|s| s.took_ms).fold(0.0, f64::max);
+        tracing::warn!(
+            fingerprint = %format!("{:016x}", crate::query::canary::fingerprint(&params.q)),
+            took_ms = ms(answer.took),
+            canary_ms = canary.map_or(0.0, ms),
+            stats_ms = ms(merged.stages.stats),
+            gather_ms = ms(merged.stages.gather),
+            slowest_shard_ms,
+            partial = merged.partial,
+            shards_answered = merged.coverage.shards_answered,
+            hedges = merged.hedges,
+            "slow query"
+        );
     }
 
     /// Joins an identical fan-out already in flight when it can serve this
@@ -323,6 +369,7 @@ impl Root {
             score_floor,
         };
         let fanout_started = Instant::now();
+        let stats_took = fanout_started.duration_since(started);
         let (mut merged, mut slowest) = self
             .gather(&request, gather_until, &params, &query_stats)
             .await;
@@ -368,6 +415,16 @@ impl Root {
         self.metrics
             .overhead
             .observe(started.elapsed().saturating_sub(slowest).as_secs_f64());
+        merged.stages = StageTimes {
+            stats: stats_took,
+            gather: fanout_started.elapsed(),
+        };
+        for (stage, took) in [("stats", stats_took), ("gather", merged.stages.gather)] {
+            self.metrics
+                .stages
+                .with_label_values(&[stage])
+                .observe(took.as_secs_f64());
+        }
         merged
     }
 

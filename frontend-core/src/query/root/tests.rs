@@ -318,3 +318,86 @@ async fn a_complete_answer_with_a_hit_below_the_floor_is_fetched_again_without_i
     let overhead = root.metrics.overhead.get_sample_sum();
     assert!(overhead < FLOORED_LATENCY.as_secs_f64() / 2.0, "{overhead}");
 }
+
+/// What a tracing subscriber wrote, for the slow-query log's tests.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_search_slower_than_the_threshold_is_logged_with_its_stages() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let config = RootConfig {
+        global_stats: false,
+        slow_query: Some(Duration::from_millis(60)),
+        ..RootConfig::default()
+    };
+    let mut stage_counts = Vec::new();
+    for (delay_ms, q) in [(5, "left pad"), (50, "json parser")] {
+        let leaf = Arc::new(Slow {
+            delay: Duration::from_millis(delay_ms),
+            calls: AtomicUsize::new(0),
+        });
+        let root = root_over(leaf, config.clone());
+        let params = SearchParams {
+            q: q.into(),
+            ..params(2000)
+        };
+        root.search(&params).await.unwrap();
+        if delay_ms == 50 {
+            // Known-good now: no canary, 50 ms, under the threshold.
+            root.search(&params).await.unwrap();
+        }
+        let count = |stage: &str| {
+            root.metrics
+                .stages
+                .with_label_values(&[stage])
+                .get_sample_count()
+        };
+        stage_counts.push((count("canary"), count("stats"), count("gather")));
+    }
+    assert_eq!(
+        stage_counts,
+        vec![(1, 1, 1), (1, 2, 2)],
+        "a known-good query has no canary stage"
+    );
+    let text = String::from_utf8(captured.0.lock().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("slow query")).collect();
+    // The first-seen slow query: a 50 ms canary, then a 50 ms fan-out; the
+    // fast one and the known-good one are under 60 ms.
+    assert_eq!(lines.len(), 1, "{text}");
+    let fingerprint = format!("{:016x}", crate::query::canary::fingerprint("json parser"));
+    for line in lines {
+        assert!(
+            line.contains(&format!("fingerprint={fingerprint}")),
+            "{line}"
+        );
+        assert!(line.contains("took_ms=100"), "{line}");
+        assert!(line.contains("canary_ms=50"), "{line}");
+        assert!(line.contains("gather_ms=50"), "{line}");
+        assert!(!line.contains("json"), "the text is never logged: {line}");
+    }
+}
