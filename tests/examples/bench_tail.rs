@@ -499,6 +499,11 @@ fn grace(freeze: Freeze) -> Duration {
 struct Interleaved {
     clean: Vec<f64>,
     fault: Vec<f64>,
+    /// The same without the requests that ran through a steal spike.
+    clean_calm: Vec<f64>,
+    fault_calm: Vec<f64>,
+    /// The stretch's mean CPU steal (the hypervisor's share of the cores).
+    steal: f64,
     partial_fault: usize,
     errors: usize,
     answers: usize,
@@ -511,14 +516,17 @@ struct Interleaved {
 }
 
 impl Interleaved {
-    const HEADER: &'static str = "| config | phases | no-fault / fault samples | no-fault p50 / p99 / p99.9 ms | \
+    const HEADER: &'static str =
+        "| config | phases | no-fault / fault samples | no-fault p50 / p99 / p99.9 ms | \
         fault p50 / p99 / p99.9 ms | p99 ÷ no-fault | p99.9 ÷ no-fault | partial (fault samples) | \
-        errors | extra leaf calls ÷ shard queries, whole stretch |\n|---|---|---|---|---|---|---|---|---|---|";
+        errors | extra leaf calls ÷ shard queries, whole stretch | CPU steal, mean | \
+        without steal spikes: samples, p99 ÷ no-fault, p99.9 ÷ no-fault |\n\
+        |---|---|---|---|---|---|---|---|---|---|---|---|";
 
     fn line(&self, name: &str) -> String {
         let p = |v: &[f64], q: f64| bench::percentile(v, q);
         format!(
-            "| {name} | {} × {:.1} s | {} / {} | {} / {} / {} | {} / {} / {} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {name} | {} × {:.1} s | {} / {} | {} / {} / {} | {} / {} / {} | {:.2} | {:.2} | {} | {} | {} | {} | {} / {}, {:.2}, {:.2} |",
             self.phases,
             self.phase.as_secs_f64(),
             self.clean.len(),
@@ -534,8 +542,60 @@ impl Interleaved {
             bench::pct(self.partial_fault as f64, self.fault.len() as f64),
             bench::pct(self.errors as f64, self.answers as f64),
             bench::pct(self.extra_calls, self.shard_queries),
+            bench::pct(self.steal, 1.0),
+            self.clean_calm.len(),
+            self.fault_calm.len(),
+            p(&self.fault_calm, 99.0) / p(&self.clean_calm, 99.0),
+            p(&self.fault_calm, 99.9) / p(&self.clean_calm, 99.9),
         )
     }
+}
+
+/// CPU steal on this machine (time the hypervisor gave the cores to other
+/// guests), from `/proc/stat`, per window of `STEAL_WINDOW`.
+const STEAL_WINDOW: Duration = Duration::from_millis(100);
+
+/// A window whose steal share is at least this is a spike.
+const STEAL_SPIKE: f64 = 0.6;
+
+/// The machine's (steal, total) jiffies so far, or zeros where there is no
+/// `/proc/stat`.
+fn steal_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let values: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (values.get(7).copied().unwrap_or(0), values.iter().sum())
+}
+
+/// Samples the steal share of every `STEAL_WINDOW` from `start` until
+/// `stop`.
+async fn sample_steal(start: tokio::time::Instant, stop: CancellationToken) -> Vec<f64> {
+    let mut shares = Vec::new();
+    tokio::time::sleep_until(start).await;
+    let mut last = steal_jiffies();
+    let mut tick = tokio::time::interval_at(start + STEAL_WINDOW, STEAL_WINDOW);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = steal_jiffies();
+        let (steal, total) = (now.0 - last.0, now.1 - last.1);
+        shares.push(if total == 0 {
+            0.0
+        } else {
+            steal as f64 / total as f64
+        });
+        last = now;
+    }
+    shares
 }
 
 /// Runs `freeze` in every other phase of one open-loop stretch of about
@@ -605,7 +665,22 @@ async fn interleaved(
             }
         }
     };
-    let (samples, ()) = tokio::join!(measured, freezer);
+    let stop_steal = CancellationToken::new();
+    let steal = sample_steal(start, stop_steal.clone());
+    let measured = async {
+        let samples = measured.await;
+        stop_steal.cancel();
+        samples
+    };
+    let (samples, (), steal) = tokio::join!(measured, freezer, steal);
+    // A request ran through a spike when any window it overlapped was one.
+    let spiked = |s: &bench::Sample| {
+        let first = (s.at.as_secs_f64() / STEAL_WINDOW.as_secs_f64()) as usize;
+        let last = ((s.at + s.latency).as_secs_f64() / STEAL_WINDOW.as_secs_f64()) as usize;
+        steal
+            .get(first..=last.min(steal.len().saturating_sub(1)))
+            .is_some_and(|w| w.iter().any(|&share| share >= STEAL_SPIKE))
+    };
     let after = bench::scrape(client, &fe.admin_base()).await;
     let diff = |name: &str, filters: &[&str]| {
         bench::metric(&after, name, filters) - bench::metric(&before, name, filters)
@@ -634,6 +709,9 @@ async fn interleaved(
     let mut row = Interleaved {
         clean: Vec::new(),
         fault: Vec::new(),
+        clean_calm: Vec::new(),
+        fault_calm: Vec::new(),
+        steal: steal.iter().sum::<f64>() / steal.len().max(1) as f64,
         partial_fault: 0,
         errors: samples.iter().filter(|s| s.status != 200).count(),
         answers: samples.len(),
@@ -644,11 +722,18 @@ async fn interleaved(
         slowest: Vec::new(),
     };
     for sample in samples.iter().filter(|s| s.status != 0) {
+        let calm = !spiked(sample);
         if in_fault(sample) {
             row.fault.push(sample.ms());
             row.partial_fault += usize::from(sample.partial);
+            if calm {
+                row.fault_calm.push(sample.ms());
+            }
         } else {
             row.clean.push(sample.ms());
+            if calm {
+                row.clean_calm.push(sample.ms());
+            }
         }
     }
     // Where in the fault cycle the slowest requests were sent, and how
@@ -674,12 +759,17 @@ async fn interleaved(
     row.slowest = std::iter::once(note)
         .chain(slow.iter().take(bench::arg_num("--slowest", 0)).map(|s| {
             format!(
-                "{} {:.1} ms (status {}, took_ms {:.1}, slowest shard {:.1} ms), sent {}",
+                "{} {:.1} ms (status {}, took_ms {:.1}, slowest shard {:.1} ms{}), sent {}",
                 if in_fault(s) { "fault" } else { "no-fault" },
                 s.ms(),
                 s.status,
                 s.took_ms,
                 s.max_shard_ms,
+                if spiked(s) {
+                    ", through a steal spike"
+                } else {
+                    ""
+                },
                 since_freeze(s)
             )
         }))
