@@ -739,7 +739,7 @@ async fn interleaved(
     // Where in the fault cycle the slowest requests were sent, and how
     // much of their time the frontend's handler saw.
     let mut slow: Vec<&bench::Sample> = samples.iter().collect();
-    slow.sort_by(|a, b| b.latency.cmp(&a.latency));
+    slow.sort_by_key(|s| std::cmp::Reverse(s.latency));
     let since_freeze = |s: &bench::Sample| {
         let Some(&(from, _)) = faults.iter().rev().find(|(from, _)| *from <= s.at) else {
             return "before the first fault phase".to_string();
