@@ -46,7 +46,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loadgen::{Config, QueryOrder, QuerySource, Report};
-use tests::bench::{self, LeafProcesses};
+use tests::bench::{self, free_port, LeafProcesses};
 
 /// One process's counters at one moment.
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,40 +61,17 @@ struct ProcSample {
 }
 
 fn read_proc(pid: u32) -> ProcSample {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            * 10.0
-    };
+    let counters = bench::proc_counters(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let mut ctx = 0;
-    let mut threads = 0;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let text = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            ctx += field(&text, "voluntary_ctxt_switches:")
-                + field(&text, "nonvoluntary_ctxt_switches:");
-            threads += 1;
-        }
-    }
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| tasks.flatten().count() as u64)
+        .unwrap_or(0);
     ProcSample {
-        user_ms: tick(11),
-        sys_ms: tick(12),
-        ctx,
-        rss_kib: field(&status, "VmRSS:"),
-        hwm_kib: field(&status, "VmHWM:"),
+        user_ms: counters.user_ms,
+        sys_ms: counters.sys_ms,
+        ctx: counters.ctx,
+        rss_kib: bench::status_field(&status, "VmRSS:"),
+        hwm_kib: bench::status_field(&status, "VmHWM:"),
         threads,
     }
 }
@@ -112,13 +89,6 @@ struct Setup {
     admission: bool,
     /// Cache servers to wait for before measuring.
     caches: usize,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// The frontend binary as a child process.

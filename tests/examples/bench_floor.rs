@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use frontend_core::cluster::leaf_client::{CallError, Connect, GrpcLeaf, LeafService};
 use proto::leaf::SearchRequest;
-use tests::bench::{self, LeafProcesses, ProcCounters};
+use tests::bench::{self, free_port, LeafProcesses, ProcCounters};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::time::Instant;
 
@@ -387,13 +387,6 @@ async fn grpc_row(
             _ => format!("leaf service time {:.0} µs", f[4]),
         },
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// The `frontend` binary as a child process over `leaves`.

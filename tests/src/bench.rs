@@ -740,19 +740,12 @@ pub fn proc_counters(pid: u32) -> ProcCounters {
             .unwrap_or(0.0)
             * 10.0
     };
-    let field = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
     let mut ctx = 0;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             let text = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            ctx += field(&text, "voluntary_ctxt_switches:")
-                + field(&text, "nonvoluntary_ctxt_switches:");
+            ctx += status_field(&text, "voluntary_ctxt_switches:")
+                + status_field(&text, "nonvoluntary_ctxt_switches:");
         }
     }
     ProcCounters {
@@ -760,4 +753,23 @@ pub fn proc_counters(pid: u32) -> ProcCounters {
         sys_ms: tick(12),
         ctx,
     }
+}
+
+/// The number after `name` (e.g. `VmRSS:`) in a `/proc/.../status` text,
+/// 0 when absent.
+pub fn status_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP port on loopback that was free a moment ago, for a child process
+/// to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

@@ -182,6 +182,8 @@ impl Canaries {
     /// replica of `shard` when the query is not known-good; refuses it
     /// when its canary died, now or within `reject_for`. Waits no later
     /// than `deadline` (then the fan-out still has what is left of it).
+    /// `Ok(true)` when the query waited for a canary (its own or one in
+    /// flight), `Ok(false)` when it needed none.
     #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         &self,
@@ -192,21 +194,21 @@ impl Canaries {
         shard: usize,
         deadline: Instant,
         tasks: &TaskTracker,
-    ) -> Result<(), QueryError> {
+    ) -> Result<bool, QueryError> {
         if !self.config.enabled {
-            return Ok(());
+            return Ok(false);
         }
         let fingerprint = fingerprint(query);
         if self.memory.is_refused(fingerprint) {
             return Err(self.rejected(fingerprint));
         }
         if self.memory.is_good(fingerprint) {
-            return Ok(());
+            return Ok(false);
         }
         let candidates = candidates(topology, shard);
         if candidates.is_empty() {
             // Nobody to ask: the fan-out reports the shards unavailable.
-            return Ok(());
+            return Ok(false);
         }
         let now = Instant::now();
         let budget = deadline
@@ -287,17 +289,8 @@ impl Canaries {
         }
         match verdict {
             Verdict::Died => Err(self.rejected(fingerprint)),
-            Verdict::Answered | Verdict::OrdinaryError => Ok(()),
+            Verdict::Answered | Verdict::OrdinaryError => Ok(true),
         }
-    }
-
-    /// Whether `query` would send (or join) a canary now: canaries on and
-    /// the query neither known-good nor refused.
-    pub fn needs_canary(&self, query: &str) -> bool {
-        let fingerprint = fingerprint(query);
-        self.config.enabled
-            && !self.memory.is_good(fingerprint)
-            && !self.memory.is_refused(fingerprint)
     }
 
     /// Known-good fingerprints held (see [`Memory::known_good`]).

@@ -170,8 +170,7 @@ impl Root {
         }
 
         let canary_started = Instant::now();
-        let canary = self.canaries.needs_canary(&params.q);
-        self.canary(params, &topology, deadline).await?;
+        let canary = self.canary(params, &topology, deadline).await?;
         let canary_took = canary.then(|| canary_started.elapsed());
         if let Some(took) = canary_took {
             self.metrics
@@ -297,13 +296,14 @@ impl Root {
 
     /// Sends a first-seen query's canary to the shard holding the most
     /// documents (the likeliest to meet whatever kills), before any other
-    /// leaf sees the query; see [`crate::query::canary`].
+    /// leaf sees the query; see [`crate::query::canary`]. True when the
+    /// query waited for a canary.
     async fn canary(
         &self,
         params: &SearchParams,
         topology: &Topology,
         deadline: Instant,
-    ) -> Result<(), QueryError> {
+    ) -> Result<bool, QueryError> {
         let shard = self
             .known_docs
             .iter()

@@ -167,6 +167,7 @@ async fn admit(canaries: &Canaries, net: &Net, query: &str) -> Result<(), QueryE
             &TaskTracker::new(),
         )
         .await
+        .map(|_| ())
 }
 
 #[tokio::test]
