@@ -281,12 +281,21 @@ impl Root {
             self.metrics.cache_coalesced.inc();
         }
         // A follower never waits past its own deadline for the leader's.
-        let (theirs, merged) =
-            match tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await {
-                Ok(Some(joined)) => joined,
-                Ok(None) => return Err(QueryError::Internal("the fan-out task failed".into())),
-                Err(_) => return Err(QueryError::NoShardAnswered { answer: None }),
-            };
+        // The leader waits for its own fan-out, as an uncached request
+        // does: that fan-out ends by this deadline (less the merge margin),
+        // and a timer 1 ms past it can fire, on a loaded host, before the
+        // fan-out's task is scheduled to hand over the partial answer it
+        // has, turning that answer into 503 `unavailable`.
+        let joined = if leader {
+            Ok(shared.await)
+        } else {
+            tokio::time::timeout_at(deadline + Duration::from_millis(1), shared).await
+        };
+        let (theirs, merged) = match joined {
+            Ok(Some(joined)) => joined,
+            Ok(None) => return Err(QueryError::Internal("the fan-out task failed".into())),
+            Err(_) => return Err(QueryError::NoShardAnswered { answer: None }),
+        };
         let incomplete = merged.partial || merged.coverage.shards_answered == 0;
         if !leader && incomplete && merged.invalid_query.is_none() && mine.outlives(&theirs) {
             return Ok(Arc::new(self.fan_out(params.clone(), deadline).await));
