@@ -92,6 +92,10 @@ pub struct Metrics {
     pub hedges: IntCounterVec,
     pub hedge_wins: IntCounterVec,
     pub hedges_denied: IntCounter,
+    /// `SearchShards` calls sent: several shards of one process in one call.
+    pub shard_batches: IntCounter,
+    /// Shards searched through those calls.
+    pub shard_batch_shards: IntCounter,
     /// `frontend_side_calls_total{call, role}`: leaf calls on the query
     /// path besides the fan-out's searches (stats, canary, probe), by role
     /// (primary, hedge, retry).
@@ -206,6 +210,14 @@ impl Metrics {
         let hedges_denied = IntCounter::new(
             "frontend_hedges_denied_total",
             "Hedges not sent because the hedge budget was spent.",
+        )?;
+        let shard_batches = IntCounter::new(
+            "frontend_shard_batches_total",
+            "Calls that searched several shards of one leaf process at once (SearchShards).",
+        )?;
+        let shard_batch_shards = IntCounter::new(
+            "frontend_shard_batch_shards_total",
+            "Shards searched through SearchShards calls.",
         )?;
         let probes = IntCounter::new(
             "frontend_probation_probes_total",
@@ -357,6 +369,8 @@ impl Metrics {
             hedges,
             hedge_wins,
             hedges_denied,
+            shard_batches,
+            shard_batch_shards,
             side_calls,
             probes,
             probations,
@@ -396,6 +410,8 @@ impl Metrics {
         r.register(Box::new(metrics.hedges.clone()))?;
         r.register(Box::new(metrics.hedge_wins.clone()))?;
         r.register(Box::new(metrics.hedges_denied.clone()))?;
+        r.register(Box::new(metrics.shard_batches.clone()))?;
+        r.register(Box::new(metrics.shard_batch_shards.clone()))?;
         r.register(Box::new(metrics.side_calls.clone()))?;
         r.register(Box::new(metrics.probes.clone()))?;
         r.register(Box::new(metrics.probations.clone()))?;

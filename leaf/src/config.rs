@@ -27,6 +27,11 @@ use crate::limits::Limits;
 pub struct LeafConfig {
     pub shard: u32,
     pub shards: u32,
+    /// Further shards this process serves besides `shard` (`--shard 0,1,2`):
+    /// each with its own index, lease and metrics, on the same listener,
+    /// so that a frontend can search them all with one call
+    /// (`SearchShards`). Not with `--index-root`.
+    pub also_serve: Vec<u32>,
     pub index: IndexConfig,
     /// Serve the generations under an index root instead of building from
     /// the corpus (`--index-root`).
@@ -66,6 +71,7 @@ impl LeafConfig {
         LeafConfig {
             shard,
             shards,
+            also_serve: Vec::new(),
             index: IndexConfig::default(),
             generations: None,
             limits: Limits::default(),
@@ -80,16 +86,34 @@ impl LeafConfig {
         }
     }
 
+    /// Every shard this process serves: `shard`, then `also_serve`.
+    pub fn served_shards(&self) -> Vec<u32> {
+        std::iter::once(self.shard)
+            .chain(self.also_serve.iter().copied())
+            .collect()
+    }
+
     /// Checks the values that flags and types cannot.
     pub fn validate(&self) -> Result<()> {
         if self.shards == 0 {
             return Err(LeafError::Config("shards must be at least 1".to_string()));
         }
-        if self.shard >= self.shards {
-            return Err(LeafError::Config(format!(
-                "shard {} is out of range for {} shards (0..{})",
-                self.shard, self.shards, self.shards
-            )));
+        let served = self.served_shards();
+        for (i, &shard) in served.iter().enumerate() {
+            if shard >= self.shards {
+                return Err(LeafError::Config(format!(
+                    "shard {shard} is out of range for {} shards (0..{})",
+                    self.shards, self.shards
+                )));
+            }
+            if served[..i].contains(&shard) {
+                return Err(LeafError::Config(format!("shard {shard} is given twice")));
+            }
+        }
+        if served.len() > 1 && self.generations.is_some() {
+            return Err(LeafError::Config(
+                "a leaf with --index-root serves one shard; give --shard one number".to_string(),
+            ));
         }
         if self.limits.max_concurrent == 0 {
             return Err(LeafError::Config(
@@ -162,9 +186,10 @@ pub struct Cli {
     /// it serves.
     #[arg(long, default_value_t = 128)]
     pub warm_queries: usize,
-    /// This leaf's shard, in 0..shards.
-    #[arg(long)]
-    pub shard: u32,
+    /// This leaf's shard, in 0..shards; a list (`0,1,2,3`) serves several
+    /// shards in this one process, each with its own index and lease.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub shard: Vec<u32>,
     /// Number of shards the corpus is split into.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub shards: u32,
@@ -288,7 +313,8 @@ impl Cli {
             drain_timeout: self.server.drain_timeout,
             auth: self.server.security.token_config(),
             tls: self.server.security.tls(),
-            ..LeafConfig::new(self.shard, self.shards)
+            also_serve: self.shard.get(1..).unwrap_or_default().to_vec(),
+            ..LeafConfig::new(self.shard.first().copied().unwrap_or(0), self.shards)
         };
         config.validate()?;
         self.server.security.tokens().map_err(LeafError::Config)?;

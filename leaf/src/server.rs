@@ -178,8 +178,16 @@ pub async fn start(
     config.validate()?;
     let addr = grpc.local_addr()?;
     let registry = Registry::new();
-    let leaf_metrics = Metrics::new(&registry, config.shard)
-        .map_err(|error| LeafError::Internal(format!("cannot register metrics: {error}")))?;
+    let served = config.served_shards();
+    let mut shard_metrics = Vec::with_capacity(served.len());
+    for &shard in &served {
+        shard_metrics.push(
+            Metrics::new(&registry, shard).map_err(|error| {
+                LeafError::Internal(format!("cannot register metrics: {error}"))
+            })?,
+        );
+    }
+    let leaf_metrics = shard_metrics[0].clone();
     // Dropped on any error below, which stops the metrics endpoint.
     let mut lifecycle = Lifecycle::new("leaf", registry.clone(), config.drain_timeout, &shutdown);
     // Metrics are served while the index builds, with /readyz saying no.
@@ -187,7 +195,7 @@ pub async fn start(
 
     let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let index = {
-        let (shard, shards, index_config) = (config.shard, config.shards, config.index.clone());
+        let (shards, index_config) = (config.shards, config.index.clone());
         let mut generations_config = config.generations.clone();
         if let Some(generations) = &mut generations_config {
             generations
@@ -195,52 +203,87 @@ pub async fn start(
                 .get_or_insert_with(|| crate::generations::fallback_replica(&advertised));
         }
         let (cancel, metrics) = (lifecycle.stop_requested(), leaf_metrics.clone());
+        let served = served.clone();
         tokio::task::spawn_blocking(move || match generations_config {
-            Some(generations) => {
-                Generations::open(generations, shard, shards, Some(metrics)).map(Source::Root)
-            }
-            None => ShardIndex::open_or_build(shard, shards, &index_config, &corpus, &cancel)
-                .map(Source::Built),
+            Some(generations) => Generations::open(generations, served[0], shards, Some(metrics))
+                .map(|generations| vec![Source::Root(generations)]),
+            // Several shards in one process: each its own index, in its own
+            // directory under `--index-dir`.
+            None => served
+                .iter()
+                .map(|&shard| {
+                    let mut index_config = index_config.clone();
+                    if served.len() > 1 {
+                        index_config.dir = index_config
+                            .dir
+                            .map(|dir| dir.join(format!("shard-{shard}")));
+                    }
+                    ShardIndex::open_or_build(shard, shards, &index_config, &corpus, &cancel)
+                        .map(Source::Built)
+                })
+                .collect(),
         })
         .await
         .map_err(|error| LeafError::Internal(format!("index build task failed: {error}")))
     };
-    let (current, generations) = match index.and_then(|built| built)? {
-        Source::Built(index) => (Arc::new(ArcSwap::from_pointee(index)), None),
-        Source::Root(generations) => (Arc::clone(generations.current()), Some(generations)),
-    };
+    let mut generations = None;
+    let mut indexes = Vec::with_capacity(served.len());
+    for source in index.and_then(|built| built)? {
+        indexes.push(match source {
+            Source::Built(index) => Arc::new(ArcSwap::from_pointee(index)),
+            Source::Root(root) => {
+                let current = Arc::clone(root.current());
+                generations = Some(root);
+                current
+            }
+        });
+    }
+    let current = Arc::clone(&indexes[0]);
     let index = current.load_full();
-    let report = index.build_report();
-    leaf_metrics
-        .index_documents
-        .set(saturating_i64(index.num_docs()));
-    leaf_metrics
-        .index_generation
-        .set(saturating_i64(index.generation()));
-    leaf_metrics
-        .index_build_duration
-        .set(report.duration.as_secs_f64());
-    leaf_metrics
-        .corpus_bad_lines
-        .set(saturating_i64(report.bad_lines));
+    for (served, metrics) in indexes.iter().zip(&shard_metrics) {
+        let index = served.load();
+        let report = index.build_report();
+        metrics
+            .index_documents
+            .set(saturating_i64(index.num_docs()));
+        metrics
+            .index_generation
+            .set(saturating_i64(index.generation()));
+        metrics
+            .index_build_duration
+            .set(report.duration.as_secs_f64());
+        metrics
+            .corpus_bad_lines
+            .set(saturating_i64(report.bad_lines));
+    }
 
     let faults = Faults::new(&config.faults);
     let counters = Arc::new(Counters::default());
     let recent = generations
         .as_ref()
         .map(|generations| Arc::clone(generations.recent_queries()));
-    let shared = Arc::new(Shared {
-        index: Arc::clone(&current),
-        recent,
-        faults: faults.clone(),
-        admission: Admission::new(config.limits.clone(), leaf_metrics.clone()),
-        metrics: leaf_metrics.clone(),
-        counters: Arc::clone(&counters),
-        // Hung calls answer once the drain starts.
-        stopping: lifecycle.draining(),
-        reply_margin: config.reply_margin,
-        inline_postings: config.inline_postings,
-    });
+    // Every shard of the process shares the fault knobs and the counters;
+    // each has its own admission limits and metrics.
+    let shards = indexes
+        .iter()
+        .zip(&served)
+        .zip(shard_metrics)
+        .map(|((index, &shard), metrics)| {
+            Arc::new(Shared {
+                shard,
+                index: Arc::clone(index),
+                recent: recent.clone(),
+                faults: faults.clone(),
+                admission: Admission::new(config.limits.clone(), metrics.clone()),
+                metrics,
+                counters: Arc::clone(&counters),
+                // Hung calls answer once the drain starts.
+                stopping: lifecycle.draining(),
+                reply_margin: config.reply_margin,
+                inline_postings: config.inline_postings,
+            })
+        })
+        .collect();
 
     lifecycle.secure(
         svc::Security::new(&config.auth, &config.tls)
@@ -251,7 +294,7 @@ pub async fn start(
         .layer(ArrivalLayer)
         .layer(lifecycle.auth_layer())
         .add_service(health)
-        .add_service(LeafServer::new(LeafService::new(shared)))
+        .add_service(LeafServer::new(LeafService::new(shards)))
         .serve_with_incoming_shutdown(
             lifecycle.incoming(grpc),
             lifecycle.draining().cancelled_owned(),
@@ -260,15 +303,18 @@ pub async fn start(
     if config.advertise.is_none() && addr.ip().is_unspecified() {
         tracing::warn!(%addr, "advertising an unspecified address; set --advertise");
     }
-    lifecycle.hold_leases(
-        config.lease.as_ref(),
-        HolderInfo {
-            role: Role::Leaf,
-            shard: config.shard,
-            address: advertised.clone(),
-            generation: index.generation(),
-        },
-    );
+    // One lease per shard served, all on this address.
+    for (shard, index) in served.iter().zip(&indexes) {
+        lifecycle.hold_leases(
+            config.lease.as_ref(),
+            HolderInfo {
+                role: Role::Leaf,
+                shard: *shard,
+                address: advertised.clone(),
+                generation: index.load().generation(),
+            },
+        );
+    }
     if let Some(generations) = generations {
         lifecycle.spawn(watch_generations(Watch {
             generations,
@@ -282,6 +328,7 @@ pub async fn start(
         %addr,
         advertised,
         shard = config.shard,
+        also_serves = ?config.also_serve,
         shards = config.shards,
         documents = index.num_docs(),
         generation = index.generation(),

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use proto::leaf::leaf_server::Leaf;
 use proto::leaf::{
-    InfoRequest, InfoResponse, SearchRequest, SearchResponse, TermStatsRequest, TermStatsResponse,
+    InfoRequest, InfoResponse, SearchRequest, SearchResponse, SearchShardsRequest,
+    SearchShardsResponse, ShardAnswer, TermStatsRequest, TermStatsResponse,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
@@ -103,8 +104,10 @@ impl Counters {
     }
 }
 
-/// State shared by every call of one server.
+/// State shared by every call to one shard of a server.
 pub(crate) struct Shared {
+    /// The shard this state serves (the index's, fixed for the process).
+    pub(crate) shard: u32,
     /// The served index; swapped to a newer generation by
     /// [`crate::generations`]. A call loads it once and keeps that `Arc`.
     pub(crate) index: Arc<arc_swap::ArcSwap<ShardIndex>>,
@@ -123,15 +126,111 @@ pub(crate) struct Shared {
     pub(crate) inline_postings: u64,
 }
 
-/// The tonic service.
+/// The tonic service: the shards this process serves, the first one the
+/// answer to a request that names none.
 #[derive(Clone)]
 pub struct LeafService {
-    shared: Arc<Shared>,
+    shards: Arc<[Arc<Shared>]>,
 }
 
 impl LeafService {
-    pub(crate) fn new(shared: Arc<Shared>) -> LeafService {
-        LeafService { shared }
+    pub(crate) fn new(shards: Vec<Arc<Shared>>) -> LeafService {
+        assert!(!shards.is_empty(), "a leaf serves at least one shard");
+        LeafService {
+            shards: shards.into(),
+        }
+    }
+
+    /// The shard a request names (or the only one, when it names none).
+    fn route(&self, shard: Option<u32>) -> std::result::Result<&Arc<Shared>, Status> {
+        match shard {
+            None if self.shards.len() == 1 => Ok(&self.shards[0]),
+            None => Err(Status::invalid_argument(format!(
+                "this leaf serves shards {}; the request must name one",
+                self.served()
+            ))),
+            Some(shard) => self
+                .shards
+                .iter()
+                .find(|shared| shared.shard == shard)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "this leaf serves shards {}, not {shard}",
+                        self.served()
+                    ))
+                }),
+        }
+    }
+
+    fn served(&self) -> String {
+        let shards: Vec<String> = self.shards.iter().map(|s| s.shard.to_string()).collect();
+        shards.join(",")
+    }
+}
+
+/// One shard's search call, with its outcome counted on that shard.
+async fn search_one(
+    shared: &Arc<Shared>,
+    request: SearchRequest,
+    deadline: Option<Instant>,
+    received: Instant,
+) -> std::result::Result<SearchResponse, Status> {
+    let mut call = CallGuard::new(Arc::clone(shared), deadline, received);
+    let cancel = Arc::clone(&call.cancel);
+    match shared.search(request, deadline, cancel).await {
+        Ok(response) => {
+            call.finish(if response.early_terminated {
+                "early_stop"
+            } else {
+                "ok"
+            });
+            Ok(response)
+        }
+        Err(error) => {
+            call.finish(error.outcome());
+            log_error(&error, "search");
+            Err(error.into())
+        }
+    }
+}
+
+/// The k-th best score among `answers` (by score, then id), if they hold
+/// at least k hits.
+fn kth_best(answers: &[ShardAnswer], k: usize) -> Option<f32> {
+    let mut scores: Vec<f32> = answers
+        .iter()
+        .filter_map(|answer| answer.response.as_ref())
+        .flat_map(|response| response.hits.iter().map(|hit| hit.score))
+        .collect();
+    if k == 0 || scores.len() < k {
+        return None;
+    }
+    scores.sort_unstable_by(|a, b| b.total_cmp(a));
+    Some(scores[k - 1])
+}
+
+/// Keeps, in each answer, only the hits in the top k of all the answers
+/// together (score descending, then id ascending: the frontend's merge
+/// order), so that merging the trimmed answers gives the same top k.
+fn trim_to_top_k(answers: &mut [ShardAnswer], k: usize) {
+    let mut all: Vec<(f32, &str)> = answers
+        .iter()
+        .filter_map(|answer| answer.response.as_ref())
+        .flat_map(|response| response.hits.iter().map(|hit| (hit.score, hit.id.as_str())))
+        .collect();
+    if all.len() <= k {
+        return;
+    }
+    all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let (last_score, last_id) = all[k - 1];
+    let last_id = last_id.to_string();
+    let keep = |hit: &proto::leaf::Hit| {
+        hit.score > last_score || (hit.score == last_score && hit.id.as_str() <= last_id.as_str())
+    };
+    for answer in answers.iter_mut() {
+        if let Some(response) = answer.response.as_mut() {
+            response.hits.retain(keep);
+        }
     }
 }
 
@@ -404,7 +503,7 @@ impl Leaf for LeafService {
     #[instrument(
         name = "leaf.search",
         skip_all,
-        fields(shard = self.shared.index.load().shard(), k = request.get_ref().k, outcome)
+        fields(shard = request.get_ref().shard, k = request.get_ref().k, outcome)
     )]
     async fn search(
         &self,
@@ -412,55 +511,102 @@ impl Leaf for LeafService {
     ) -> std::result::Result<Response<SearchResponse>, Status> {
         let received = arrival(&request);
         let deadline = deadline_from(request.metadata(), received);
-        let mut call = CallGuard::new(Arc::clone(&self.shared), deadline, received);
-        let cancel = Arc::clone(&call.cancel);
-        match self
-            .shared
-            .search(request.into_inner(), deadline, cancel)
+        let request = request.into_inner();
+        let shared = self.route(request.shard)?;
+        search_one(shared, request, deadline, received)
             .await
-        {
-            Ok(response) => {
-                call.finish(if response.early_terminated {
-                    "early_stop"
-                } else {
-                    "ok"
-                });
-                Ok(Response::new(response))
-            }
-            Err(error) => {
-                call.finish(error.outcome());
-                log_error(&error, "search");
-                Err(error.into())
-            }
-        }
+            .map(Response::new)
     }
 
-    #[instrument(name = "leaf.info", skip_all, fields(shard = self.shared.index.load().shard()))]
+    /// The shards one after the other on this task, each with the k-th
+    /// best score of those before it as its snippet floor (a lower bound
+    /// on the k-th best of the corpus, when the scores are corpus-wide),
+    /// then every answer trimmed to the top k of them all.
+    #[instrument(
+        name = "leaf.search_shards",
+        skip_all,
+        fields(shards = request.get_ref().shards.len(), outcome)
+    )]
+    async fn search_shards(
+        &self,
+        request: Request<SearchShardsRequest>,
+    ) -> std::result::Result<Response<SearchShardsResponse>, Status> {
+        let received = arrival(&request);
+        let deadline = deadline_from(request.metadata(), received);
+        let SearchShardsRequest { search, shards } = request.into_inner();
+        let search = search.ok_or_else(|| Status::invalid_argument("no search in the request"))?;
+        let k = search.k as usize;
+        let mut answers: Vec<ShardAnswer> = Vec::with_capacity(shards.len());
+        for shard in shards {
+            if answers.iter().any(|answer| answer.shard == shard) {
+                continue;
+            }
+            let result = match self.route(Some(shard)) {
+                Ok(shared) => {
+                    let mut request = search.clone();
+                    request.shard = Some(shard);
+                    if request.stats.is_some() {
+                        request.score_floor = match (request.score_floor, kth_best(&answers, k)) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                    search_one(shared, request, deadline, received).await
+                }
+                Err(status) => Err(status),
+            };
+            answers.push(match result {
+                Ok(response) => ShardAnswer {
+                    shard,
+                    response: Some(response),
+                    ..ShardAnswer::default()
+                },
+                Err(status) => ShardAnswer {
+                    shard,
+                    response: None,
+                    error_code: status.code() as i32,
+                    error_message: status.message().to_string(),
+                },
+            });
+        }
+        trim_to_top_k(&mut answers, k);
+        Ok(Response::new(SearchShardsResponse { answers }))
+    }
+
+    #[instrument(name = "leaf.info", skip_all, fields(shard = request.get_ref().shard))]
     async fn info(
         &self,
-        _request: Request<InfoRequest>,
+        request: Request<InfoRequest>,
     ) -> std::result::Result<Response<InfoResponse>, Status> {
-        let index = self.shared.index.load();
+        // Without a shard: the first one, with the list of all.
+        let shared = match request.get_ref().shard {
+            None => &self.shards[0],
+            shard => self.route(shard)?,
+        };
+        let index = shared.index.load();
         Ok(Response::new(InfoResponse {
             shard: index.shard(),
             shards: index.shards(),
             num_docs: index.num_docs(),
             generation: index.generation(),
+            served: self.shards.iter().map(|shared| shared.shard).collect(),
         }))
     }
 
-    #[instrument(name = "leaf.term_stats", skip_all, fields(shard = self.shared.index.load().shard()))]
+    #[instrument(name = "leaf.term_stats", skip_all, fields(shard = request.get_ref().shard))]
     async fn term_stats(
         &self,
         request: Request<TermStatsRequest>,
     ) -> std::result::Result<Response<TermStatsResponse>, Status> {
         let deadline = deadline_from(request.metadata(), arrival(&request));
-        let result = self.shared.term_stats(request.into_inner(), deadline).await;
+        let request = request.into_inner();
+        let shared = self.route(request.shard)?;
+        let result = shared.term_stats(request, deadline).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(error) => error.outcome(),
         };
-        self.shared
+        shared
             .metrics
             .term_stats_requests
             .with_label_values(&[outcome])

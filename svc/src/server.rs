@@ -103,7 +103,9 @@ pub struct Lifecycle {
     kill: CancellationToken,
     tasks: TaskTracker,
     health: Option<(HealthReporter, &'static str)>,
-    holders: Option<HolderSet>,
+    /// One holder set per lease held (a leaf serving several shards holds
+    /// one per shard).
+    holders: Vec<HolderSet>,
     metrics_addr: Option<SocketAddr>,
     served: bool,
     /// Tokens and TLS of the internal plane (open and plain by default).
@@ -130,7 +132,7 @@ impl Lifecycle {
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
             health: None,
-            holders: None,
+            holders: Vec::new(),
             metrics_addr: None,
             served: false,
             security: Security::default(),
@@ -217,13 +219,16 @@ impl Lifecycle {
     }
 
     /// Holds `lease` (none: no lease) as `info` until the stop revokes it;
-    /// a kill leaves it to expire.
+    /// a kill leaves it to expire. Each call adds one more lease (a leaf
+    /// serving several shards holds one per shard); the first is the one
+    /// [`ServerHandle::lease_status`] reports and the generation announcer
+    /// speaks for.
     pub fn hold_leases(&mut self, lease: Option<&LeaseConfig>, info: HolderInfo) {
         let connect = self.security.client.clone().map(|tls| {
             lease::holder::Connect(std::sync::Arc::new(move |endpoint| tls.channel(endpoint)))
         });
         let tokens = self.security.tokens.clone();
-        self.holders = lease.map(|lease| {
+        let holders = lease.map(|lease| {
             // The lease's own token when it names one; else the one this
             // server sends, read live (a rotated token file takes effect on
             // the next keep-alive).
@@ -250,12 +255,13 @@ impl Lifecycle {
                 CancellationToken::new(),
             )
         });
+        self.holders.extend(holders);
     }
 
     /// Announces a new index generation in the leases held (none: no
     /// leases); call after [`Lifecycle::hold_leases`].
     pub fn generation_announcer(&self) -> Option<lease::holder::GenerationAnnouncer> {
-        self.holders.as_ref().map(HolderSet::announcer)
+        self.holders.first().map(HolderSet::announcer)
     }
 
     /// Runs `task` in the background, tracked: the stop waits for it (it
@@ -288,8 +294,8 @@ impl Lifecycle {
             }
         });
         self.ready.set(true);
-        let holders = self.holders.take();
-        let lease_status = holders.as_ref().map(HolderSet::watch);
+        let holders = std::mem::take(&mut self.holders);
+        let lease_status = holders.first().map(HolderSet::watch);
         let supervisor = tokio::spawn(supervise(Supervised {
             name: self.name,
             drain_timeout: self.drain_timeout,
@@ -407,7 +413,7 @@ struct Supervised {
     kill: CancellationToken,
     tasks: TaskTracker,
     health: Option<(HealthReporter, &'static str)>,
-    holders: Option<HolderSet>,
+    holders: Vec<HolderSet>,
     grpc: JoinHandle<Result<(), ServeError>>,
 }
 
@@ -445,8 +451,9 @@ async fn supervise(mut parts: Supervised) -> Result<(), ServeError> {
     }
     // 2. Revoke, so that frontends stop routing here at once; `revoke_all`
     // bounds its own time.
-    if let Some(holders) = parts.holders.take() {
-        holders.revoke_all().await;
+    let holders = std::mem::take(&mut parts.holders);
+    if !holders.is_empty() {
+        futures::future::join_all(holders.into_iter().map(HolderSet::revoke_all)).await;
         tracing::info!(server, "leases revoked");
     }
     // 3. Drain in-flight calls under the time limit.

@@ -132,6 +132,7 @@ async fn call(target: &Target, rpc: Rpc) -> Result<u64, CallError> {
         k: 10,
         stats: None,
         score_floor: None,
+        shard: None,
     };
     match rpc {
         Rpc::Info | Rpc::Echo => leaf.info(BUDGET).await.map(|_| 0),

@@ -48,9 +48,17 @@ pub struct TestClusterBuilder {
     leaf: Option<LeafConfigFn>,
     metrics: bool,
     cache_tls: svc::tls::TlsConfig,
+    co_hosted: bool,
 }
 
 impl TestClusterBuilder {
+    /// Every replica is one leaf process serving all the shards
+    /// (`--shard 0,1,…`); `leaf(0, replica)` is that process.
+    pub fn co_hosted(mut self, co_hosted: bool) -> Self {
+        self.co_hosted = co_hosted;
+        self
+    }
+
     /// TLS of every cache server (its listener and its lease).
     pub fn cache_tls(mut self, tls: svc::tls::TlsConfig) -> Self {
         self.cache_tls = tls;
@@ -130,6 +138,7 @@ impl TestClusterBuilder {
             metrics: self.metrics,
             leaf_metrics: std::sync::Mutex::new(Vec::new()),
             cache_tls: self.cache_tls.clone(),
+            co_hosted: self.co_hosted,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -149,7 +158,7 @@ impl TestClusterBuilder {
             .expect("frontend starts");
             cluster.grpc_addr = frontend.grpc_addr;
             cluster.frontend = Some(frontend);
-            for shard in 0..self.shards {
+            for shard in 0..cluster.processes_per_replica() {
                 let mut replicas = Vec::new();
                 for replica in 0..self.replicas {
                     replicas.push(Some(cluster.start_leaf(shard, replica).await));
@@ -164,7 +173,7 @@ impl TestClusterBuilder {
                 .wait_for_routing(self.replicas as usize, self.caches as usize)
                 .await;
         } else {
-            for shard in 0..self.shards {
+            for shard in 0..cluster.processes_per_replica() {
                 let mut replicas = Vec::new();
                 for replica in 0..self.replicas {
                     replicas.push(Some(cluster.start_leaf(shard, replica).await));
@@ -207,6 +216,8 @@ pub struct TestCluster {
     /// (a `LeafHandle` does not know it).
     leaf_metrics: std::sync::Mutex<Vec<(SocketAddr, SocketAddr)>>,
     cache_tls: svc::tls::TlsConfig,
+    /// Each replica is one process serving every shard.
+    co_hosted: bool,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -224,6 +235,7 @@ impl TestCluster {
             leaf: None,
             metrics: false,
             cache_tls: svc::tls::TlsConfig::default(),
+            co_hosted: false,
         }
     }
 
@@ -427,6 +439,15 @@ impl TestCluster {
         }
     }
 
+    /// Leaf processes per replica: one per shard, or one for all.
+    fn processes_per_replica(&self) -> u32 {
+        if self.co_hosted {
+            1
+        } else {
+            self.shards
+        }
+    }
+
     async fn wait_for_routing(&self, replicas: usize, caches: usize) {
         self.wait_until(Duration::from_secs(60), "every replica routed", |c| {
             c.routed().iter().all(|&n| n >= replicas) && c.routed_caches() >= caches
@@ -446,6 +467,9 @@ impl TestCluster {
         documents: Arc<Vec<Document>>,
     ) -> LeafHandle {
         let mut config = LeafConfig::new(shard, self.shards);
+        if self.co_hosted {
+            config.also_serve = (shard + 1..self.shards).collect();
+        }
         if self.leases {
             config.lease = Some(LeaseConfig {
                 frontends: vec![self.grpc_addr.expect("grpc address").to_string()],

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use proto::leaf::leaf_client::LeafClient;
 use proto::leaf::{
-    InfoRequest, InfoResponse, SearchRequest, SearchResponse, TermStatsRequest, TermStatsResponse,
+    InfoRequest, InfoResponse, SearchRequest, SearchResponse, SearchShardsRequest, ShardAnswer,
+    TermStatsRequest, TermStatsResponse,
 };
 use svc::auth::{AuthChannel, Credentials};
 use svc::tls::ClientTls;
@@ -109,6 +110,34 @@ pub trait LeafService: Send + Sync + 'static {
         budget: Duration,
     ) -> Result<TermStatsResponse, CallError>;
     async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError>;
+    /// Searches several shards of one process with one call
+    /// (`SearchShards`): one answer per shard, in the order asked, each
+    /// with only the hits in the top k of them all. A client that cannot
+    /// fails, and the fan-out then calls each shard alone.
+    async fn search_shards(
+        &self,
+        request: SearchRequest,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<ShardAnswer>, CallError> {
+        let _ = (request, shards, budget);
+        Err(CallError::Failed(
+            "this client cannot search several shards".to_string(),
+        ))
+    }
+}
+
+/// One shard's part of a `SearchShards` answer, as a call to that shard
+/// alone would have ended.
+pub fn shard_answer(answer: ShardAnswer) -> Result<SearchResponse, CallError> {
+    match answer.response {
+        Some(response) => Ok(response),
+        None => Err(tonic::Status::new(
+            tonic::Code::from_i32(answer.error_code),
+            answer.error_message,
+        )
+        .into()),
+    }
 }
 
 /// How the frontend reaches leaves and cache servers: the credentials sent
@@ -134,6 +163,8 @@ impl Connect {
 #[derive(Clone)]
 pub struct GrpcLeaf {
     client: LeafClient<AuthChannel>,
+    /// The shard named in every call (none: the process's only shard).
+    shard: Option<u32>,
 }
 
 impl GrpcLeaf {
@@ -147,7 +178,18 @@ impl GrpcLeaf {
     pub fn with_connect(addr: &str, connect: &Connect) -> Result<Self, CallError> {
         Ok(GrpcLeaf {
             client: LeafClient::new(lazy_channel(addr, connect)?),
+            shard: None,
         })
+    }
+
+    /// This client, naming `shard` in every call: a process serving
+    /// several shards answers for that one, and one serving another shard
+    /// refuses rather than answering for the wrong one.
+    pub fn for_shard(self, shard: u32) -> Self {
+        GrpcLeaf {
+            shard: Some(shard),
+            ..self
+        }
     }
 }
 
@@ -189,11 +231,28 @@ fn request<T>(message: T, budget: Duration) -> tonic::Request<T> {
 impl LeafService for GrpcLeaf {
     async fn search(
         &self,
-        message: SearchRequest,
+        mut message: SearchRequest,
         budget: Duration,
     ) -> Result<SearchResponse, CallError> {
         let mut client = self.client.clone();
+        message.shard = self.shard;
         with_deadline(budget, client.search(request(message, budget))).await
+    }
+
+    async fn search_shards(
+        &self,
+        search: SearchRequest,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<ShardAnswer>, CallError> {
+        let mut client = self.client.clone();
+        let message = SearchShardsRequest {
+            search: Some(search),
+            shards,
+        };
+        with_deadline(budget, client.search_shards(request(message, budget)))
+            .await
+            .map(|response| response.answers)
     }
 
     async fn term_stats(
@@ -204,13 +263,15 @@ impl LeafService for GrpcLeaf {
         let mut client = self.client.clone();
         let message = TermStatsRequest {
             query: query.to_string(),
+            shard: self.shard,
         };
         with_deadline(budget, client.term_stats(request(message, budget))).await
     }
 
     async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
         let mut client = self.client.clone();
-        with_deadline(budget, client.info(request(InfoRequest {}, budget))).await
+        let message = InfoRequest { shard: self.shard };
+        with_deadline(budget, client.info(request(message, budget))).await
     }
 }
 

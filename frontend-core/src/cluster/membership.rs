@@ -40,14 +40,29 @@ impl StaticMembership {
                 loop {
                     match client.info(Duration::from_secs(1)).await {
                         Ok(info) => {
-                            tracing::info!(%address, shard = info.shard, docs = info.num_docs, "static leaf found");
-                            membership.add(Member {
-                                lease_id: index as u64 + 1,
-                                role: Role::Leaf,
-                                shard: info.shard,
-                                address,
-                                generation: info.generation,
-                            });
+                            tracing::info!(%address, shard = info.shard, served = ?info.served, docs = info.num_docs, "static leaf found");
+                            // A process serving several shards is a replica
+                            // of each (lease ids unique per shard).
+                            let served = if info.served.is_empty() {
+                                vec![info.shard]
+                            } else {
+                                info.served.clone()
+                            };
+                            let several = served.len() > 1;
+                            for shard in served {
+                                let lease_id = index as u64 + 1;
+                                membership.add(Member {
+                                    lease_id: if several {
+                                        (lease_id << 20) + u64::from(shard)
+                                    } else {
+                                        lease_id
+                                    },
+                                    role: Role::Leaf,
+                                    shard,
+                                    address: address.clone(),
+                                    generation: info.generation,
+                                });
+                            }
                             return;
                         }
                         Err(error) => {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use proto::leaf::{InfoResponse, SearchRequest, SearchResponse, TermStatsResponse};
+use proto::leaf::{InfoResponse, SearchRequest, SearchResponse, ShardAnswer, TermStatsResponse};
 
 use lease::{Member, MemberView, Role};
 use parking_lot::{Mutex, RwLock};
@@ -256,7 +256,7 @@ pub type ClientFactory = Arc<dyn Fn(&Member) -> Option<Arc<dyn LeafService>> + S
 pub fn grpc_clients(connect: Connect) -> ClientFactory {
     Arc::new(
         move |member: &Member| match GrpcLeaf::with_connect(&member.address, &connect) {
-            Ok(client) => Some(Arc::new(client) as Arc<dyn LeafService>),
+            Ok(client) => Some(Arc::new(client.for_shard(member.shard)) as Arc<dyn LeafService>),
             Err(error) => {
                 tracing::warn!(address = %member.address, %error, "cannot build leaf client");
                 None
@@ -352,6 +352,18 @@ impl LeafService for Rejoining {
     async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
         let started = Instant::now();
         let result = self.inner.info(budget).await;
+        self.note(&result, started);
+        result
+    }
+
+    async fn search_shards(
+        &self,
+        request: SearchRequest,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<ShardAnswer>, CallError> {
+        let started = Instant::now();
+        let result = self.inner.search_shards(request, shards, budget).await;
         self.note(&result, started);
         result
     }

@@ -219,6 +219,7 @@ impl Canaries {
             k,
             stats: None,
             score_floor: None,
+            shard: None,
         };
         let (verdict, leader) =
             self.in_flight

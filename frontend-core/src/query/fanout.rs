@@ -28,11 +28,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
-use proto::leaf::{SearchRequest, SearchResponse};
+use proto::leaf::{SearchRequest, SearchResponse, ShardAnswer};
 use tokio::time::Instant;
 
-use crate::cluster::leaf_client::CallError;
+use crate::cluster::leaf_client::{shard_answer, CallError};
 use crate::cluster::load::LatencyWindow;
 use crate::cluster::topology::{Replica, Routing};
 use crate::metrics::{LeafCallOutcome, Metrics};
@@ -85,6 +86,10 @@ pub struct FanoutConfig {
     pub silent_floor: Duration,
     /// Rank replicas with the load they report themselves (C3 score).
     pub server_load: bool,
+    /// Search the shards whose primaries are one process (a leaf serving
+    /// several shards) with one `SearchShards` call, and prefer, for a
+    /// shard, a replica in a process already chosen for another shard.
+    pub batch_shards: bool,
 }
 
 impl Default for FanoutConfig {
@@ -111,6 +116,7 @@ impl Default for FanoutConfig {
             silent_factor: 1.0,
             silent_floor: Duration::from_millis(2),
             server_load: true,
+            batch_shards: true,
         }
     }
 }
@@ -250,6 +256,12 @@ type CallFuture<T> = Pin<Box<dyn std::future::Future<Output = CallOutput<T>> + S
 /// answered within [`ALIVE_WINDOW`] before.
 type Pending = (usize, Instant, bool);
 
+/// What a shared `SearchShards` call gives each of its shards.
+type BatchOutput = Result<Arc<Vec<ShardAnswer>>, CallError>;
+/// A `SearchShards` call shared by the shards it searches; it is cancelled
+/// when every one of them has dropped its part.
+type Batch = Shared<BoxFuture<'static, BatchOutput>>;
+
 /// The stuck threshold before a shard has a latency percentile.
 const STUCK_COLD: Duration = Duration::from_millis(100);
 
@@ -359,14 +371,113 @@ impl Fanout {
     }
 
     /// Queries every shard in parallel and returns one result per shard,
-    /// no later than `deadline`.
+    /// no later than `deadline`. Shards whose primaries are one process
+    /// share one `SearchShards` call ([`FanoutConfig::batch_shards`]); a
+    /// hedge or a retry is always a call to one shard.
     pub async fn search(&self, request: &SearchRequest, deadline: Instant) -> Vec<ShardResult> {
         let topology = self.routing.snapshot();
         let started = Instant::now();
+        let primaries = self.primaries(&topology.shards);
+        let batches = self.batches(&topology.shards, &primaries, request, deadline);
         let calls = topology.shards.iter().enumerate().map(|(shard, replicas)| {
-            self.search_shard(shard as u32, replicas, request, started, deadline)
+            let first = primaries[shard];
+            let batch = batches[shard].clone();
+            self.search_shard(
+                shard as u32,
+                replicas,
+                request,
+                (first, batch),
+                started,
+                deadline,
+            )
         });
         futures::future::join_all(calls).await
+    }
+
+    /// Each shard's primary by replica choice. With batching, a shard whose
+    /// choice is a process no earlier shard chose takes instead a replica
+    /// in a process already chosen, when that replica is neither stuck nor
+    /// on probation: the process is the unit of load, and one call to it
+    /// costs less than one per shard.
+    fn primaries(&self, shards: &[Vec<Arc<Replica>>]) -> Vec<Option<usize>> {
+        let now = Instant::now();
+        let mut chosen: Vec<Option<usize>> = Vec::with_capacity(shards.len());
+        for (shard, replicas) in shards.iter().enumerate() {
+            let rule = self.stuck_rule(shard as u32);
+            let tried = vec![false; replicas.len()];
+            let pick = replica::choose(&self.policy, &self.metrics, replicas, &tried, rule);
+            let chosen_address = |address: &str| {
+                chosen.iter().zip(shards).any(|(pick, replicas)| {
+                    pick.is_some_and(|i| replicas[i].member.address == address)
+                })
+            };
+            let pick = match pick {
+                Some(i)
+                    if self.config.batch_shards && !chosen_address(&replicas[i].member.address) =>
+                {
+                    replicas
+                        .iter()
+                        .position(|r| {
+                            chosen_address(&r.member.address)
+                                && !replica::is_stuck(r, rule, now)
+                                && !r.probation.active(now)
+                        })
+                        .or(Some(i))
+                }
+                pick => pick,
+            };
+            chosen.push(pick);
+        }
+        chosen
+    }
+
+    /// One shared `SearchShards` call per process that is the primary of
+    /// two shards or more, given to each of those shards (None elsewhere).
+    fn batches(
+        &self,
+        shards: &[Vec<Arc<Replica>>],
+        primaries: &[Option<usize>],
+        request: &SearchRequest,
+        deadline: Instant,
+    ) -> Vec<Option<Batch>> {
+        let mut batches: Vec<Option<Batch>> = vec![None; shards.len()];
+        if !self.config.batch_shards {
+            return batches;
+        }
+        let primary = |shard: usize| primaries[shard].map(|i| &shards[shard][i]);
+        for shard in 0..shards.len() {
+            let Some(replica) = primary(shard) else {
+                continue;
+            };
+            if batches[shard].is_some() {
+                continue;
+            }
+            let members: Vec<usize> = (shard..shards.len())
+                .filter(|&other| {
+                    primary(other).is_some_and(|r| r.member.address == replica.member.address)
+                })
+                .collect();
+            if members.len() < 2 {
+                continue;
+            }
+            self.metrics.shard_batches.inc();
+            self.metrics.shard_batch_shards.inc_by(members.len() as u64);
+            let client = Arc::clone(&replica.client);
+            let (request, ids) = (request.clone(), members.iter().map(|&s| s as u32).collect());
+            let budget = deadline.saturating_duration_since(Instant::now());
+            let call: BoxFuture<'static, BatchOutput> = async move {
+                client
+                    .search_shards(request, ids, budget)
+                    .await
+                    .map(Arc::new)
+            }
+            .boxed();
+            let call = call.shared();
+            for member in members {
+                batches[member] = Some(call.clone());
+            }
+        }
+        batches
     }
 
     async fn search_shard(
@@ -374,14 +485,43 @@ impl Fanout {
         shard: u32,
         replicas: &[Arc<Replica>],
         request: &SearchRequest,
+        (first, batch): (Option<usize>, Option<Batch>),
         started: Instant,
         deadline: Instant,
     ) -> ShardResult {
-        let plan = CallPlan::new(CallKind::Search);
+        let plan = CallPlan {
+            first,
+            ..CallPlan::new(CallKind::Search)
+        };
+        let batched = first
+            .zip(batch)
+            .map(|(i, batch)| (Arc::clone(&replicas[i]), batch));
         let report = self
             .call(shard, replicas, &plan, deadline, |replica, budget| {
+                // The primary's call is its part of the shared call.
+                if let Some((primary, batch)) = &batched {
+                    if Arc::ptr_eq(&replica, primary) {
+                        let batch = batch.clone();
+                        return async move {
+                            let answers = batch.await?;
+                            answers
+                                .iter()
+                                .find(|answer| answer.shard == shard)
+                                .cloned()
+                                .map_or_else(
+                                    || {
+                                        Err(CallError::Failed(format!(
+                                            "no answer for shard {shard}"
+                                        )))
+                                    },
+                                    shard_answer,
+                                )
+                        }
+                        .boxed();
+                    }
+                }
                 let request = request.clone();
-                async move { replica.client.search(request, budget).await }
+                async move { replica.client.search(request, budget).await }.boxed()
             })
             .await;
         let outcome = match report.outcome {

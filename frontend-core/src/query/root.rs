@@ -376,6 +376,7 @@ impl Root {
             k: params.k,
             stats: query_stats.stats.clone(),
             score_floor,
+            shard: None,
         };
         let fanout_started = Instant::now();
         let stats_took = fanout_started.duration_since(started);

@@ -14,6 +14,7 @@ fn search(query: &str) -> SearchRequest {
         k: 5,
         stats: None,
         score_floor: None,
+        shard: None,
     }
 }
 

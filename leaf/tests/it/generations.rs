@@ -83,7 +83,7 @@ async fn client(handle: &LeafHandle) -> LeafClient<Channel> {
 
 async fn info_generation(client: &mut LeafClient<Channel>) -> u64 {
     client
-        .info(InfoRequest {})
+        .info(InfoRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -105,6 +105,7 @@ async fn search_ids(client: &mut LeafClient<Channel>, query: &str) -> Vec<String
             k: 10,
             stats: None,
             score_floor: None,
+            shard: None,
         })
         .await
         .unwrap()

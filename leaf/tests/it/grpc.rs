@@ -55,6 +55,7 @@ fn search(query: &str, k: u32) -> SearchRequest {
         k,
         stats: None,
         score_floor: None,
+        shard: None,
     }
 }
 
@@ -80,7 +81,11 @@ async fn search_info_term_stats_and_health() {
     let handle = start_leaf(LeafConfig::new(0, 2)).await;
     let mut leaf = client(&handle).await;
 
-    let info = leaf.info(InfoRequest {}).await.unwrap().into_inner();
+    let info = leaf
+        .info(InfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((info.shard, info.shards), (0, 2));
     assert_eq!(info.num_docs, handle.num_docs());
     assert!(info.num_docs > 500 && info.num_docs < 1500);
@@ -103,6 +108,7 @@ async fn search_info_term_stats_and_health() {
     let stats = leaf
         .term_stats(TermStatsRequest {
             query: "json parser".to_string(),
+            shard: None,
         })
         .await
         .unwrap()
@@ -139,6 +145,7 @@ async fn search_info_term_stats_and_health() {
     let status = leaf
         .term_stats(TermStatsRequest {
             query: "(".repeat(100),
+            shard: None,
         })
         .await
         .unwrap_err();
@@ -298,7 +305,7 @@ async fn injected_errors_are_unavailable() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "injected fault");
     // Info keeps answering: faults only act on Search.
-    leaf.info(InfoRequest {}).await.unwrap();
+    leaf.info(InfoRequest::default()).await.unwrap();
     handle.faults().set_error_fraction(0.0);
     leaf.search(search("json", 10)).await.unwrap();
     assert_eq!(handle.stats().errors, 1);
@@ -343,12 +350,12 @@ async fn killed_leaf_resets_its_connections() {
     let handle = start_leaf(LeafConfig::new(0, 1)).await;
     let addr = handle.addr();
     let mut leaf = client(&handle).await;
-    leaf.info(InfoRequest {}).await.unwrap();
+    leaf.info(InfoRequest::default()).await.unwrap();
     handle.kill();
     let status = tokio::time::timeout(PATIENCE, async {
         loop {
             // The reset may race with a call already on the wire.
-            if let Err(status) = leaf.info(InfoRequest {}).await {
+            if let Err(status) = leaf.info(InfoRequest::default()).await {
                 return status;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -386,7 +393,7 @@ async fn restart_from_index_dir_keeps_the_generation() {
     assert_eq!(again.generation(), generation);
     let info = client(&again)
         .await
-        .info(InfoRequest {})
+        .info(InfoRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -460,6 +467,7 @@ async fn inline_searches_answer_as_handed_off_ones() {
         let stats = a
             .term_stats(TermStatsRequest {
                 query: query.clone(),
+                shard: None,
             })
             .await
             .unwrap()
@@ -469,6 +477,7 @@ async fn inline_searches_answer_as_handed_off_ones() {
             stats,
             b.term_stats(TermStatsRequest {
                 query: query.clone(),
+                shard: None,
             })
             .await
             .unwrap()
@@ -510,6 +519,7 @@ async fn hits_below_the_score_floor_come_without_snippets() {
     let stats = leaf
         .term_stats(TermStatsRequest {
             query: "json parser".to_string(),
+            shard: None,
         })
         .await
         .unwrap()

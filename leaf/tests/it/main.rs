@@ -5,3 +5,4 @@ mod crash;
 mod generations;
 mod grpc;
 mod leases;
+mod shards;

@@ -144,16 +144,18 @@ async fn leaf_lease_and_cache_calls_without_a_valid_token_are_refused() {
         k: 10,
         stats: None,
         score_floor: None,
+        shard: None,
     };
     let refusals = [
         client.search(search.clone()).await.map(drop),
         client
             .term_stats(TermStatsRequest {
                 query: "json".into(),
+                shard: None,
             })
             .await
             .map(drop),
-        client.info(InfoRequest {}).await.map(drop),
+        client.info(InfoRequest::default()).await.map(drop),
         client
             .search(with_token(search.clone(), "not-the-token"))
             .await
@@ -164,7 +166,7 @@ async fn leaf_lease_and_cache_calls_without_a_valid_token_are_refused() {
     }
     // The token opens the door: the check is not refusing everything.
     let info = client
-        .info(with_token(InfoRequest {}, TOKEN))
+        .info(with_token(InfoRequest::default(), TOKEN))
         .await
         .expect("the cluster token is accepted")
         .into_inner();

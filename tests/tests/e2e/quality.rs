@@ -59,10 +59,17 @@ fn term_stats_fetched(cluster: &TestCluster, source: &str) -> u64 {
 /// few hundred queries: same ids in the same order, scores within 1e-4
 /// relative, global statistics used, `estimated_recall` 1.0.
 async fn sharded_equals_unsharded(shards: u32) {
+    sharded_equals_unsharded_in(shards, false).await;
+}
+
+/// As [`sharded_equals_unsharded`], with every shard in one process when
+/// `co_hosted`: the frontend then searches them with one call per query.
+async fn sharded_equals_unsharded_in(shards: u32, co_hosted: bool) -> TestCluster {
     let docs = corpus();
     let whole = unsharded(&docs).await;
     let cluster = TestCluster::builder()
         .shards(shards)
+        .co_hosted(co_hosted)
         .documents(Arc::clone(&docs))
         .build()
         .await;
@@ -113,6 +120,25 @@ async fn sharded_equals_unsharded(shards: u32) {
     assert_eq!(
         term_stats_fetched(&cluster, "warm"),
         warm + queries.len() as u64
+    );
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_shards_in_one_process_equal_the_unsharded_index() {
+    let cluster = sharded_equals_unsharded_in(4, true).await;
+    // Every fan-out was one SearchShards call of all four shards.
+    let metrics = &cluster.frontend().metrics;
+    let (batches, shards) = (
+        metrics.shard_batches.get(),
+        metrics.shard_batch_shards.get(),
+    );
+    assert!(batches >= QUERIES as u64, "{batches} batched calls");
+    assert_eq!(shards, 4 * batches);
+    let calls = cluster.leaf(0, 0).stats().searches;
+    assert!(
+        calls >= 4 * batches,
+        "the process answered {calls} shard searches"
     );
 }
 

@@ -112,6 +112,7 @@ fn request() -> SearchRequest {
         k: 10,
         stats: None,
         score_floor: None,
+        shard: None,
     }
 }
 
@@ -613,5 +614,204 @@ async fn a_stall_does_not_push_the_hedge_delay_into_it() {
     assert!(
         delay < healthy * 2,
         "hedge delay {delay:?}, healthy {healthy:?}"
+    );
+}
+
+/// A fake leaf process serving every shard: single searches and
+/// `SearchShards` calls, counted; `fail` makes every call fail.
+#[derive(Default)]
+struct Process {
+    singles: AtomicUsize,
+    batches: parking_lot::Mutex<Vec<Vec<u32>>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+fn process_answer(shard: u32, query: &str) -> SearchResponse {
+    SearchResponse {
+        hits: vec![Hit {
+            id: format!("{query}-{shard}"),
+            score: 1.0,
+            shard,
+            ..Hit::default()
+        }],
+        docs_searched: 10,
+        docs_total: 10,
+        shard,
+        ..SearchResponse::default()
+    }
+}
+
+/// One shard's client of a [`Process`].
+struct OnShard(Arc<Process>, u32);
+
+#[async_trait]
+impl LeafService for OnShard {
+    async fn search(
+        &self,
+        request: SearchRequest,
+        _budget: Duration,
+    ) -> Result<SearchResponse, CallError> {
+        self.0.singles.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if self.0.fail.load(Ordering::SeqCst) {
+            return Err(CallError::Unavailable("down".into()));
+        }
+        Ok(process_answer(self.1, &request.query))
+    }
+
+    async fn search_shards(
+        &self,
+        request: SearchRequest,
+        shards: Vec<u32>,
+        _budget: Duration,
+    ) -> Result<Vec<proto::leaf::ShardAnswer>, CallError> {
+        self.0.batches.lock().push(shards.clone());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if self.0.fail.load(Ordering::SeqCst) {
+            return Err(CallError::Unavailable("down".into()));
+        }
+        Ok(shards
+            .into_iter()
+            .map(|shard| proto::leaf::ShardAnswer {
+                shard,
+                response: Some(process_answer(shard, &request.query)),
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    async fn term_stats(&self, _: &str, _: Duration) -> Result<TermStatsResponse, CallError> {
+        Err(CallError::Failed("not used".into()))
+    }
+
+    async fn info(&self, _: Duration) -> Result<InfoResponse, CallError> {
+        Err(CallError::Failed("not used".into()))
+    }
+}
+
+/// `shards` shards, each served by both processes `p0` and `p1`.
+fn co_hosted(shards: u32, config: FanoutConfig) -> (Fanout, [Arc<Process>; 2]) {
+    let processes = [Arc::new(Process::default()), Arc::new(Process::default())];
+    let mut members = Vec::new();
+    for shard in 0..shards {
+        for p in 0..2u32 {
+            members.push(Member {
+                lease_id: u64::from(shard * 100 + p + 1),
+                role: Role::Leaf,
+                shard,
+                address: format!("p{p}"),
+                generation: 1,
+            });
+        }
+    }
+    let lookup = processes.clone();
+    let factory: ClientFactory = Arc::new(move |member: &Member| {
+        let p: usize = member.address[1..].parse().ok()?;
+        Some(Arc::new(OnShard(Arc::clone(&lookup[p]), member.shard)) as Arc<dyn LeafService>)
+    });
+    let routing = Routing::new(shards, factory);
+    routing.apply(&members);
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
+    (Fanout::new(routing, config, metrics), processes)
+}
+
+fn batches(processes: &[Arc<Process>; 2]) -> Vec<Vec<u32>> {
+    processes
+        .iter()
+        .flat_map(|p| p.batches.lock().clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn shards_of_one_process_are_searched_with_one_call() {
+    let (fanout, processes) = co_hosted(3, FanoutConfig::default());
+    for i in 0..40 {
+        let results = fanout
+            .search(
+                &SearchRequest {
+                    query: format!("q{i}"),
+                    ..request()
+                },
+                Instant::now() + Duration::from_millis(100),
+            )
+            .await;
+        for (shard, result) in results.iter().enumerate() {
+            match &result.outcome {
+                ShardOutcome::Answered(response) => {
+                    assert_eq!(response.hits[0].id, format!("q{i}-{shard}"))
+                }
+                other => panic!("shard {shard}: {other:?}"),
+            }
+        }
+    }
+    let sent = batches(&processes);
+    assert_eq!(sent.len(), 40, "one call per search");
+    assert!(sent.iter().all(|shards| shards == &[0, 1, 2]), "{sent:?}");
+    assert_eq!(
+        processes
+            .iter()
+            .map(|p| p.singles.load(Ordering::SeqCst))
+            .sum::<usize>(),
+        0
+    );
+    assert_eq!(fanout.metrics.shard_batches.get(), 40);
+    assert_eq!(fanout.metrics.shard_batch_shards.get(), 120);
+
+    // Off: a call per shard.
+    let (fanout, processes) = co_hosted(
+        3,
+        FanoutConfig {
+            batch_shards: false,
+            ..FanoutConfig::default()
+        },
+    );
+    for _ in 0..10 {
+        fanout
+            .search(&request(), Instant::now() + Duration::from_millis(100))
+            .await;
+    }
+    assert!(batches(&processes).is_empty());
+    assert_eq!(
+        processes
+            .iter()
+            .map(|p| p.singles.load(Ordering::SeqCst))
+            .sum::<usize>(),
+        30
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_shared_call_is_retried_shard_by_shard_elsewhere() {
+    // Uniform choice: the failing process is picked about every other time.
+    let config = FanoutConfig {
+        replica_choice: false,
+        probation: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, processes) = co_hosted(3, config);
+    processes[0].fail.store(true, Ordering::SeqCst);
+    let mut batched_on_failing = 0;
+    for _ in 0..20 {
+        let before = processes[0].batches.lock().len();
+        let results = fanout
+            .search(&request(), Instant::now() + Duration::from_millis(100))
+            .await;
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r.outcome, ShardOutcome::Answered(_))),
+            "{results:?}"
+        );
+        batched_on_failing += processes[0].batches.lock().len() - before;
+    }
+    // Whenever the shared call went to the failing process, each shard was
+    // retried alone on the other.
+    assert!(
+        batched_on_failing > 0,
+        "the failing process was never chosen"
+    );
+    assert_eq!(
+        processes[1].singles.load(Ordering::SeqCst),
+        3 * batched_on_failing
     );
 }
