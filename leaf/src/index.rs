@@ -113,9 +113,33 @@ pub struct ShardIndex {
     /// Per segment of `searcher`, in its order: the documents' ids.
     pub(crate) ids: Vec<SegmentIds>,
     pub(crate) parser: QueryParser,
+    /// Champion lists already computed (`TermStats`), by term and depth:
+    /// another query with the same term costs no pass over its postings.
+    /// Bounded by bytes ([`CHAMPION_CACHE_BYTES`]); tied to this
+    /// generation, since it lives in its index.
+    pub(crate) champions:
+        moka::sync::Cache<(tantivy::Term, usize), std::sync::Arc<Vec<proto::leaf::Impact>>>,
     /// Keeps the searcher's segments open.
     _reader: IndexReader,
     report: BuildReport,
+}
+
+/// The champion-list cache's bound per shard index, in bytes of impacts.
+pub const CHAMPION_CACHE_BYTES: u64 = 16 << 20;
+
+fn champion_cache(
+) -> moka::sync::Cache<(tantivy::Term, usize), std::sync::Arc<Vec<proto::leaf::Impact>>> {
+    moka::sync::Cache::builder()
+        .max_capacity(CHAMPION_CACHE_BYTES)
+        .weigher(
+            |key: &(tantivy::Term, usize), list: &std::sync::Arc<Vec<proto::leaf::Impact>>| {
+                let bytes = key.0.serialized_term().len()
+                    + 64
+                    + list.len() * std::mem::size_of::<proto::leaf::Impact>();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            },
+        )
+        .build()
 }
 
 impl std::fmt::Debug for ShardIndex {
@@ -474,6 +498,7 @@ fn finish(
         searcher,
         ids,
         parser,
+        champions: champion_cache(),
         _reader: reader,
         report,
     })

@@ -49,7 +49,7 @@ impl ShardIndex {
                 term: text.to_string(),
                 doc_freq: self.searcher.doc_freq(term)?,
                 top: if depth > 0 {
-                    self.impacts(term, depth)?
+                    self.champions(term, depth)?.as_ref().clone()
                 } else {
                     Vec::new()
                 },
@@ -84,6 +84,18 @@ pub use scoring::bm25_tf_factor;
 pub use scoring::bm25_idf;
 
 impl ShardIndex {
+    /// [`ShardIndex::impacts`], from the champion cache when it was
+    /// computed before.
+    pub fn champions(&self, term: &Term, depth: usize) -> Result<std::sync::Arc<Vec<Impact>>> {
+        let key = (term.clone(), depth);
+        if let Some(list) = self.champions.get(&key) {
+            return Ok(list);
+        }
+        let list = std::sync::Arc::new(self.impacts(term, depth)?);
+        self.champions.insert(key, std::sync::Arc::clone(&list));
+        Ok(list)
+    }
+
     /// The `depth` documents of this shard with the largest BM25 factor for
     /// `term` (its champion list), best first, ties by scan position. The
     /// factor uses the shard's own average field length; the frontend
@@ -308,6 +320,37 @@ mod tests {
         }
         expected.layout = 0;
         assert_eq!(sum_corpus_stats(&parts), expected);
+    }
+
+    /// A second query sharing terms with a first takes their champion
+    /// lists from the cache, and answers exactly as computed afresh.
+    #[test]
+    fn cached_champion_lists_equal_fresh_ones() {
+        let docs = generate_corpus(800, 9);
+        let index = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        let first = index.term_stats("json parser").unwrap();
+        index.champions.run_pending_tasks();
+        let cached = index.champions.entry_count();
+        assert!(cached >= 2, "{cached} lists cached");
+        let again = index.term_stats("parser json").unwrap();
+        assert_eq!(again, first);
+        index.champions.run_pending_tasks();
+        assert_eq!(
+            index.champions.entry_count(),
+            cached,
+            "nothing new to compute"
+        );
+        let fresh = ShardIndex::build_in_ram(0, 1, &docs).unwrap();
+        for term in &again.terms {
+            let field = fresh.searcher.schema().get_field(&term.field).unwrap();
+            let key = tantivy::Term::from_field_text(field, &term.term);
+            assert_eq!(
+                fresh.impacts(&key, IMPACT_DEPTH).unwrap(),
+                term.top,
+                "{}",
+                term.term
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,11 @@
 //!   first sent once at RATE, so that the bounded caches are as full as
 //!   this query file can make them before the soak starts.
 //!
+//! With `--co-host` (or `--layouts separate,co-host` for both in turn),
+//! one leaf process serves the 4 shards (`leaf --shard
+//! 0,1,2,3`) and the frontend searches them with one `SearchShards` call
+//! per query.
+//!
 //! With `--perf DIR`, `perf record --call-graph dwarf` runs on the frontend and on leaf 0
 //! during the warm stage (`DIR/frontend.data`, `DIR/leaf0.data`).
 
@@ -376,13 +381,29 @@ async fn main() {
         Some(i) => args[i + 1].split(',').map(PathBuf::from).collect(),
         None => vec![own],
     };
+    // `--layouts separate,co-host,…`: each run in turn (`--co-host` alone
+    // is `co-host`), so that both layouts are measured side by side.
+    let layouts: Vec<bool> = match args.iter().position(|a| a == "--layouts") {
+        Some(i) => args[i + 1]
+            .split(',')
+            .map(|layout| match layout {
+                "separate" => false,
+                "co-host" => true,
+                other => panic!("{other}: separate or co-host"),
+            })
+            .collect(),
+        None => vec![args.iter().any(|a| a == "--co-host")],
+    };
     for dir in &bins {
-        println!("\n## binaries from {}\n", dir.display());
-        run(dir).await;
+        for &co_host in &layouts {
+            let layout = if co_host { "co-host" } else { "separate" };
+            println!("\n## binaries from {}, {layout}\n", dir.display());
+            run(dir, co_host).await;
+        }
     }
 }
 
-async fn run(bins: &Path) {
+async fn run(bins: &Path, co_host: bool) {
     let args: Vec<String> = std::env::args().collect();
     let corpus = bench::arg("--corpus", bench::DEFAULT_CORPUS);
     let queries = bench::load_queries(bench::arg("--queries", bench::DEFAULT_QUERIES));
@@ -415,8 +436,13 @@ async fn run(bins: &Path) {
         Some(registry) => vec!["--frontend".into(), registry.clone()],
         None => Vec::new(),
     };
-    let leaves =
-        LeafProcesses::start_binary_with(&bins.join("leaf"), &corpus, 4, 1, &leaf_flags).await;
+    // `--co-host`: one leaf process serving the 4 shards, searched with one
+    // call per query (SearchShards), instead of one process per shard.
+    let leaves = if co_host {
+        LeafProcesses::start_co_hosted(&bins.join("leaf"), &corpus, 4, 1, &leaf_flags).await
+    } else {
+        LeafProcesses::start_binary_with(&bins.join("leaf"), &corpus, 4, 1, &leaf_flags).await
+    };
     std::env::remove_var("TOKIO_WORKER_THREADS");
     let setup = |cache: bool, admission: bool| Setup {
         leaves: match registry {
@@ -428,13 +454,18 @@ async fn run(bins: &Path) {
         admission,
         caches: if cache { caches } else { 0 },
     };
-    let leaf_parts: Vec<(String, u32)> = (0..4)
-        .map(|s| (format!("leaf {s}"), leaves.pid_of(s, 0)))
-        .collect();
+    let leaf_parts: Vec<(String, u32)> = if co_host {
+        vec![("leaf 0-3".to_string(), leaves.pid_of(0, 0))]
+    } else {
+        (0..4)
+            .map(|s| (format!("leaf {s}"), leaves.pid_of(s, 0)))
+            .collect()
+    };
     let zipf = QueryOrder::Zipf { exponent: 1.0 };
     let list: Vec<String> = queries.to_vec();
     println!(
-        "4 leaves × 1 replica + frontend as release processes, {caches} cache processes, frontend flags {extra:?}, {}",
+        "4 shards × 1 replica in {} leaf process(es) + frontend as release processes, {caches} cache processes, frontend flags {extra:?}, {}",
+        leaf_parts.len(),
         bench::machine_load()
     );
 

@@ -548,6 +548,34 @@ impl LeafProcesses {
         replicas: u32,
         extra: &[String],
     ) -> LeafProcesses {
+        let groups: Vec<Vec<u32>> = (0..shards).map(|shard| vec![shard]).collect();
+        Self::start_groups(binary, corpus, shards, &groups, replicas, extra).await
+    }
+
+    /// Like [`LeafProcesses::start_binary_with`], with each replica one
+    /// process serving all `shards` (`--shard 0,1,…`); it is shard 0 in
+    /// [`LeafProcesses::pid_of`] and the other accessors.
+    pub async fn start_co_hosted(
+        binary: &Path,
+        corpus: &str,
+        shards: u32,
+        replicas: u32,
+        extra: &[String],
+    ) -> LeafProcesses {
+        let groups = vec![(0..shards).collect::<Vec<u32>>()];
+        Self::start_groups(binary, corpus, shards, &groups, replicas, extra).await
+    }
+
+    /// One process per group of shards and replica; a group's first shard
+    /// names it.
+    async fn start_groups(
+        binary: &Path,
+        corpus: &str,
+        shards: u32,
+        groups: &[Vec<u32>],
+        replicas: u32,
+        extra: &[String],
+    ) -> LeafProcesses {
         assert!(
             binary.exists(),
             "{} is missing: cargo build --release -p leaf",
@@ -561,12 +589,14 @@ impl LeafProcesses {
         };
         let mut children = Vec::new();
         let mut ready = Vec::new();
-        for shard in 0..shards {
+        for group in groups {
+            let shard = group[0];
+            let list: Vec<String> = group.iter().map(u32::to_string).collect();
             for replica in 0..replicas {
                 let grpc = format!("127.0.0.1:{}", free_port());
                 let metrics = format!("127.0.0.1:{}", free_port());
                 let child = std::process::Command::new(binary)
-                    .args(["--corpus", corpus, "--shard", &shard.to_string()])
+                    .args(["--corpus", corpus, "--shard", &list.join(",")])
                     .args(["--shards", &shards.to_string(), "--grpc", &grpc])
                     .args(["--metrics", &metrics])
                     .args(extra)
