@@ -117,8 +117,7 @@ pub struct ShardIndex {
     /// another query with the same term costs no pass over its postings.
     /// Bounded by bytes ([`CHAMPION_CACHE_BYTES`]); tied to this
     /// generation, since it lives in its index.
-    pub(crate) champions:
-        moka::sync::Cache<(tantivy::Term, usize), std::sync::Arc<Vec<proto::leaf::Impact>>>,
+    pub(crate) champions: ChampionCache,
     /// Keeps the searcher's segments open.
     _reader: IndexReader,
     report: BuildReport,
@@ -127,13 +126,16 @@ pub struct ShardIndex {
 /// The champion-list cache's bound per shard index, in bytes of impacts.
 pub const CHAMPION_CACHE_BYTES: u64 = 16 << 20;
 
-fn champion_cache(
-) -> moka::sync::Cache<(tantivy::Term, usize), std::sync::Arc<Vec<proto::leaf::Impact>>> {
+/// Champion lists by term and depth.
+pub(crate) type ChampionCache =
+    moka::sync::Cache<(tantivy::Term, usize), std::sync::Arc<Vec<proto::leaf::Impact>>>;
+
+fn champion_cache() -> ChampionCache {
     moka::sync::Cache::builder()
         .max_capacity(CHAMPION_CACHE_BYTES)
         .weigher(
             |key: &(tantivy::Term, usize), list: &std::sync::Arc<Vec<proto::leaf::Impact>>| {
-                let bytes = key.0.serialized_term().len()
+                let bytes = key.0.value().as_str().map_or(0, str::len)
                     + 64
                     + list.len() * std::mem::size_of::<proto::leaf::Impact>();
                 u32::try_from(bytes).unwrap_or(u32::MAX)
