@@ -672,8 +672,12 @@ async fn ramp(
                 / answered
         };
         let fe = cpu(0);
-        let lv: f64 = (1..5).map(cpu).sum();
-        let ca: f64 = (5..5 + cache_count).map(cpu).sum::<f64>().max(0.0);
+        let leaf_count = leaf_parts.len();
+        let lv: f64 = (1..1 + leaf_count).map(cpu).sum();
+        let ca: f64 = (1 + leaf_count..1 + leaf_count + cache_count)
+            .map(cpu)
+            .sum::<f64>()
+            .max(0.0);
         let scheduled = t.scheduled.max(1) as f64;
         let bad = (t.scheduled - t.ok.min(t.scheduled)) as f64 / scheduled;
         // Admission control's sheds (503 `overloaded`); other 503s are
