@@ -213,11 +213,11 @@ impl Metrics {
         )?;
         let shard_batches = IntCounter::new(
             "frontend_shard_batches_total",
-            "Calls that searched several shards of one leaf process at once (SearchShards).",
+            "Calls that carried several shards of one leaf process at once (SearchShards, TermStatsShards).",
         )?;
         let shard_batch_shards = IntCounter::new(
             "frontend_shard_batch_shards_total",
-            "Shards searched through SearchShards calls.",
+            "Shards carried by those calls.",
         )?;
         let probes = IntCounter::new(
             "frontend_probation_probes_total",

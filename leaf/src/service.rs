@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use proto::leaf::leaf_server::Leaf;
 use proto::leaf::{
     InfoRequest, InfoResponse, SearchRequest, SearchResponse, SearchShardsRequest,
-    SearchShardsResponse, ShardAnswer, TermStatsRequest, TermStatsResponse,
+    SearchShardsResponse, ShardAnswer, TermStatsAnswer, TermStatsRequest, TermStatsResponse,
+    TermStatsShardsRequest, TermStatsShardsResponse,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
@@ -601,21 +602,75 @@ impl Leaf for LeafService {
         let deadline = deadline_from(request.metadata(), arrival(&request));
         let request = request.into_inner();
         let shared = self.route(request.shard)?;
-        let result = shared.term_stats(request, deadline).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(error) => error.outcome(),
-        };
-        shared
-            .metrics
-            .term_stats_requests
-            .with_label_values(&[outcome])
-            .inc();
-        result.map(Response::new).map_err(|error| {
-            log_error(&error, "term_stats");
-            error.into()
-        })
+        term_stats_one(shared, request, deadline)
+            .await
+            .map(Response::new)
     }
+
+    #[instrument(
+        name = "leaf.term_stats_shards",
+        skip_all,
+        fields(shards = request.get_ref().shards.len())
+    )]
+    async fn term_stats_shards(
+        &self,
+        request: Request<TermStatsShardsRequest>,
+    ) -> std::result::Result<Response<TermStatsShardsResponse>, Status> {
+        let deadline = deadline_from(request.metadata(), arrival(&request));
+        let TermStatsShardsRequest { query, shards } = request.into_inner();
+        let mut answers: Vec<TermStatsAnswer> = Vec::with_capacity(shards.len());
+        for shard in shards {
+            if answers.iter().any(|answer| answer.shard == shard) {
+                continue;
+            }
+            let result = match self.route(Some(shard)) {
+                Ok(shared) => {
+                    let request = TermStatsRequest {
+                        query: query.clone(),
+                        shard: Some(shard),
+                    };
+                    term_stats_one(shared, request, deadline).await
+                }
+                Err(status) => Err(status),
+            };
+            answers.push(match result {
+                Ok(response) => TermStatsAnswer {
+                    shard,
+                    response: Some(response),
+                    ..TermStatsAnswer::default()
+                },
+                Err(status) => TermStatsAnswer {
+                    shard,
+                    response: None,
+                    error_code: status.code() as i32,
+                    error_message: status.message().to_string(),
+                },
+            });
+        }
+        Ok(Response::new(TermStatsShardsResponse { answers }))
+    }
+}
+
+/// One shard's term statistics, with the outcome counted on that shard.
+async fn term_stats_one(
+    shared: &Shared,
+    request: TermStatsRequest,
+    deadline: Option<Instant>,
+) -> std::result::Result<TermStatsResponse, Status> {
+    let result = shared.term_stats(request, deadline).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.outcome(),
+    };
+    shared
+        .metrics
+        .term_stats_requests
+        .with_label_values(&[outcome])
+        .inc();
+    result.map_err(|error| {
+        log_error(&error, "term_stats");
+        error.into()
+    })
 }
 
 #[cfg(test)]

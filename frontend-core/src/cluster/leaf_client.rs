@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use proto::leaf::leaf_client::LeafClient;
 use proto::leaf::{
     InfoRequest, InfoResponse, SearchRequest, SearchResponse, SearchShardsRequest, ShardAnswer,
-    TermStatsRequest, TermStatsResponse,
+    TermStatsAnswer, TermStatsRequest, TermStatsResponse, TermStatsShardsRequest,
 };
 use svc::auth::{AuthChannel, Credentials};
 use svc::tls::ClientTls;
@@ -125,19 +125,38 @@ pub trait LeafService: Send + Sync + 'static {
             "this client cannot search several shards".to_string(),
         ))
     }
+    /// `TermStats` of several shards of one process with one call
+    /// (`TermStatsShards`), as [`LeafService::search_shards`].
+    async fn term_stats_shards(
+        &self,
+        query: &str,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<TermStatsAnswer>, CallError> {
+        let _ = (query, shards, budget);
+        Err(CallError::Failed(
+            "this client cannot ask several shards".to_string(),
+        ))
+    }
 }
 
-/// One shard's part of a `SearchShards` answer, as a call to that shard
-/// alone would have ended.
-pub fn shard_answer(answer: ShardAnswer) -> Result<SearchResponse, CallError> {
-    match answer.response {
+/// One shard's part of a multi-shard answer, as a call to that shard alone
+/// would have ended: its response, or the status it failed with.
+fn part<R>(response: Option<R>, code: i32, message: String) -> Result<R, CallError> {
+    match response {
         Some(response) => Ok(response),
-        None => Err(tonic::Status::new(
-            tonic::Code::from_i32(answer.error_code),
-            answer.error_message,
-        )
-        .into()),
+        None => Err(tonic::Status::new(tonic::Code::from_i32(code), message).into()),
     }
+}
+
+/// One shard's part of a `SearchShards` answer.
+pub fn shard_answer(answer: ShardAnswer) -> Result<SearchResponse, CallError> {
+    part(answer.response, answer.error_code, answer.error_message)
+}
+
+/// One shard's part of a `TermStatsShards` answer.
+pub fn stats_answer(answer: TermStatsAnswer) -> Result<TermStatsResponse, CallError> {
+    part(answer.response, answer.error_code, answer.error_message)
 }
 
 /// How the frontend reaches leaves and cache servers: the credentials sent
@@ -251,6 +270,22 @@ impl LeafService for GrpcLeaf {
             shards,
         };
         with_deadline(budget, client.search_shards(request(message, budget)))
+            .await
+            .map(|response| response.answers)
+    }
+
+    async fn term_stats_shards(
+        &self,
+        query: &str,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<TermStatsAnswer>, CallError> {
+        let mut client = self.client.clone();
+        let message = TermStatsShardsRequest {
+            query: query.to_string(),
+            shards,
+        };
+        with_deadline(budget, client.term_stats_shards(request(message, budget)))
             .await
             .map(|response| response.answers)
     }

@@ -18,7 +18,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use proto::leaf::{InfoResponse, SearchRequest, SearchResponse, ShardAnswer, TermStatsResponse};
+use proto::leaf::{
+    InfoResponse, SearchRequest, SearchResponse, ShardAnswer, TermStatsAnswer, TermStatsResponse,
+};
 
 use lease::{Member, MemberView, Role};
 use parking_lot::{Mutex, RwLock};
@@ -364,6 +366,18 @@ impl LeafService for Rejoining {
     ) -> Result<Vec<ShardAnswer>, CallError> {
         let started = Instant::now();
         let result = self.inner.search_shards(request, shards, budget).await;
+        self.note(&result, started);
+        result
+    }
+
+    async fn term_stats_shards(
+        &self,
+        query: &str,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<TermStatsAnswer>, CallError> {
+        let started = Instant::now();
+        let result = self.inner.term_stats_shards(query, shards, budget).await;
         self.note(&result, started);
         result
     }

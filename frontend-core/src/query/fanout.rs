@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
-use proto::leaf::{SearchRequest, SearchResponse, ShardAnswer};
+use proto::leaf::{SearchRequest, SearchResponse};
 use tokio::time::Instant;
 
-use crate::cluster::leaf_client::{shard_answer, CallError};
+use crate::cluster::leaf_client::{shard_answer, CallError, LeafService};
 use crate::cluster::load::LatencyWindow;
 use crate::cluster::topology::{Replica, Routing};
 use crate::metrics::{LeafCallOutcome, Metrics};
@@ -256,11 +256,48 @@ type CallFuture<T> = Pin<Box<dyn std::future::Future<Output = CallOutput<T>> + S
 /// answered within [`ALIVE_WINDOW`] before.
 type Pending = (usize, Instant, bool);
 
-/// What a shared `SearchShards` call gives each of its shards.
-type BatchOutput = Result<Arc<Vec<ShardAnswer>>, CallError>;
-/// A `SearchShards` call shared by the shards it searches; it is cancelled
-/// when every one of them has dropped its part.
-type Batch = Shared<BoxFuture<'static, BatchOutput>>;
+/// What a call shared by several shards of one process (`SearchShards`,
+/// `TermStatsShards`) gives: each shard's outcome, by shard.
+pub type BatchOutput<T> = Result<Arc<Vec<(u32, Result<T, CallError>)>>, CallError>;
+
+/// A shard's part in a call shared by several shards of one process: the
+/// call is made once, awaited by each, and cancelled when every one of
+/// them has dropped its part.
+#[derive(Clone)]
+pub struct Batched<T> {
+    /// The shard's primary, whose call this is.
+    primary: Arc<Replica>,
+    shared: Shared<BoxFuture<'static, BatchOutput<T>>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Batched<T> {
+    /// The call to `replica` when it is the shard's primary: its part of
+    /// the shared call. Any other replica (a hedge, a retry) gets None and
+    /// a call of its own.
+    pub fn part(
+        &self,
+        replica: &Arc<Replica>,
+        shard: u32,
+    ) -> Option<BoxFuture<'static, Result<T, CallError>>> {
+        if !Arc::ptr_eq(replica, &self.primary) {
+            return None;
+        }
+        let shared = self.shared.clone();
+        Some(
+            async move {
+                let parts = shared.await?;
+                parts
+                    .iter()
+                    .find(|(s, _)| *s == shard)
+                    .map(|(_, outcome)| outcome.clone())
+                    .unwrap_or_else(|| {
+                        Err(CallError::Failed(format!("no answer for shard {shard}")))
+                    })
+            }
+            .boxed(),
+        )
+    }
+}
 
 /// The stuck threshold before a shard has a latency percentile.
 const STUCK_COLD: Duration = Duration::from_millis(100);
@@ -377,16 +414,32 @@ impl Fanout {
     pub async fn search(&self, request: &SearchRequest, deadline: Instant) -> Vec<ShardResult> {
         let topology = self.routing.snapshot();
         let started = Instant::now();
-        let primaries = self.primaries(&topology.shards);
-        let batches = self.batches(&topology.shards, &primaries, request, deadline);
+        let primaries = self.primaries(&topology.shards, &[]);
+        let budget = deadline.saturating_duration_since(started);
+        let batches = self.batches(&topology.shards, &primaries, |client, shards| {
+            let request = request.clone();
+            async move {
+                let answers = client.search_shards(request, shards, budget).await?;
+                Ok(Arc::new(
+                    answers
+                        .into_iter()
+                        .map(|answer| (answer.shard, shard_answer(answer)))
+                        .collect(),
+                ))
+            }
+            .boxed()
+        });
         let calls = topology.shards.iter().enumerate().map(|(shard, replicas)| {
-            let first = primaries[shard];
+            let plan = CallPlan {
+                first: primaries[shard],
+                ..CallPlan::new(CallKind::Search)
+            };
             let batch = batches[shard].clone();
             self.search_shard(
                 shard as u32,
                 replicas,
                 request,
-                (first, batch),
+                (plan, batch),
                 started,
                 deadline,
             )
@@ -394,17 +447,30 @@ impl Fanout {
         futures::future::join_all(calls).await
     }
 
-    /// Each shard's primary by replica choice. With batching, a shard whose
+    /// Each shard's primary by replica choice, never one `excluded` (per
+    /// shard, per replica; missing: none). With batching, a shard whose
     /// choice is a process no earlier shard chose takes instead a replica
-    /// in a process already chosen, when that replica is neither stuck nor
-    /// on probation: the process is the unit of load, and one call to it
-    /// costs less than one per shard.
-    fn primaries(&self, shards: &[Vec<Arc<Replica>>]) -> Vec<Option<usize>> {
+    /// in a process already chosen, when that replica is neither excluded,
+    /// stuck nor on probation: the process is the unit of load, and one
+    /// call to it costs less than one per shard.
+    pub fn primaries(
+        &self,
+        shards: &[Vec<Arc<Replica>>],
+        excluded: &[Vec<bool>],
+    ) -> Vec<Option<usize>> {
         let now = Instant::now();
         let mut chosen: Vec<Option<usize>> = Vec::with_capacity(shards.len());
         for (shard, replicas) in shards.iter().enumerate() {
             let rule = self.stuck_rule(shard as u32);
-            let tried = vec![false; replicas.len()];
+            let tried: Vec<bool> = (0..replicas.len())
+                .map(|i| {
+                    excluded
+                        .get(shard)
+                        .and_then(|e| e.get(i))
+                        .copied()
+                        .unwrap_or(false)
+                })
+                .collect();
             let pick = replica::choose(&self.policy, &self.metrics, replicas, &tried, rule);
             let chosen_address = |address: &str| {
                 chosen.iter().zip(shards).any(|(pick, replicas)| {
@@ -417,8 +483,10 @@ impl Fanout {
                 {
                     replicas
                         .iter()
-                        .position(|r| {
-                            chosen_address(&r.member.address)
+                        .enumerate()
+                        .position(|(j, r)| {
+                            !tried[j]
+                                && chosen_address(&r.member.address)
                                 && !replica::is_stuck(r, rule, now)
                                 && !r.probation.active(now)
                         })
@@ -431,16 +499,21 @@ impl Fanout {
         chosen
     }
 
-    /// One shared `SearchShards` call per process that is the primary of
-    /// two shards or more, given to each of those shards (None elsewhere).
-    fn batches(
+    /// One shared call, made by `call` with the process's client and the
+    /// shards it carries, per process that is the primary of two shards or
+    /// more; each of those shards gets it (None elsewhere, and everywhere
+    /// with batching off).
+    pub fn batches<T, F>(
         &self,
         shards: &[Vec<Arc<Replica>>],
         primaries: &[Option<usize>],
-        request: &SearchRequest,
-        deadline: Instant,
-    ) -> Vec<Option<Batch>> {
-        let mut batches: Vec<Option<Batch>> = vec![None; shards.len()];
+        call: F,
+    ) -> Vec<Option<Batched<T>>>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: Fn(Arc<dyn LeafService>, Vec<u32>) -> BoxFuture<'static, BatchOutput<T>>,
+    {
+        let mut batches: Vec<Option<Batched<T>>> = vec![None; shards.len()];
         if !self.config.batch_shards {
             return batches;
         }
@@ -462,19 +535,13 @@ impl Fanout {
             }
             self.metrics.shard_batches.inc();
             self.metrics.shard_batch_shards.inc_by(members.len() as u64);
-            let client = Arc::clone(&replica.client);
-            let (request, ids) = (request.clone(), members.iter().map(|&s| s as u32).collect());
-            let budget = deadline.saturating_duration_since(Instant::now());
-            let call: BoxFuture<'static, BatchOutput> = async move {
-                client
-                    .search_shards(request, ids, budget)
-                    .await
-                    .map(Arc::new)
-            }
-            .boxed();
-            let call = call.shared();
+            let ids = members.iter().map(|&s| s as u32).collect();
+            let shared = call(Arc::clone(&replica.client), ids).shared();
             for member in members {
-                batches[member] = Some(call.clone());
+                batches[member] = primary(member).map(|replica| Batched {
+                    primary: Arc::clone(replica),
+                    shared: shared.clone(),
+                });
             }
         }
         batches
@@ -485,40 +552,14 @@ impl Fanout {
         shard: u32,
         replicas: &[Arc<Replica>],
         request: &SearchRequest,
-        (first, batch): (Option<usize>, Option<Batch>),
+        (plan, batch): (CallPlan, Option<Batched<SearchResponse>>),
         started: Instant,
         deadline: Instant,
     ) -> ShardResult {
-        let plan = CallPlan {
-            first,
-            ..CallPlan::new(CallKind::Search)
-        };
-        let batched = first
-            .zip(batch)
-            .map(|(i, batch)| (Arc::clone(&replicas[i]), batch));
         let report = self
             .call(shard, replicas, &plan, deadline, |replica, budget| {
-                // The primary's call is its part of the shared call.
-                if let Some((primary, batch)) = &batched {
-                    if Arc::ptr_eq(&replica, primary) {
-                        let batch = batch.clone();
-                        return async move {
-                            let answers = batch.await?;
-                            answers
-                                .iter()
-                                .find(|answer| answer.shard == shard)
-                                .cloned()
-                                .map_or_else(
-                                    || {
-                                        Err(CallError::Failed(format!(
-                                            "no answer for shard {shard}"
-                                        )))
-                                    },
-                                    shard_answer,
-                                )
-                        }
-                        .boxed();
-                    }
+                if let Some(part) = batch.as_ref().and_then(|b| b.part(&replica, shard)) {
+                    return part;
                 }
                 let request = request.clone();
                 async move { replica.client.search(request, budget).await }.boxed()

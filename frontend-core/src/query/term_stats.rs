@@ -32,8 +32,10 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::cluster::leaf_client::stats_answer;
 use crate::query::estimate::{Evidence, Occur, PairModel};
 use crate::query::fanout::{CallKind, CallPlan, Called, Fanout};
+use futures::future::FutureExt;
 
 /// The fields the leaves search; their terms are looked up locally.
 const FIELDS: [&str; 2] = scoring::SEARCH_FIELDS;
@@ -301,24 +303,53 @@ impl TermStatsCache {
         // the new generation are fetched and cached under it, never those
         // of the old one; failing that, the shard's newest.
         let until = Instant::now() + FETCH_BUDGET;
-        let calls = shards.iter().enumerate().map(|(shard, replicas)| {
-            let wanted = generations
-                .get(shard)
-                .copied()
-                .filter(|&g| replicas.iter().any(|r| r.member.generation == g))
-                .or_else(|| replicas.iter().map(|r| r.member.generation).max());
-            let plan = CallPlan {
-                excluded: replicas
+        let excluded: Vec<Vec<bool>> = shards
+            .iter()
+            .enumerate()
+            .map(|(shard, replicas)| {
+                let wanted = generations
+                    .get(shard)
+                    .copied()
+                    .filter(|&g| replicas.iter().any(|r| r.member.generation == g))
+                    .or_else(|| replicas.iter().map(|r| r.member.generation).max());
+                replicas
                     .iter()
                     .map(|r| Some(r.member.generation) != wanted)
-                    .collect(),
+                    .collect()
+            })
+            .collect();
+        // Shards whose replicas share a process ask it once.
+        let primaries = fanout.primaries(shards, &excluded);
+        let budget = until.saturating_duration_since(Instant::now());
+        let batches = fanout.batches(shards, &primaries, |client, ids| {
+            let query = query.to_string();
+            async move {
+                let answers = client.term_stats_shards(&query, ids, budget).await?;
+                Ok(Arc::new(
+                    answers
+                        .into_iter()
+                        .map(|answer| (answer.shard, stats_answer(answer)))
+                        .collect(),
+                ))
+            }
+            .boxed()
+        });
+        let calls = shards.iter().enumerate().map(|(shard, replicas)| {
+            let plan = CallPlan {
+                excluded: excluded[shard].clone(),
+                first: primaries[shard],
                 ..CallPlan::new(CallKind::Stats)
             };
+            let batch = batches[shard].clone();
             async move {
+                let shard = shard as u32;
                 let report = fanout
-                    .call(shard as u32, replicas, &plan, until, |replica, budget| {
+                    .call(shard, replicas, &plan, until, |replica, budget| {
+                        if let Some(part) = batch.as_ref().and_then(|b| b.part(&replica, shard)) {
+                            return part;
+                        }
                         let query = query.to_string();
-                        async move { replica.client.term_stats(&query, budget).await }
+                        async move { replica.client.term_stats(&query, budget).await }.boxed()
                     })
                     .await;
                 match report.outcome {
@@ -750,6 +781,131 @@ mod tests {
                 "not used".into(),
             ))
         }
+    }
+
+    /// Two shards served by one process (address `p`): each shard's
+    /// client of it, counting the calls of either kind.
+    struct CoHosted {
+        shard: Arc<SlowStats>,
+        batches: Arc<std::sync::atomic::AtomicUsize>,
+        all: Vec<Arc<SlowStats>>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::cluster::leaf_client::LeafService for CoHosted {
+        async fn search(
+            &self,
+            request: proto::leaf::SearchRequest,
+            budget: Duration,
+        ) -> Result<proto::leaf::SearchResponse, crate::cluster::leaf_client::CallError> {
+            self.shard.search(request, budget).await
+        }
+
+        async fn term_stats(
+            &self,
+            query: &str,
+            budget: Duration,
+        ) -> Result<proto::leaf::TermStatsResponse, crate::cluster::leaf_client::CallError>
+        {
+            self.shard.term_stats(query, budget).await
+        }
+
+        async fn term_stats_shards(
+            &self,
+            query: &str,
+            shards: Vec<u32>,
+            budget: Duration,
+        ) -> Result<Vec<proto::leaf::TermStatsAnswer>, crate::cluster::leaf_client::CallError>
+        {
+            self.batches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut answers = Vec::new();
+            for shard in shards {
+                let response = self.all[shard as usize].term_stats(query, budget).await?;
+                answers.push(proto::leaf::TermStatsAnswer {
+                    shard,
+                    response: Some(response),
+                    ..Default::default()
+                });
+            }
+            Ok(answers)
+        }
+
+        async fn info(
+            &self,
+            budget: Duration,
+        ) -> Result<proto::leaf::InfoResponse, crate::cluster::leaf_client::CallError> {
+            self.shard.info(budget).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shards_of_one_process_share_one_statistics_call() {
+        let mut figures = Vec::new();
+        for batch_shards in [true, false] {
+            let all: Vec<Arc<SlowStats>> = (0..2)
+                .map(|shard| {
+                    Arc::new(SlowStats {
+                        shard,
+                        generation: 1,
+                        delay: Duration::from_millis(1),
+                        calls: Default::default(),
+                    })
+                })
+                .collect();
+            let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (lookup, counter) = (all.clone(), Arc::clone(&batches));
+            let factory: crate::cluster::topology::ClientFactory =
+                Arc::new(move |member: &lease::Member| {
+                    Some(Arc::new(CoHosted {
+                        shard: Arc::clone(&lookup[member.shard as usize]),
+                        batches: Arc::clone(&counter),
+                        all: lookup.clone(),
+                    })
+                        as Arc<dyn crate::cluster::leaf_client::LeafService>)
+                });
+            let routing = crate::cluster::topology::Routing::new(2, factory);
+            routing.apply(
+                &(0..2)
+                    .map(|shard| lease::Member {
+                        lease_id: u64::from(shard) + 1,
+                        role: lease::Role::Leaf,
+                        shard,
+                        address: "p".into(),
+                        generation: 1,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let metrics =
+                Arc::new(crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap());
+            let fanout = Arc::new(Fanout::new(
+                routing,
+                crate::query::fanout::FanoutConfig {
+                    batch_shards,
+                    ..Default::default()
+                },
+                metrics,
+            ));
+            let cache = TermStatsCache::default();
+            let stats = cache
+                .for_query("json", &fanout, Instant::now() + Duration::from_secs(1))
+                .await;
+            assert_eq!(stats.source.label(), "fetched");
+            let singles: usize = all
+                .iter()
+                .map(|leaf| leaf.calls.load(std::sync::atomic::Ordering::SeqCst))
+                .sum();
+            figures.push((
+                batches.load(std::sync::atomic::Ordering::SeqCst),
+                singles,
+                stats.stats,
+            ));
+        }
+        // Batched: one call (which asked each shard once); else one per shard.
+        assert_eq!((figures[0].0, figures[0].1), (1, 2));
+        assert_eq!((figures[1].0, figures[1].1), (0, 2));
+        assert_eq!(figures[0].2, figures[1].2, "the same statistics either way");
+        assert_eq!(figures[0].2.as_ref().unwrap().num_docs, 200);
     }
 
     #[tokio::test(start_paused = true)]

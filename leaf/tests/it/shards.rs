@@ -9,6 +9,7 @@ use leaf::{generate_corpus, CorpusSource, Document, LeafConfig, LeafHandle};
 use proto::leaf::leaf_client::LeafClient;
 use proto::leaf::{
     CorpusStats, InfoRequest, SearchRequest, SearchResponse, SearchShardsRequest, TermStatsRequest,
+    TermStatsShardsRequest,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +118,21 @@ async fn a_process_serving_several_shards_answers_as_one_leaf_per_shard() {
                     .stats
                     .unwrap(),
             );
+        }
+        // TermStatsShards: each shard's own answer, in the order asked.
+        let batched = several
+            .term_stats_shards(TermStatsShardsRequest {
+                query: query.clone(),
+                shards: vec![2, 0, 1],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let order: Vec<u32> = batched.answers.iter().map(|a| a.shard).collect();
+        assert_eq!(order, vec![2, 0, 1]);
+        for answer in batched.answers {
+            let stats = answer.response.expect("every shard answers").stats.unwrap();
+            assert_eq!(stats, parts[answer.shard as usize], "{query}");
         }
         let summed = leaf::sum_corpus_stats(&parts);
         for stats in [None, Some(summed)] {
