@@ -43,7 +43,8 @@ mod etcd;
 use crate::backoff::{jitter, INITIAL_BACKOFF, MAX_BACKOFF};
 pub use crate::member::HolderInfo;
 use crate::member::RoleLabel;
-use crate::metrics::{HolderMetrics, RenewalOutcome};
+pub use crate::metrics::HolderMetrics;
+use crate::metrics::RenewalOutcome;
 use etcd::EtcdHolder;
 
 /// How long a connection attempt to a registry may take.
@@ -195,7 +196,17 @@ pub fn spawn_with(
     metrics: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> HolderSet {
-    let metrics = HolderMetrics::new(metrics);
+    spawn_counted(config, connect, HolderMetrics::new(metrics), shutdown)
+}
+
+/// [`spawn_with`], counting in `metrics` (shared by several holder sets of
+/// one process).
+pub fn spawn_counted(
+    config: HolderConfig,
+    connect: Option<Connect>,
+    metrics: HolderMetrics,
+    shutdown: CancellationToken,
+) -> HolderSet {
     let stop = shutdown.child_token();
     let endpoints = targets(&config.endpoints);
     let auth = match &config.live_token {

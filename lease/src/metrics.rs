@@ -168,9 +168,10 @@ impl RegistryMetrics {
     }
 }
 
-/// Metrics of the holder side.
+/// Metrics of the holder side, one set per process: every holder set of a
+/// process (a leaf serving several shards holds one per shard) shares it.
 #[derive(Clone)]
-pub(crate) struct HolderMetrics {
+pub struct HolderMetrics {
     pub renewals: IntCounterVec,
     pub lost: IntCounter,
     pub grants: IntCounter,
@@ -178,6 +179,7 @@ pub(crate) struct HolderMetrics {
 }
 
 impl HolderMetrics {
+    /// Creates the holder metrics and registers them on `registry`.
     pub fn new(registry: &prometheus::Registry) -> Self {
         let held = IntGauge::new("lease_holder_held", "Leases this process currently holds.")
             .expect("valid metric");

@@ -106,6 +106,8 @@ pub struct Lifecycle {
     /// One holder set per lease held (a leaf serving several shards holds
     /// one per shard).
     holders: Vec<HolderSet>,
+    /// The holder metrics every holder set counts in (made by the first).
+    holder_metrics: Option<lease::holder::HolderMetrics>,
     metrics_addr: Option<SocketAddr>,
     served: bool,
     /// Tokens and TLS of the internal plane (open and plain by default).
@@ -133,6 +135,7 @@ impl Lifecycle {
             tasks: TaskTracker::new(),
             health: None,
             holders: Vec::new(),
+            holder_metrics: None,
             metrics_addr: None,
             served: false,
             security: Security::default(),
@@ -228,7 +231,13 @@ impl Lifecycle {
             lease::holder::Connect(std::sync::Arc::new(move |endpoint| tls.channel(endpoint)))
         });
         let tokens = self.security.tokens.clone();
-        let holders = lease.map(|lease| {
+        let registry = &self.registry;
+        let metrics = lease.map(|_| {
+            self.holder_metrics
+                .get_or_insert_with(|| lease::holder::HolderMetrics::new(registry))
+                .clone()
+        });
+        let holders = lease.zip(metrics).map(|(lease, metrics)| {
             // The lease's own token when it names one; else the one this
             // server sends, read live (a rotated token file takes effect on
             // the next keep-alive).
@@ -240,7 +249,7 @@ impl Lifecycle {
                 }
                 _ => None,
             };
-            lease::holder::spawn_with(
+            lease::holder::spawn_counted(
                 HolderConfig {
                     endpoints: lease.frontends.clone(),
                     token: lease.token.clone(),
@@ -249,7 +258,7 @@ impl Lifecycle {
                     live_token,
                 },
                 connect,
-                &self.registry,
+                metrics,
                 // Not the caller's token: the stop revokes explicitly, after
                 // NOT_SERVING and before the drain.
                 CancellationToken::new(),

@@ -38,30 +38,10 @@ impl StaticMembership {
                     }
                 };
                 loop {
-                    match client.info(Duration::from_secs(1)).await {
-                        Ok(info) => {
-                            tracing::info!(%address, shard = info.shard, served = ?info.served, docs = info.num_docs, "static leaf found");
-                            // A process serving several shards is a replica
-                            // of each (lease ids unique per shard).
-                            let served = if info.served.is_empty() {
-                                vec![info.shard]
-                            } else {
-                                info.served.clone()
-                            };
-                            let several = served.len() > 1;
-                            for shard in served {
-                                let lease_id = index as u64 + 1;
-                                membership.add(Member {
-                                    lease_id: if several {
-                                        (lease_id << 20) + u64::from(shard)
-                                    } else {
-                                        lease_id
-                                    },
-                                    role: Role::Leaf,
-                                    shard,
-                                    address: address.clone(),
-                                    generation: info.generation,
-                                });
+                    match discover(&client, index, &address).await {
+                        Ok(members) => {
+                            for member in members {
+                                membership.add(member);
                             }
                             return;
                         }
@@ -84,6 +64,44 @@ impl StaticMembership {
         known.push(member);
         self.members.send_replace(Arc::new(known.clone()));
     }
+}
+
+/// The members a static leaf address stands for: one per shard its
+/// process serves (`Info.served`), each with that shard's own generation,
+/// and lease ids unique per shard when there are several.
+async fn discover(
+    client: &GrpcLeaf,
+    index: usize,
+    address: &str,
+) -> Result<Vec<Member>, crate::cluster::leaf_client::CallError> {
+    let info = client.info(Duration::from_secs(1)).await?;
+    tracing::info!(%address, shard = info.shard, served = ?info.served, docs = info.num_docs, "static leaf found");
+    if info.served.len() <= 1 {
+        return Ok(vec![Member {
+            lease_id: index as u64 + 1,
+            role: Role::Leaf,
+            shard: info.shard,
+            address: address.to_string(),
+            generation: info.generation,
+        }]);
+    }
+    let mut members = Vec::with_capacity(info.served.len());
+    for &shard in &info.served {
+        let generation = if shard == info.shard {
+            info.generation
+        } else {
+            let client = client.clone().for_shard(shard);
+            client.info(Duration::from_secs(1)).await?.generation
+        };
+        members.push(Member {
+            lease_id: ((index as u64 + 1) << 20) + u64::from(shard),
+            role: Role::Leaf,
+            shard,
+            address: address.to_string(),
+            generation,
+        });
+    }
+    Ok(members)
 }
 
 impl Membership for StaticMembership {
