@@ -1,6 +1,7 @@
-//! A leaf server: one shard of a document-partitioned tantivy index, served
-//! over gRPC (`proto::leaf`), honouring deadlines, cancellation and
-//! admission limits, and holding leases with the frontends.
+//! A leaf server: one shard (or several, `--shard 0,1,2`) of a
+//! document-partitioned tantivy index, served over gRPC (`proto::leaf`),
+//! honouring deadlines, cancellation and admission limits, and holding
+//! leases with the frontends.
 //!
 //! Data flows through the modules in this order:
 //! - [`corpus`] reads JSONL documents (plain or gzip) and assigns each to a

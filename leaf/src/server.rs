@@ -243,12 +243,7 @@ pub async fn start(
     for (served, metrics) in indexes.iter().zip(&shard_metrics) {
         let index = served.load();
         let report = index.build_report();
-        metrics
-            .index_documents
-            .set(saturating_i64(index.num_docs()));
-        metrics
-            .index_generation
-            .set(saturating_i64(index.generation()));
+        publish_index(metrics, &index);
         metrics
             .index_build_duration
             .set(report.duration.as_secs_f64());
@@ -418,12 +413,7 @@ async fn watch_generations(watch: Watch) {
             }
         };
         if let Some(index) = swapped {
-            metrics
-                .index_documents
-                .set(saturating_i64(index.num_docs()));
-            metrics
-                .index_generation
-                .set(saturating_i64(index.generation()));
+            publish_index(&metrics, &index);
             if let Some(announcer) = &announcer {
                 announcer.announce(index.generation());
             }
@@ -441,6 +431,16 @@ fn lower_thread_priority() {
     if result != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the generation thread's priority");
     }
+}
+
+/// The served index's size and generation, in the shard's metrics.
+fn publish_index(metrics: &Metrics, index: &ShardIndex) {
+    metrics
+        .index_documents
+        .set(saturating_i64(index.num_docs()));
+    metrics
+        .index_generation
+        .set(saturating_i64(index.generation()));
 }
 
 fn saturating_i64(value: u64) -> i64 {

@@ -163,9 +163,44 @@ impl LeafService {
         }
     }
 
+    /// The distinct shards a multi-shard call asks for, in its order, each
+    /// with this process's state for it or why it has none; a call asking
+    /// for more than [`MAX_ASKED_SHARDS`] is refused.
+    fn asked(&self, shards: Vec<u32>) -> std::result::Result<Vec<Asked<'_>>, Status> {
+        if shards.len() > MAX_ASKED_SHARDS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_ASKED_SHARDS} shards per call, got {}",
+                shards.len()
+            )));
+        }
+        let mut asked: Vec<Asked<'_>> = Vec::with_capacity(shards.len());
+        for shard in shards {
+            if !asked.iter().any(|(seen, _)| *seen == shard) {
+                asked.push((shard, self.route(Some(shard))));
+            }
+        }
+        Ok(asked)
+    }
+
     fn served(&self) -> String {
         let shards: Vec<String> = self.shards.iter().map(|s| s.shard.to_string()).collect();
         shards.join(",")
+    }
+}
+
+/// A shard a multi-shard call asks for, with this process's state for it
+/// or why it has none.
+type Asked<'a> = (u32, std::result::Result<&'a Arc<Shared>, Status>);
+
+/// The most shards one `SearchShards` or `TermStatsShards` call may name.
+pub const MAX_ASKED_SHARDS: usize = 1024;
+
+/// One shard's part of a multi-shard answer: its response, or the status
+/// code and message it failed with.
+fn parts<R>(result: std::result::Result<R, Status>) -> (Option<R>, i32, String) {
+    match result {
+        Ok(response) => (Some(response), 0, String::new()),
+        Err(status) => (None, status.code() as i32, status.message().to_string()),
     }
 }
 
@@ -219,7 +254,7 @@ fn trim_to_top_k(answers: &mut [ShardAnswer], k: usize) {
         .filter_map(|answer| answer.response.as_ref())
         .flat_map(|response| response.hits.iter().map(|hit| (hit.score, hit.id.as_str())))
         .collect();
-    if all.len() <= k {
+    if k == 0 || all.len() <= k {
         return;
     }
     all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
@@ -538,11 +573,8 @@ impl Leaf for LeafService {
         let search = search.ok_or_else(|| Status::invalid_argument("no search in the request"))?;
         let k = search.k as usize;
         let mut answers: Vec<ShardAnswer> = Vec::with_capacity(shards.len());
-        for shard in shards {
-            if answers.iter().any(|answer| answer.shard == shard) {
-                continue;
-            }
-            let result = match self.route(Some(shard)) {
+        for (shard, routed) in self.asked(shards)? {
+            let result = match routed {
                 Ok(shared) => {
                     let mut request = search.clone();
                     request.shard = Some(shard);
@@ -556,18 +588,12 @@ impl Leaf for LeafService {
                 }
                 Err(status) => Err(status),
             };
-            answers.push(match result {
-                Ok(response) => ShardAnswer {
-                    shard,
-                    response: Some(response),
-                    ..ShardAnswer::default()
-                },
-                Err(status) => ShardAnswer {
-                    shard,
-                    response: None,
-                    error_code: status.code() as i32,
-                    error_message: status.message().to_string(),
-                },
+            let (response, error_code, error_message) = parts(result);
+            answers.push(ShardAnswer {
+                shard,
+                response,
+                error_code,
+                error_message,
             });
         }
         trim_to_top_k(&mut answers, k);
@@ -619,11 +645,8 @@ impl Leaf for LeafService {
         let deadline = deadline_from(request.metadata(), arrival(&request));
         let TermStatsShardsRequest { query, shards } = request.into_inner();
         let mut answers: Vec<TermStatsAnswer> = Vec::with_capacity(shards.len());
-        for shard in shards {
-            if answers.iter().any(|answer| answer.shard == shard) {
-                continue;
-            }
-            let result = match self.route(Some(shard)) {
+        for (shard, routed) in self.asked(shards)? {
+            let result = match routed {
                 Ok(shared) => {
                     let request = TermStatsRequest {
                         query: query.clone(),
@@ -633,18 +656,12 @@ impl Leaf for LeafService {
                 }
                 Err(status) => Err(status),
             };
-            answers.push(match result {
-                Ok(response) => TermStatsAnswer {
-                    shard,
-                    response: Some(response),
-                    ..TermStatsAnswer::default()
-                },
-                Err(status) => TermStatsAnswer {
-                    shard,
-                    response: None,
-                    error_code: status.code() as i32,
-                    error_message: status.message().to_string(),
-                },
+            let (response, error_code, error_message) = parts(result);
+            answers.push(TermStatsAnswer {
+                shard,
+                response,
+                error_code,
+                error_message,
             });
         }
         Ok(Response::new(TermStatsShardsResponse { answers }))

@@ -519,13 +519,16 @@ pub struct LeafProcesses {
 impl LeafProcesses {
     /// Starts the leaves and waits until every one is ready (`/readyz`).
     pub async fn start(corpus: &str, shards: u32, replicas: u32) -> LeafProcesses {
+        Self::start_binary(&Self::binary(), corpus, shards, replicas).await
+    }
+
+    /// The built `leaf` binary next to the running test or example.
+    pub fn binary() -> PathBuf {
         let exe = std::env::current_exe().expect("current exe");
-        let binary = exe
-            .parent()
+        exe.parent()
             .and_then(Path::parent)
             .map(|dir| dir.join("leaf"))
-            .expect("target dir");
-        Self::start_binary(&binary, corpus, shards, replicas).await
+            .expect("target dir")
     }
 
     /// Like [`LeafProcesses::start`], with another `leaf` binary (e.g. a

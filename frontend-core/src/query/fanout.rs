@@ -24,6 +24,7 @@
 //! the hedge delay into its freeze. When every replica is slow the samples
 //! count, so that the window follows a real slowdown of the whole shard.
 
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -460,6 +461,8 @@ impl Fanout {
     ) -> Vec<Option<usize>> {
         let now = Instant::now();
         let mut chosen: Vec<Option<usize>> = Vec::with_capacity(shards.len());
+        // The processes chosen so far, by address.
+        let mut processes: HashSet<&str> = HashSet::new();
         for (shard, replicas) in shards.iter().enumerate() {
             let rule = self.stuck_rule(shard as u32);
             let tried: Vec<bool> = (0..replicas.len())
@@ -472,21 +475,17 @@ impl Fanout {
                 })
                 .collect();
             let pick = replica::choose(&self.policy, &self.metrics, replicas, &tried, rule);
-            let chosen_address = |address: &str| {
-                chosen.iter().zip(shards).any(|(pick, replicas)| {
-                    pick.is_some_and(|i| replicas[i].member.address == address)
-                })
-            };
             let pick = match pick {
                 Some(i)
-                    if self.config.batch_shards && !chosen_address(&replicas[i].member.address) =>
+                    if self.config.batch_shards
+                        && !processes.contains(replicas[i].member.address.as_str()) =>
                 {
                     replicas
                         .iter()
                         .enumerate()
                         .position(|(j, r)| {
                             !tried[j]
-                                && chosen_address(&r.member.address)
+                                && processes.contains(r.member.address.as_str())
                                 && !replica::is_stuck(r, rule, now)
                                 && !r.probation.active(now)
                         })
@@ -494,6 +493,9 @@ impl Fanout {
                 }
                 pick => pick,
             };
+            if let Some(i) = pick {
+                processes.insert(replicas[i].member.address.as_str());
+            }
             chosen.push(pick);
         }
         chosen
@@ -517,19 +519,22 @@ impl Fanout {
         if !self.config.batch_shards {
             return batches;
         }
-        let primary = |shard: usize| primaries[shard].map(|i| &shards[shard][i]);
-        for shard in 0..shards.len() {
-            let Some(replica) = primary(shard) else {
+        // The shards of each process chosen, in shard order.
+        let mut groups: Vec<(&Arc<Replica>, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for (shard, pick) in primaries.iter().enumerate() {
+            let Some(replica) = pick.map(|i| &shards[shard][i]) else {
                 continue;
             };
-            if batches[shard].is_some() {
-                continue;
+            match group_of.get(replica.member.address.as_str()) {
+                Some(&group) => groups[group].1.push(shard),
+                None => {
+                    group_of.insert(replica.member.address.as_str(), groups.len());
+                    groups.push((replica, vec![shard]));
+                }
             }
-            let members: Vec<usize> = (shard..shards.len())
-                .filter(|&other| {
-                    primary(other).is_some_and(|r| r.member.address == replica.member.address)
-                })
-                .collect();
+        }
+        for (replica, members) in groups {
             if members.len() < 2 {
                 continue;
             }
@@ -538,8 +543,8 @@ impl Fanout {
             let ids = members.iter().map(|&s| s as u32).collect();
             let shared = call(Arc::clone(&replica.client), ids).shared();
             for member in members {
-                batches[member] = primary(member).map(|replica| Batched {
-                    primary: Arc::clone(replica),
+                batches[member] = primaries[member].map(|i| Batched {
+                    primary: Arc::clone(&shards[member][i]),
                     shared: shared.clone(),
                 });
             }

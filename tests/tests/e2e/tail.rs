@@ -178,6 +178,80 @@ async fn a_leaf_process_frozen_with_sigstop_gets_no_new_primaries() {
     );
 }
 
+/// The same with each replica one process serving both shards
+/// (`leaf --shard 0,1`), searched with one `SearchShards` call: when that
+/// process is frozen with SIGSTOP, both shards move to the other process
+/// after the first few calls, every answer stays complete, and the shared
+/// calls go on to the healthy process. Behaviour, not timings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_process_serving_several_shards_loses_its_primaries_for_all_of_them() {
+    let leaves =
+        LeafProcesses::start_co_hosted(&LeafProcesses::binary(), "builtin", 2, 2, &[]).await;
+    let mut config = FrontendConfig::new(2);
+    config.cache = false;
+    config.admission.enabled = false;
+    config.root.canary.enabled = false;
+    config.fanout.replica_choice = false;
+    config.fanout.probation = false;
+    // Two processes, each the replica of both shards.
+    let frontend = ExtraFrontend::start(config, leaves.addresses(), 2).await;
+    let client = reqwest::Client::new();
+    let search = |i: usize| {
+        let request = client
+            .get(frontend.search_url())
+            .query(&[("q", format!("json {i}")), ("timeout_ms", "3000".into())]);
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("json body");
+            (status, body)
+        }
+    };
+    for i in 0..40 {
+        let (status, body) = search(i).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let metrics = format!("{}/metrics", frontend.admin_base());
+    let scrape = |name: &'static str| {
+        let request = client.get(&metrics);
+        async move {
+            let text = request.send().await.unwrap().text().await.unwrap();
+            metric_sum(&text, name)
+        }
+    };
+    assert!(
+        scrape("frontend_shard_batches_total").await >= 40.0,
+        "searches share one call"
+    );
+    let (hedges_before, batches_before) = (
+        scrape("frontend_hedges_total").await,
+        scrape("frontend_shard_batches_total").await,
+    );
+
+    const QUERIES: usize = 40;
+    leaves.freeze(&[(0, 0)]);
+    let mut answers = Vec::new();
+    for i in 0..QUERIES {
+        answers.push(search(i).await);
+    }
+    let sent_to_frozen = scrape("frontend_hedges_total").await - hedges_before;
+    let batches = scrape("frontend_shard_batches_total").await - batches_before;
+    leaves.thaw(&[(0, 0)]);
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partial"], false, "{body}");
+    }
+    // Each of the two shards' calls to the frozen process is hedged.
+    assert!(
+        sent_to_frozen <= 10.0,
+        "the frozen process was sent {sent_to_frozen} shard searches in {QUERIES} queries"
+    );
+    assert!(
+        batches >= (QUERIES - 10) as f64,
+        "the healthy process took shared calls: {batches}"
+    );
+}
+
 /// One raw gRPC `Search` request for `json` on an HTTP/2 connection.
 fn raw_search(
     client: &mut h2::client::SendRequest<bytes::Bytes>,
