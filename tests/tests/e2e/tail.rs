@@ -104,6 +104,36 @@ async fn a_leaf_short_of_time_returns_early_and_the_answer_is_partial() {
     assert!(cluster.leaf(1, 0).stats().early_stops >= 1);
 }
 
+/// A frontend for the SIGSTOP tests: no cache, no admission, no canary,
+/// random replica choice without probation, so that without the stuck
+/// rules half of the calls would go to a frozen replica.
+fn random_choice_without_cache(shards: u32) -> FrontendConfig {
+    let mut config = FrontendConfig::new(shards);
+    config.cache = false;
+    config.admission.enabled = false;
+    config.root.canary.enabled = false;
+    config.fanout.replica_choice = false;
+    config.fanout.probation = false;
+    config
+}
+
+/// Query `json {i}` with a 3 s budget: its status and JSON body.
+async fn frozen_search(
+    client: &reqwest::Client,
+    frontend: &ExtraFrontend,
+    i: usize,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .get(frontend.search_url())
+        .query(&[("q", format!("json {i}")), ("timeout_ms", "3000".into())])
+        .send()
+        .await
+        .expect("answered");
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("json body");
+    (status, body)
+}
+
 /// A real leaf process frozen with SIGSTOP (as a long pause of a real
 /// host): the frontend notices it from the calls it owes (the stuck and
 /// silence rules) and sends it no new primaries, so sequential queries are
@@ -113,25 +143,10 @@ async fn a_leaf_short_of_time_returns_early_and_the_answer_is_partial() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_process_frozen_with_sigstop_gets_no_new_primaries() {
     let leaves = LeafProcesses::start("builtin", 1, 2).await;
-    let mut config = FrontendConfig::new(1);
-    config.cache = false;
-    config.admission.enabled = false;
-    config.root.canary.enabled = false;
-    config.fanout.replica_choice = false;
-    config.fanout.probation = false;
+    let config = random_choice_without_cache(1);
     let frontend = ExtraFrontend::start(config, leaves.addresses(), 2).await;
     let client = reqwest::Client::new();
-    let search = |i: usize| {
-        let request = client
-            .get(frontend.search_url())
-            .query(&[("q", format!("json {i}")), ("timeout_ms", "3000".into())]);
-        async move {
-            let response = request.send().await.expect("answered");
-            let status = response.status().as_u16();
-            let body: serde_json::Value = response.json().await.expect("json body");
-            (status, body)
-        }
-    };
+    let search = |i: usize| frozen_search(&client, &frontend, i);
     // A learned latency percentile, and both replicas in use.
     for i in 0..40 {
         let (status, body) = search(i).await;
@@ -187,26 +202,11 @@ async fn a_leaf_process_frozen_with_sigstop_gets_no_new_primaries() {
 async fn a_frozen_process_serving_several_shards_loses_its_primaries_for_all_of_them() {
     let leaves =
         LeafProcesses::start_co_hosted(&LeafProcesses::binary(), "builtin", 2, 2, &[]).await;
-    let mut config = FrontendConfig::new(2);
-    config.cache = false;
-    config.admission.enabled = false;
-    config.root.canary.enabled = false;
-    config.fanout.replica_choice = false;
-    config.fanout.probation = false;
+    let config = random_choice_without_cache(2);
     // Two processes, each the replica of both shards.
     let frontend = ExtraFrontend::start(config, leaves.addresses(), 2).await;
     let client = reqwest::Client::new();
-    let search = |i: usize| {
-        let request = client
-            .get(frontend.search_url())
-            .query(&[("q", format!("json {i}")), ("timeout_ms", "3000".into())]);
-        async move {
-            let response = request.send().await.expect("answered");
-            let status = response.status().as_u16();
-            let body: serde_json::Value = response.json().await.expect("json body");
-            (status, body)
-        }
-    };
+    let search = |i: usize| frozen_search(&client, &frontend, i);
     for i in 0..40 {
         let (status, body) = search(i).await;
         assert_eq!(status, 200, "{body}");
