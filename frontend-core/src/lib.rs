@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 pub use config::FrontendConfig;
 
 use crate::cluster::cache_client::CacheTier;
+pub use crate::cluster::leaf_client::LocalLeaf;
 use crate::cluster::membership::StaticMembership;
 use crate::cluster::topology::{self, Routing};
 use crate::http::serve::{HttpMetrics, Listener};
@@ -117,6 +118,19 @@ impl Frontend {
         listeners: Listeners,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Frontend> {
+        Frontend::start_embedding(config, listeners, Vec::new(), shutdown).await
+    }
+
+    /// [`Frontend::start_with`], calling the leaves of `local` (served by
+    /// this process) in process instead of over gRPC. They join the
+    /// routing table as every leaf does, by lease or static list, under
+    /// their advertised address; only the client made for them differs.
+    pub async fn start_embedding(
+        config: FrontendConfig,
+        listeners: Listeners,
+        local: Vec<LocalLeaf>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Frontend> {
         anyhow::ensure!(config.shards > 0, "--shards must be at least 1");
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).context("metrics")?);
         init_metrics(&metrics, &config);
@@ -155,6 +169,7 @@ impl Frontend {
                     StaticMembership::start(
                         config.static_leaves.clone(),
                         plane.connect.clone(),
+                        &local,
                         stopping.clone(),
                     ),
                     None,
@@ -162,7 +177,7 @@ impl Frontend {
             };
         let routing = Routing::with_connect(
             config.shards,
-            topology::grpc_clients(plane.connect.clone()),
+            topology::clients(plane.connect.clone(), local),
             plane.connect.clone(),
         );
         routing.follow(membership.watch(), stopping.clone());

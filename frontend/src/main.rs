@@ -2,6 +2,7 @@
 //! cluster (frontend, leaves with replicas, cache servers) in one process.
 
 mod demo;
+mod embed;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,15 @@ struct ServeFlags {
     http_limits: HttpFlags,
     #[command(flatten)]
     search: SearchFlags,
+    /// Serve a leaf in this process too, and call it without gRPC: its
+    /// shards cost the query path no transport. The leaf's own flags
+    /// (the `leaf` binary's) follow `--`; by default it serves every
+    /// shard of the built-in corpus.
+    #[arg(long)]
+    embed_leaf: bool,
+    /// The embedded leaf's flags (after `--`, with --embed-leaf).
+    #[arg(last = true, value_name = "LEAF FLAGS", requires = "embed_leaf")]
+    leaf_args: Vec<String>,
 }
 
 /// Old environment names that still work when the new one is not set.
@@ -113,8 +123,38 @@ async fn serve(flags: ServeFlags) -> Result<(), Failure> {
         grpc,
         metrics,
     };
-    let frontend = Frontend::start_with(config, listeners, shutdown)
+    let leaf = if flags.embed_leaf {
+        let cli = embed::leaf_cli(&flags.leaf_args, flags.shards)?;
+        let registry = match &listeners.grpc {
+            Some(grpc) => Some(grpc.local_addr().map_err(Failure::startup)?),
+            None => None,
+        };
+        Some(embed::start(cli, &flags.server, &mut config, registry, shutdown.clone()).await?)
+    } else {
+        None
+    };
+    let local = leaf.iter().map(|leaf| leaf.local.clone()).collect();
+    let frontend = Frontend::start_embedding(config, listeners, local, shutdown.clone())
         .await
         .map_err(Failure::startup)?;
-    frontend.wait().await.map_err(Failure::runtime)
+    let Some(leaf) = leaf else {
+        return frontend.wait().await.map_err(Failure::runtime);
+    };
+    // One process, one fate: when either part stops, so does the other.
+    let (frontend_ended, leaf_ended) = {
+        let stop = shutdown.clone();
+        let frontend = async move {
+            let ended = frontend.wait().await;
+            stop.cancel();
+            ended
+        };
+        let leaf = async move {
+            let ended = leaf.handle.join().await;
+            shutdown.cancel();
+            ended
+        };
+        tokio::join!(frontend, leaf)
+    };
+    frontend_ended.map_err(Failure::runtime)?;
+    leaf_ended.map_err(Failure::runtime)
 }

@@ -46,6 +46,8 @@ pub struct LeafHandle {
     faults: Faults,
     counters: Arc<Counters>,
     registry: Registry,
+    /// The gRPC service itself, for callers in this process.
+    service: LeafService,
     /// The lifecycle: stop, wait, kill, leases.
     server: ServerHandle,
 }
@@ -86,6 +88,14 @@ impl LeafHandle {
     /// The shard's index served now, for in-process searches.
     pub fn index(&self) -> Arc<ShardIndex> {
         self.index.load_full()
+    }
+
+    /// The `Leaf` service this leaf serves over gRPC, to call in process
+    /// (a frontend that embeds the leaf): the same routing by shard,
+    /// admission, deadlines and metrics, without the transport. Deadlines
+    /// come from the request's `grpc-timeout` metadata, as over the wire.
+    pub fn service(&self) -> LeafService {
+        self.service.clone()
     }
 
     /// This leaf's metrics registry.
@@ -285,11 +295,12 @@ pub async fn start(
             .map_err(|error| LeafError::Config(error.to_string()))?,
     );
     let health = lifecycle.health_service::<LeafServer<LeafService>>().await;
+    let service = LeafService::new(shards);
     let grpc = svc::server::grpc_server()
         .layer(ArrivalLayer)
         .layer(lifecycle.auth_layer())
         .add_service(health)
-        .add_service(LeafServer::new(LeafService::new(shards)))
+        .add_service(LeafServer::new(service.clone()))
         .serve_with_incoming_shutdown(
             lifecycle.incoming(grpc),
             lifecycle.draining().cancelled_owned(),
@@ -337,6 +348,7 @@ pub async fn start(
         faults,
         counters,
         registry,
+        service,
         server,
     })
 }

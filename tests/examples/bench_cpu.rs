@@ -41,7 +41,10 @@
 //! With `--co-host` (or `--layouts separate,co-host` for both in turn),
 //! one leaf process serves the 4 shards (`leaf --shard
 //! 0,1,2,3`) and the frontend searches them with one `SearchShards` call
-//! per query.
+//! per query. With `--layouts embedded`, the frontend process serves the 4
+//! shards itself (`frontend serve --embed-leaf -- --shard 0,1,2,3 …`, its
+//! index kept under `$TMPDIR/bench-cpu-embedded` so that a fresh frontend
+//! reopens it) and calls them in process: no leaf process at all.
 //!
 //! With `--perf DIR`, `perf record --call-graph dwarf` runs on the frontend and on leaf 0
 //! during the warm stage (`DIR/frontend.data`, `DIR/leaf0.data`).
@@ -94,6 +97,38 @@ struct Setup {
     admission: bool,
     /// Cache servers to wait for before measuring.
     caches: usize,
+    /// The embedded leaf's flags, when the frontend serves the shards.
+    embed: Option<Vec<String>>,
+}
+
+/// Where the 4 shards are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// 4 leaf processes, one shard each.
+    Separate,
+    /// One leaf process serving the 4 shards.
+    CoHost,
+    /// The frontend's own process (`--embed-leaf`).
+    Embedded,
+}
+
+impl Layout {
+    fn parse(word: &str) -> Layout {
+        match word {
+            "separate" => Layout::Separate,
+            "co-host" => Layout::CoHost,
+            "embedded" => Layout::Embedded,
+            other => panic!("{other}: separate, co-host or embedded"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Separate => "separate",
+            Layout::CoHost => "co-host",
+            Layout::Embedded => "embedded",
+        }
+    }
 }
 
 /// The frontend binary as a child process.
@@ -129,6 +164,12 @@ impl FrontendProcess {
             .args(["--cache", &setup.cache.to_string()])
             .args(["--admission", &setup.admission.to_string()])
             .args(extra)
+            .args(setup.embed.iter().flat_map(|flags| {
+                ["--embed-leaf", "--"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(flags.iter().cloned())
+            }))
             .env("SEARCH_CLUSTER_TOKEN", tests::TOKEN)
             .env("RUST_LOG", "warn")
             .env_remove("TOKIO_WORKER_THREADS")
@@ -196,7 +237,7 @@ impl FrontendProcess {
                 return;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < Duration::from_secs(300),
                 "frontend never answered from every shard (or the caches never joined)"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -383,27 +424,20 @@ async fn main() {
     };
     // `--layouts separate,co-host,…`: each run in turn (`--co-host` alone
     // is `co-host`), so that both layouts are measured side by side.
-    let layouts: Vec<bool> = match args.iter().position(|a| a == "--layouts") {
-        Some(i) => args[i + 1]
-            .split(',')
-            .map(|layout| match layout {
-                "separate" => false,
-                "co-host" => true,
-                other => panic!("{other}: separate or co-host"),
-            })
-            .collect(),
-        None => vec![args.iter().any(|a| a == "--co-host")],
+    let layouts: Vec<Layout> = match args.iter().position(|a| a == "--layouts") {
+        Some(i) => args[i + 1].split(',').map(Layout::parse).collect(),
+        None if args.iter().any(|a| a == "--co-host") => vec![Layout::CoHost],
+        None => vec![Layout::Separate],
     };
     for dir in &bins {
-        for &co_host in &layouts {
-            let layout = if co_host { "co-host" } else { "separate" };
-            println!("\n## binaries from {}, {layout}\n", dir.display());
-            run(dir, co_host).await;
+        for &layout in &layouts {
+            println!("\n## binaries from {}, {}\n", dir.display(), layout.name());
+            run(dir, layout).await;
         }
     }
 }
 
-async fn run(bins: &Path, co_host: bool) {
+async fn run(bins: &Path, layout: Layout) {
     let args: Vec<String> = std::env::args().collect();
     let corpus = bench::arg("--corpus", bench::DEFAULT_CORPUS);
     let queries = bench::load_queries(bench::arg("--queries", bench::DEFAULT_QUERIES));
@@ -438,11 +472,28 @@ async fn run(bins: &Path, co_host: bool) {
     };
     // `--co-host`: one leaf process serving the 4 shards, searched with one
     // call per query (SearchShards), instead of one process per shard.
-    let leaves = if co_host {
-        LeafProcesses::start_co_hosted(&bins.join("leaf"), &corpus, 4, 1, &leaf_flags).await
-    } else {
-        LeafProcesses::start_binary_with(&bins.join("leaf"), &corpus, 4, 1, &leaf_flags).await
+    let leaves = match layout {
+        Layout::CoHost => {
+            LeafProcesses::start_co_hosted(&bins.join("leaf"), &corpus, 4, 1, &leaf_flags).await
+        }
+        Layout::Separate => {
+            LeafProcesses::start_binary_with(&bins.join("leaf"), &corpus, 4, 1, &leaf_flags).await
+        }
+        Layout::Embedded => LeafProcesses::none(),
     };
+    let embed = (layout == Layout::Embedded).then(|| {
+        let dir = std::env::temp_dir().join("bench-cpu-embedded");
+        vec![
+            "--shard".to_string(),
+            "0,1,2,3".to_string(),
+            "--shards".to_string(),
+            "4".to_string(),
+            "--corpus".to_string(),
+            corpus.to_string(),
+            "--index-dir".to_string(),
+            dir.display().to_string(),
+        ]
+    });
     std::env::remove_var("TOKIO_WORKER_THREADS");
     let setup = |cache: bool, admission: bool| Setup {
         leaves: match registry {
@@ -453,13 +504,14 @@ async fn run(bins: &Path, co_host: bool) {
         cache,
         admission,
         caches: if cache { caches } else { 0 },
+        embed: embed.clone(),
     };
-    let leaf_parts: Vec<(String, u32)> = if co_host {
-        vec![("leaf 0-3".to_string(), leaves.pid_of(0, 0))]
-    } else {
-        (0..4)
+    let leaf_parts: Vec<(String, u32)> = match layout {
+        Layout::CoHost => vec![("leaf 0-3".to_string(), leaves.pid_of(0, 0))],
+        Layout::Separate => (0..4)
             .map(|s| (format!("leaf {s}"), leaves.pid_of(s, 0)))
-            .collect()
+            .collect(),
+        Layout::Embedded => Vec::new(),
     };
     let zipf = QueryOrder::Zipf { exponent: 1.0 };
     let list: Vec<String> = queries.to_vec();
@@ -479,10 +531,13 @@ async fn run(bins: &Path, co_host: bool) {
             let parts = Parts(parts);
             drive(&frontend.url(), list.clone(), zipf, rate, warmup, 1, true).await;
             let perfs: Vec<Child> = match &perf_dir {
-                Some(dir) => vec![
-                    perf(dir, "frontend", frontend.pid(), seconds - 1.0),
-                    perf(dir, "leaf0", leaf_parts[0].1, seconds - 1.0),
-                ],
+                Some(dir) => std::iter::once(perf(dir, "frontend", frontend.pid(), seconds - 1.0))
+                    .chain(
+                        leaf_parts
+                            .first()
+                            .map(|leaf| perf(dir, "leaf0", leaf.1, seconds - 1.0)),
+                    )
+                    .collect(),
                 None => Vec::new(),
             };
             let warm = measured(

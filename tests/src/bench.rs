@@ -517,6 +517,14 @@ pub struct LeafProcesses {
 }
 
 impl LeafProcesses {
+    /// No leaf process (the shards are served elsewhere, e.g. embedded in
+    /// the frontend).
+    pub fn none() -> LeafProcesses {
+        LeafProcesses {
+            children: Vec::new(),
+        }
+    }
+
     /// Starts the leaves and waits until every one is ready (`/readyz`).
     pub async fn start(corpus: &str, shards: u32, replicas: u32) -> LeafProcesses {
         Self::start_binary(&Self::binary(), corpus, shards, replicas).await

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use frontend_core::{Frontend, FrontendConfig};
+use frontend_core::{Frontend, FrontendConfig, Listeners};
 use leaf::{CorpusSource, Document, LeafConfig, LeafHandle, LeaseConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,9 +49,21 @@ pub struct TestClusterBuilder {
     metrics: bool,
     cache_tls: svc::tls::TlsConfig,
     co_hosted: bool,
+    embedded: bool,
 }
 
 impl TestClusterBuilder {
+    /// Every replica is one leaf serving all the shards, run as this
+    /// frontend's embedded leaf (`frontend serve --embed-leaf`): the
+    /// frontend calls it in process. Its advertised address is one no
+    /// gRPC call can reach (`127.0.0.1:1`, `:2`, … by replica), so an
+    /// answer proves the call ran in process.
+    pub fn embedded(mut self, embedded: bool) -> Self {
+        self.embedded = embedded;
+        self.co_hosted |= embedded;
+        self
+    }
+
     /// Every replica is one leaf process serving all the shards
     /// (`--shard 0,1,…`); `leaf(0, replica)` is that process.
     pub fn co_hosted(mut self, co_hosted: bool) -> Self {
@@ -139,13 +151,58 @@ impl TestClusterBuilder {
             leaf_metrics: std::sync::Mutex::new(Vec::new()),
             cache_tls: self.cache_tls.clone(),
             co_hosted: self.co_hosted,
+            embedded: self.embedded,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
             shutdown,
         };
-        if self.leases {
+        if self.embedded {
+            // The leaves first (their services are the frontend's local
+            // clients), holding leases with a registry bound beforehand.
+            let grpc = bind().await;
+            if self.leases {
+                cluster.grpc_addr = Some(grpc.local_addr().expect("grpc address"));
+            }
+            let mut replicas = Vec::new();
+            for replica in 0..self.replicas {
+                replicas.push(Some(cluster.start_leaf(0, replica).await));
+            }
+            cluster.leaves.push(replicas);
+            let advertised = cluster
+                .leaves
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|leaf| leaf.advertised().to_string());
+            if !self.leases {
+                frontend_config.static_leaves = advertised.clone().collect();
+            }
+            let local = cluster
+                .leaves
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|leaf| frontend_core::LocalLeaf::new(leaf.advertised(), leaf.service()))
+                .collect();
+            let listeners = Listeners {
+                http: bind().await,
+                admin: Some(bind().await),
+                grpc: self.leases.then_some(grpc),
+                metrics: None,
+            };
+            let frontend = Frontend::start_embedding(
+                frontend_config,
+                listeners,
+                local,
+                cluster.shutdown.child_token(),
+            )
+            .await
+            .expect("frontend starts");
+            cluster.frontend = Some(frontend);
+            cluster.wait_for_routing(self.replicas as usize, 0).await;
+        } else if self.leases {
             let http = bind().await;
             let grpc = bind().await;
             let frontend = Frontend::start(
@@ -218,6 +275,8 @@ pub struct TestCluster {
     cache_tls: svc::tls::TlsConfig,
     /// Each replica is one process serving every shard.
     co_hosted: bool,
+    /// ... embedded in the frontend's process, called in process.
+    embedded: bool,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -236,6 +295,7 @@ impl TestCluster {
             metrics: false,
             cache_tls: svc::tls::TlsConfig::default(),
             co_hosted: false,
+            embedded: false,
         }
     }
 
@@ -479,6 +539,9 @@ impl TestCluster {
         }
         // Every call to a test leaf must carry the cluster token.
         config.auth = svc::auth::TokenConfig::single(TOKEN);
+        if self.embedded {
+            config.advertise = Some(format!("127.0.0.1:{}", replica + 1));
+        }
         if let Some(change) = &self.leaf_config {
             change(&mut config);
         }

@@ -1,15 +1,19 @@
-//! The fan-out talks to leaves through [`LeafService`]; a client is either
-//! gRPC ([`GrpcLeaf`]) or, in unit tests, an in-process fake.
+//! The fan-out talks to leaves through [`LeafService`]; a client is gRPC
+//! ([`GrpcLeaf`]), a leaf embedded in this process ([`InProcessLeaf`]: the
+//! same `Leaf` service called without the transport), or, in unit tests,
+//! a fake.
 //!
 //! Every gRPC channel to a leaf or a cache server is made by
 //! [`lazy_channel`] with the frontend's [`Connect`]: the cluster token on
 //! every call, and TLS when configured.
 
 use crate::metrics::LeafCallOutcome;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use proto::leaf::leaf_client::LeafClient;
+use proto::leaf::leaf_server::Leaf;
 use proto::leaf::{
     InfoRequest, InfoResponse, SearchRequest, SearchResponse, SearchShardsRequest, ShardAnswer,
     TermStatsAnswer, TermStatsRequest, TermStatsResponse, TermStatsShardsRequest,
@@ -307,6 +311,136 @@ impl LeafService for GrpcLeaf {
         let mut client = self.client.clone();
         let message = InfoRequest { shard: self.shard };
         with_deadline(budget, client.info(request(message, budget))).await
+    }
+}
+
+/// A leaf served by this very process, called through its `Leaf` service
+/// with no transport: no encoding, no HTTP/2, no loopback. Each call
+/// carries its budget as `grpc-timeout` metadata, so the leaf applies its
+/// deadline, admission and metrics exactly as for a call over the wire,
+/// and is bounded by the budget here too. A panic inside the leaf fails
+/// the call instead of the caller's task.
+pub struct InProcessLeaf<S> {
+    service: Arc<S>,
+    /// The shard named in every call, as [`GrpcLeaf::for_shard`].
+    shard: Option<u32>,
+}
+
+impl<S: Leaf> InProcessLeaf<S> {
+    pub fn new(service: Arc<S>, shard: Option<u32>) -> Self {
+        InProcessLeaf { service, shard }
+    }
+}
+
+/// Runs an in-process call as [`with_deadline`] runs a remote one, with a
+/// panic of the callee turned into a failed call.
+async fn in_process<T, F>(budget: Duration, call: F) -> Result<T, CallError>
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(with_deadline(budget, call))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(CallError::Failed(
+            "the embedded leaf panicked on this call".to_string(),
+        )),
+    }
+}
+
+#[async_trait]
+impl<S: Leaf> LeafService for InProcessLeaf<S> {
+    async fn search(
+        &self,
+        mut message: SearchRequest,
+        budget: Duration,
+    ) -> Result<SearchResponse, CallError> {
+        message.shard = self.shard;
+        in_process(budget, self.service.search(request(message, budget))).await
+    }
+
+    async fn search_shards(
+        &self,
+        search: SearchRequest,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<ShardAnswer>, CallError> {
+        let message = SearchShardsRequest {
+            search: Some(search),
+            shards,
+        };
+        in_process(budget, self.service.search_shards(request(message, budget)))
+            .await
+            .map(|response| response.answers)
+    }
+
+    async fn term_stats_shards(
+        &self,
+        query: &str,
+        shards: Vec<u32>,
+        budget: Duration,
+    ) -> Result<Vec<TermStatsAnswer>, CallError> {
+        let message = TermStatsShardsRequest {
+            query: query.to_string(),
+            shards,
+        };
+        in_process(
+            budget,
+            self.service.term_stats_shards(request(message, budget)),
+        )
+        .await
+        .map(|response| response.answers)
+    }
+
+    async fn term_stats(
+        &self,
+        query: &str,
+        budget: Duration,
+    ) -> Result<TermStatsResponse, CallError> {
+        let message = TermStatsRequest {
+            query: query.to_string(),
+            shard: self.shard,
+        };
+        in_process(budget, self.service.term_stats(request(message, budget))).await
+    }
+
+    async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
+        let message = InfoRequest { shard: self.shard };
+        in_process(budget, self.service.info(request(message, budget))).await
+    }
+}
+
+/// A leaf served by this process, found in the membership under its
+/// advertised address like any other, but called in process.
+#[derive(Clone)]
+pub struct LocalLeaf {
+    address: String,
+    client: Arc<dyn Fn(Option<u32>) -> Arc<dyn LeafService> + Send + Sync>,
+}
+
+impl LocalLeaf {
+    /// The leaf announced (leased or listed) as `address`, whose `Leaf`
+    /// service is `service`.
+    pub fn new<S: Leaf>(address: impl Into<String>, service: S) -> LocalLeaf {
+        let service = Arc::new(service);
+        LocalLeaf {
+            address: address.into(),
+            client: Arc::new(move |shard| {
+                Arc::new(InProcessLeaf::new(Arc::clone(&service), shard)) as Arc<dyn LeafService>
+            }),
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A client naming `shard` in every call (none: the leaf's only
+    /// shard, or its first for `Info`).
+    pub fn client(&self, shard: Option<u32>) -> Arc<dyn LeafService> {
+        (self.client)(shard)
     }
 }
 

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::leaf_client::{Connect, GrpcLeaf, LeafService};
+use crate::cluster::leaf_client::{Connect, GrpcLeaf, LeafService, LocalLeaf};
 
 pub struct StaticMembership {
     members: watch::Sender<Arc<Vec<Member>>>,
@@ -19,8 +19,14 @@ pub struct StaticMembership {
 
 impl StaticMembership {
     /// Starts discovering the shard of every address in `leaves`.
-    /// `connect` says how the leaves are reached.
-    pub fn start(leaves: Vec<String>, connect: Connect, shutdown: CancellationToken) -> Arc<Self> {
+    /// `connect` says how the leaves are reached; one of `local` (served
+    /// by this process) is asked in process.
+    pub fn start(
+        leaves: Vec<String>,
+        connect: Connect,
+        local: &[LocalLeaf],
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let (members, _) = watch::channel(Arc::new(Vec::new()));
         let membership = Arc::new(StaticMembership {
             members,
@@ -28,17 +34,29 @@ impl StaticMembership {
         });
         for (index, address) in leaves.into_iter().enumerate() {
             let membership = Arc::clone(&membership);
-            let (shutdown, connect) = (shutdown.clone(), connect.clone());
-            tokio::spawn(async move {
-                let client = match GrpcLeaf::with_connect(&address, &connect) {
-                    Ok(client) => client,
-                    Err(error) => {
-                        tracing::error!(%address, %error, "bad leaf address");
-                        return;
+            let shutdown = shutdown.clone();
+            let client: Arc<dyn Fn(Option<u32>) -> Arc<dyn LeafService> + Send + Sync> =
+                match local.iter().find(|local| local.address() == address) {
+                    Some(local) => {
+                        let local = local.clone();
+                        Arc::new(move |shard| local.client(shard))
                     }
+                    None => match GrpcLeaf::with_connect(&address, &connect) {
+                        Ok(client) => Arc::new(move |shard: Option<u32>| match shard {
+                            Some(shard) => {
+                                Arc::new(client.clone().for_shard(shard)) as Arc<dyn LeafService>
+                            }
+                            None => Arc::new(client.clone()),
+                        }),
+                        Err(error) => {
+                            tracing::error!(%address, %error, "bad leaf address");
+                            continue;
+                        }
+                    },
                 };
+            tokio::spawn(async move {
                 loop {
-                    match discover(&client, index, &address).await {
+                    match discover(client.as_ref(), index, &address).await {
                         Ok(members) => {
                             for member in members {
                                 membership.add(member);
@@ -70,11 +88,11 @@ impl StaticMembership {
 /// process serves (`Info.served`), each with that shard's own generation,
 /// and lease ids unique per shard when there are several.
 async fn discover(
-    client: &GrpcLeaf,
+    client: &(dyn Fn(Option<u32>) -> Arc<dyn LeafService> + Send + Sync),
     index: usize,
     address: &str,
 ) -> Result<Vec<Member>, crate::cluster::leaf_client::CallError> {
-    let info = client.info(Duration::from_secs(1)).await?;
+    let info = client(None).info(Duration::from_secs(1)).await?;
     tracing::info!(%address, shard = info.shard, served = ?info.served, docs = info.num_docs, "static leaf found");
     if info.served.len() <= 1 {
         return Ok(vec![Member {
@@ -90,8 +108,10 @@ async fn discover(
         let generation = if shard == info.shard {
             info.generation
         } else {
-            let client = client.clone().for_shard(shard);
-            client.info(Duration::from_secs(1)).await?.generation
+            client(Some(shard))
+                .info(Duration::from_secs(1))
+                .await?
+                .generation
         };
         members.push(Member {
             lease_id: ((index as u64 + 1) << 20) + u64::from(shard),

@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use proto::cache::cache_client::CacheClient;
 use svc::auth::AuthChannel;
 
-use crate::cluster::leaf_client::{lazy_channel, CallError, Connect, GrpcLeaf, LeafService};
+use crate::cluster::leaf_client::{
+    lazy_channel, CallError, Connect, GrpcLeaf, LeafService, LocalLeaf,
+};
 use crate::cluster::load::PeakEwma;
 
 /// One live leaf replica and what the frontend has learned about it.
@@ -256,15 +258,24 @@ pub type ClientFactory = Arc<dyn Fn(&Member) -> Option<Arc<dyn LeafService>> + S
 
 /// The gRPC client factory: clients that reach leaves with `connect`.
 pub fn grpc_clients(connect: Connect) -> ClientFactory {
-    Arc::new(
-        move |member: &Member| match GrpcLeaf::with_connect(&member.address, &connect) {
+    clients(connect, Vec::new())
+}
+
+/// The client factory: an in-process client for a member at the address
+/// of one of `local`, a gRPC client with `connect` for every other.
+pub fn clients(connect: Connect, local: Vec<LocalLeaf>) -> ClientFactory {
+    Arc::new(move |member: &Member| {
+        if let Some(local) = local.iter().find(|local| local.address() == member.address) {
+            return Some(local.client(Some(member.shard)));
+        }
+        match GrpcLeaf::with_connect(&member.address, &connect) {
             Ok(client) => Some(Arc::new(client.for_shard(member.shard)) as Arc<dyn LeafService>),
             Err(error) => {
                 tracing::warn!(address = %member.address, %error, "cannot build leaf client");
                 None
             }
-        },
-    )
+        }
+    })
 }
 
 /// How long a replica must have answered nothing (every call failed or

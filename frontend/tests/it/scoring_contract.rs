@@ -101,6 +101,7 @@ fn merged(
                 k as usize,
                 stats,
                 floor,
+                None,
                 &leaf::Budget::unlimited(),
             )
             .unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use leaf::{Budget, Document, SearchOutput, ShardIndex};
 use serde_json::{json, Value};
-use tests::TestCluster;
+use tests::{TestCluster, TestClusterBuilder};
 
 const K: u32 = 10;
 /// Documents of the corpus every test here uses.
@@ -59,17 +59,21 @@ fn term_stats_fetched(cluster: &TestCluster, source: &str) -> u64 {
 /// few hundred queries: same ids in the same order, scores within 1e-4
 /// relative, global statistics used, `estimated_recall` 1.0.
 async fn sharded_equals_unsharded(shards: u32) {
-    sharded_equals_unsharded_in(shards, false, true).await;
+    sharded_equals_unsharded_in(shards, true, |cluster| cluster).await;
 }
 
-/// As [`sharded_equals_unsharded`], with every shard in one process when
-/// `co_hosted`: the frontend then searches them with one call per query.
-async fn sharded_equals_unsharded_in(shards: u32, co_hosted: bool, leases: bool) -> TestCluster {
+/// As [`sharded_equals_unsharded`], on the cluster `layout` makes of the
+/// builder (every shard in one process, say: the frontend then searches
+/// them with one call per query).
+async fn sharded_equals_unsharded_in(
+    shards: u32,
+    leases: bool,
+    layout: fn(TestClusterBuilder) -> TestClusterBuilder,
+) -> TestCluster {
     let docs = corpus();
     let whole = unsharded(&docs).await;
-    let cluster = TestCluster::builder()
+    let cluster = layout(TestCluster::builder())
         .shards(shards)
-        .co_hosted(co_hosted)
         .leases(leases)
         .documents(Arc::clone(&docs))
         .build()
@@ -136,7 +140,7 @@ async fn four_shards_in_one_process_equal_the_unsharded_index() {
 }
 
 async fn four_shards_in_one_process(leases: bool) {
-    let cluster = sharded_equals_unsharded_in(4, true, leases).await;
+    let cluster = sharded_equals_unsharded_in(4, leases, |cluster| cluster.co_hosted(true)).await;
     // Every fan-out was one SearchShards call of all four shards (and
     // every statistics round trip one TermStatsShards call).
     let metrics = &cluster.frontend().metrics;
@@ -151,6 +155,29 @@ async fn four_shards_in_one_process(leases: bool) {
         calls >= 4 * QUERIES as u64,
         "the process answered {calls} shard searches"
     );
+}
+
+/// The four shards served by the frontend's own process (`frontend serve
+/// --embed-leaf`), called in process: with leases and with a static list,
+/// the same answers as the unsharded index, one in-process call per query
+/// for the four shards. The leaf advertises an address no gRPC call can
+/// reach, so every answer came without the transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_shards_embedded_in_the_frontend_equal_the_unsharded_index() {
+    for leases in [true, false] {
+        let cluster =
+            sharded_equals_unsharded_in(4, leases, |cluster| cluster.embedded(true)).await;
+        let metrics = &cluster.frontend().metrics;
+        let (batches, shards) = (
+            metrics.shard_batches.get(),
+            metrics.shard_batch_shards.get(),
+        );
+        assert!(batches >= QUERIES as u64, "{batches} batched calls");
+        assert_eq!(shards, 4 * batches);
+        let leaf = cluster.leaf(0, 0);
+        assert_eq!(leaf.advertised(), "127.0.0.1:1");
+        assert!(leaf.stats().searches >= 4 * QUERIES as u64);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
