@@ -247,7 +247,7 @@ impl ShardIndex {
         stats: Option<&CorpusStats>,
         budget: &Budget,
     ) -> Result<SearchOutput> {
-        self.search_above(query, k, stats, None, None, budget)
+        self.search_above(query, k, stats, None, budget)
     }
 
     /// [`ShardIndex::search`] with the frontend's score floor (see
@@ -256,19 +256,12 @@ impl ShardIndex {
     /// (their body is not loaded). Applied only with `stats` and a query
     /// that is a pure disjunction of terms, the shape the frontend computes
     /// floors for; otherwise every hit has its snippet.
-    ///
-    /// `joint` is the k-th best score already found in other shards searched
-    /// with the same `stats` (a multi-shard call): block-max WAND then
-    /// prunes below it from the first segment on, so the answer holds this
-    /// shard's hits that can enter the top k of all those shards (ties by
-    /// id included), not necessarily its own whole top k.
     pub fn search_above(
         &self,
         query: &ParsedQuery,
         k: usize,
         stats: Option<&CorpusStats>,
         floor: Option<Score>,
-        joint: Option<Score>,
         budget: &Budget,
     ) -> Result<SearchOutput> {
         let searcher = &self.searcher;
@@ -295,10 +288,7 @@ impl ShardIndex {
         // Once earlier segments hold k winners, a document scoring below the
         // k-th of them cannot be in the answer (ties may, by id): later
         // segments prune below it from the start.
-        let joint = joint
-            .filter(|joint| stats.is_some() && !joint.is_nan())
-            .map_or(Score::NEG_INFINITY, lowered);
-        let mut floor = joint;
+        let mut floor = Score::NEG_INFINITY;
         for (segment_ord, reader) in searcher.segment_readers().iter().enumerate() {
             if let Some(stop) = budget.check(covered) {
                 stopped = Some(stop);
@@ -381,7 +371,7 @@ impl ShardIndex {
             if winners.len() >= k {
                 let mut scores: Vec<Score> = winners.iter().map(|w| w.0).collect();
                 scores.sort_unstable_by(|a, b| b.total_cmp(a));
-                floor = lowered(scores[k - 1]).max(joint);
+                floor = lowered(scores[k - 1]);
             }
         }
         if stopped == Some(Stop::Cancelled) {

@@ -205,18 +205,15 @@ fn parts<R>(result: std::result::Result<R, Status>) -> (Option<R>, i32, String) 
 }
 
 /// One shard's search call, with its outcome counted on that shard.
-/// `joint`: the k-th best score of the shards a multi-shard call searched
-/// before this one ([`ShardIndex::search_above`]).
 async fn search_one(
     shared: &Arc<Shared>,
     request: SearchRequest,
-    joint: Option<f32>,
     deadline: Option<Instant>,
     received: Instant,
 ) -> std::result::Result<SearchResponse, Status> {
     let mut call = CallGuard::new(Arc::clone(shared), deadline, received);
     let cancel = Arc::clone(&call.cancel);
-    match shared.search(request, joint, deadline, cancel).await {
+    match shared.search(request, deadline, cancel).await {
         Ok(response) => {
             call.finish(if response.early_terminated {
                 "early_stop"
@@ -421,7 +418,6 @@ impl Shared {
     async fn search(
         &self,
         request: SearchRequest,
-        joint: Option<f32>,
         deadline: Option<Instant>,
         cancel: Arc<AtomicBool>,
     ) -> Result<SearchResponse> {
@@ -467,7 +463,7 @@ impl Shared {
             && index.postings_at_most(&query, self.inline_postings);
         let (output, permit) = if inline {
             let _in_flight = GaugeGuard::new(&in_flight);
-            let output = index.search_above(&query, k, stats.as_ref(), floor, joint, &budget);
+            let output = index.search_above(&query, k, stats.as_ref(), floor, &budget);
             (output, permit)
         } else {
             let in_flight = in_flight.clone();
@@ -476,7 +472,7 @@ impl Shared {
                 // the call was dropped meanwhile (the task's output, permit
                 // included, is dropped only when it finishes).
                 let _in_flight = GaugeGuard::new(&in_flight);
-                let output = index.search_above(&query, k, stats.as_ref(), floor, joint, &budget);
+                let output = index.search_above(&query, k, stats.as_ref(), floor, &budget);
                 (output, permit)
             });
             task.await
@@ -553,7 +549,7 @@ impl Leaf for LeafService {
         let deadline = deadline_from(request.metadata(), received);
         let request = request.into_inner();
         let shared = self.route(request.shard)?;
-        search_one(shared, request, None, deadline, received)
+        search_one(shared, request, deadline, received)
             .await
             .map(Response::new)
     }
@@ -582,22 +578,13 @@ impl Leaf for LeafService {
                 Ok(shared) => {
                     let mut request = search.clone();
                     request.shard = Some(shard);
-                    // With corpus-wide statistics, scores compare across
-                    // shards: a hit below the k-th best of the shards
-                    // already searched cannot be in the answer, so it
-                    // needs no snippet and this shard prunes below it.
-                    let joint = request
-                        .stats
-                        .is_some()
-                        .then(|| kth_best(&answers, k))
-                        .flatten();
-                    if joint.is_some() {
-                        request.score_floor = match (request.score_floor, joint) {
+                    if request.stats.is_some() {
+                        request.score_floor = match (request.score_floor, kth_best(&answers, k)) {
                             (Some(a), Some(b)) => Some(a.max(b)),
                             (a, b) => a.or(b),
                         };
                     }
-                    search_one(shared, request, joint, deadline, received).await
+                    search_one(shared, request, deadline, received).await
                 }
                 Err(status) => Err(status),
             };

@@ -101,7 +101,6 @@ fn merged(
                 k as usize,
                 stats,
                 floor,
-                None,
                 &leaf::Budget::unlimited(),
             )
             .unwrap();

@@ -512,14 +512,7 @@ fn hits_below_the_floor_come_with_their_title_and_no_snippet() {
         // A floor at the fifth hit: the first five keep their snippets.
         let floor = fifth.score;
         let floored = index
-            .search_above(
-                &parsed,
-                10,
-                Some(&stats),
-                Some(floor),
-                None,
-                &Budget::unlimited(),
-            )
+            .search_above(&parsed, 10, Some(&stats), Some(floor), &Budget::unlimited())
             .unwrap();
         let pruned = prune::Disjunction::of(parsed.query()).is_some();
         if !pruned {
@@ -561,7 +554,7 @@ fn hits_below_the_floor_come_with_their_title_and_no_snippet() {
         skipped += below;
         // Without corpus-wide statistics the floor is ignored too.
         let local = index
-            .search_above(&parsed, 10, None, Some(floor), None, &Budget::unlimited())
+            .search_above(&parsed, 10, None, Some(floor), &Budget::unlimited())
             .unwrap();
         assert_eq!(local.snippets_skipped, 0, "{query}");
     }
