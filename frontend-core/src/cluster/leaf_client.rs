@@ -114,6 +114,11 @@ pub trait LeafService: Send + Sync + 'static {
         budget: Duration,
     ) -> Result<TermStatsResponse, CallError>;
     async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError>;
+    /// Whether the replica runs in this very process ([`InProcessLeaf`]):
+    /// its death would be this process's, which no canary can prevent.
+    fn in_process(&self) -> bool {
+        false
+    }
     /// Searches several shards of one process with one call
     /// (`SearchShards`): one answer per shard, in the order asked, each
     /// with only the hits in the top k of them all. A client that cannot
@@ -352,6 +357,10 @@ where
 
 #[async_trait]
 impl<S: Leaf> LeafService for InProcessLeaf<S> {
+    fn in_process(&self) -> bool {
+        true
+    }
+
     async fn search(
         &self,
         mut message: SearchRequest,

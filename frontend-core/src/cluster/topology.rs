@@ -340,6 +340,10 @@ impl Rejoining {
 
 #[async_trait]
 impl LeafService for Rejoining {
+    fn in_process(&self) -> bool {
+        self.inner.in_process()
+    }
+
     async fn search(
         &self,
         request: SearchRequest,

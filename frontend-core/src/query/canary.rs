@@ -207,7 +207,8 @@ impl Canaries {
         }
         let candidates = candidates(topology, shard);
         if candidates.is_empty() {
-            // Nobody to ask: the fan-out reports the shards unavailable.
+            // Nobody to ask (the fan-out then reports the shards
+            // unavailable), or only this process's own leaves.
             return Ok(false);
         }
         let now = Instant::now();
@@ -322,13 +323,24 @@ impl Canaries {
 
 /// The shards a canary may go to, in order: `shard`, then the others,
 /// each with its replicas (replica choice picks among them).
+///
+/// A replica in this process (an embedded leaf) is never a candidate: a
+/// query that kills it kills this frontend too, canary or not, so a canary
+/// there protects nothing and only costs a search. Shards served only here
+/// are skipped; with no replica elsewhere at all there is no canary.
 fn candidates(topology: &Topology, shard: usize) -> Vec<(u32, Vec<Arc<Replica>>)> {
     let shards = topology.shards.len();
     (0..shards)
         .map(|offset| (shard + offset) % shards)
         .filter_map(|s| {
-            let replicas = topology.shards.get(s)?;
-            (!replicas.is_empty()).then(|| (s as u32, replicas.clone()))
+            let replicas: Vec<Arc<Replica>> = topology
+                .shards
+                .get(s)?
+                .iter()
+                .filter(|replica| !replica.client.in_process())
+                .cloned()
+                .collect();
+            (!replicas.is_empty()).then_some((s as u32, replicas))
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use frontend_core::query::canary::Verdict;
 use futures::stream::{self, StreamExt};
 use leaf::{Budget, Document, SearchOutput, ShardIndex};
 use serde_json::{json, Value};
@@ -155,6 +156,9 @@ async fn four_shards_in_one_process(leases: bool) {
         calls >= 4 * QUERIES as u64,
         "the process answered {calls} shard searches"
     );
+    // A leaf in another process gets canaries (first-seen queries).
+    let answered = metrics.canaries.with_label_values(&["answered"]).get();
+    assert!(answered >= QUERIES as u64 / 2, "{answered} canaries");
 }
 
 /// The four shards served by the frontend's own process (`frontend serve
@@ -177,6 +181,12 @@ async fn four_shards_embedded_in_the_frontend_equal_the_unsharded_index() {
         let leaf = cluster.leaf(0, 0);
         assert_eq!(leaf.advertised(), "127.0.0.1:1");
         assert!(leaf.stats().searches >= 4 * QUERIES as u64);
+        // No canary goes to a leaf of the frontend's own process.
+        let canaries: u64 = Verdict::ALL
+            .iter()
+            .map(|verdict| metrics.canaries.with_label_values(&[verdict.label()]).get())
+            .sum();
+        assert_eq!(canaries, 0);
     }
 }
 

@@ -76,11 +76,17 @@ struct Fake {
     dies_on_search: AtomicBool,
     /// Searches hang (a frozen process, or one busy dying on the query).
     hangs: AtomicBool,
+    /// Runs in the frontend's own process (an embedded leaf).
+    local: AtomicBool,
     searches: AtomicUsize,
 }
 
 #[async_trait]
 impl LeafService for Fake {
+    fn in_process(&self) -> bool {
+        self.local.load(Ordering::SeqCst)
+    }
+
     async fn search(&self, _: SearchRequest, _: Duration) -> Result<SearchResponse, CallError> {
         self.searches.fetch_add(1, Ordering::SeqCst);
         if self.hangs.load(Ordering::SeqCst) {
@@ -168,6 +174,29 @@ async fn admit(canaries: &Canaries, net: &Net, query: &str) -> Result<(), QueryE
         )
         .await
         .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_canary_never_goes_to_a_leaf_in_this_process() {
+    let (net, fakes) = replicas(2);
+    fakes[0].local.store(true, Ordering::SeqCst);
+    let (canaries, metrics) = canaries();
+    // One replica here, one elsewhere: the canary goes elsewhere, each time.
+    for query in ["json parser", "yaml loader", "http client"] {
+        admit(&canaries, &net, query).await.unwrap();
+    }
+    assert_eq!(fakes[0].searches.load(Ordering::SeqCst), 0);
+    assert_eq!(fakes[1].searches.load(Ordering::SeqCst), 3);
+    assert_eq!(metrics.canaries.with_label_values(&["answered"]).get(), 3);
+    // Only replicas here: no canary at all (it would protect nothing).
+    fakes[1].local.store(true, Ordering::SeqCst);
+    admit(&canaries, &net, "xml writer").await.unwrap();
+    let searches: usize = fakes
+        .iter()
+        .map(|f| f.searches.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(searches, 3);
+    assert_eq!(metrics.canaries.with_label_values(&["answered"]).get(), 3);
 }
 
 #[tokio::test]
