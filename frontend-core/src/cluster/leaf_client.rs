@@ -119,6 +119,13 @@ pub trait LeafService: Send + Sync + 'static {
     fn in_process(&self) -> bool {
         false
     }
+    /// How this replica's part of a call made by another replica's client
+    /// ended (a `SearchShards` or `TermStatsShards` shared by the shards of
+    /// one process), `started` when that call was sent: what the replica
+    /// learns from it as from a call of its own (see `Rejoining`).
+    fn note_shared(&self, outcome: Result<(), CallError>, started: tokio::time::Instant) {
+        let _ = (outcome, started);
+    }
     /// Searches several shards of one process with one call
     /// (`SearchShards`): one answer per shard, in the order asked, each
     /// with only the hits in the top k of them all. A client that cannot

@@ -344,6 +344,10 @@ impl LeafService for Rejoining {
         self.inner.in_process()
     }
 
+    fn note_shared(&self, outcome: Result<(), CallError>, started: Instant) {
+        self.note(&outcome, started);
+    }
+
     async fn search(
         &self,
         request: SearchRequest,

@@ -261,6 +261,20 @@ type Pending = (usize, Instant, bool);
 /// `TermStatsShards`) gives: each shard's outcome, by shard.
 pub type BatchOutput<T> = Result<Arc<Vec<(u32, Result<T, CallError>)>>, CallError>;
 
+/// How `shard`'s part of a shared call ended: the call's error, or its
+/// part's (a shard the answer leaves out counts as answered with it).
+fn part_outcome<T>(output: &BatchOutput<T>, shard: u32) -> Result<(), CallError> {
+    match output {
+        Err(error) => Err(error.clone()),
+        Ok(parts) => parts
+            .iter()
+            .find(|(id, _)| *id == shard)
+            .map_or(Ok(()), |(_, part)| {
+                part.as_ref().map(|_| ()).map_err(Clone::clone)
+            }),
+    }
+}
+
 /// A shard's part in a call shared by several shards of one process: the
 /// call is made once, awaited by each, and cancelled when every one of
 /// them has dropped its part.
@@ -541,7 +555,26 @@ impl Fanout {
             self.metrics.shard_batches.inc();
             self.metrics.shard_batch_shards.inc_by(members.len() as u64);
             let ids = members.iter().map(|&s| s as u32).collect();
-            let shared = call(Arc::clone(&replica.client), ids).shared();
+            // The call goes through the first shard's client; every other
+            // shard's replica learns from its part too (a long silence
+            // ended, say), as from a call of its own.
+            let others: Vec<Arc<Replica>> = members[1..]
+                .iter()
+                .filter_map(|&member| primaries[member].map(|i| Arc::clone(&shards[member][i])))
+                .collect();
+            let started = Instant::now();
+            let call = call(Arc::clone(&replica.client), ids);
+            let shared = async move {
+                let output = call.await;
+                for other in &others {
+                    other
+                        .client
+                        .note_shared(part_outcome(&output, other.member.shard), started);
+                }
+                output
+            }
+            .boxed()
+            .shared();
             for member in members {
                 batches[member] = primaries[member].map(|i| Batched {
                     primary: Arc::clone(&shards[member][i]),

@@ -815,3 +815,52 @@ async fn a_failed_shared_call_is_retried_shard_by_shard_elsewhere() {
         3 * batched_on_failing
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_shard_of_a_shared_call_learns_that_its_process_answers_again() {
+    let config = FanoutConfig {
+        probation: false,
+        ..FanoutConfig::default()
+    };
+    let (fanout, processes) = co_hosted(3, config);
+    // Both processes cut off: every call fails, shared or single.
+    for process in &processes {
+        process.fail.store(true, Ordering::SeqCst);
+    }
+    fanout
+        .search(&request(), Instant::now() + Duration::from_millis(100))
+        .await;
+    tokio::time::advance(crate::cluster::topology::UNREACHABLE_AFTER + Duration::from_millis(1))
+        .await;
+    for process in &processes {
+        process.fail.store(false, Ordering::SeqCst);
+    }
+    // Load estimates inflated by the cut, then one search after the heal.
+    let topology = fanout.routing().snapshot();
+    for replica in topology.shards.iter().flatten() {
+        replica.load.observe(Duration::from_millis(200));
+    }
+    let before: Vec<usize> = processes.iter().map(|p| p.batches.lock().len()).collect();
+    let results = fanout
+        .search(&request(), Instant::now() + Duration::from_millis(100))
+        .await;
+    assert!(results
+        .iter()
+        .all(|r| matches!(r.outcome, ShardOutcome::Answered(_))));
+    let healed = (0..2)
+        .find(|&p| processes[p].batches.lock().len() > before[p])
+        .expect("one shared call after the heal");
+    // Every shard's replica in the process that answered is reset, not
+    // only the one whose client made the call.
+    for (shard, replicas) in topology.shards.iter().enumerate() {
+        let replica = replicas
+            .iter()
+            .find(|r| r.member.address == format!("p{healed}"))
+            .unwrap();
+        assert!(
+            replica.load.estimate() < Duration::from_millis(50),
+            "shard {shard}: {:?}",
+            replica.load.estimate()
+        );
+    }
+}
