@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use proto::leaf::leaf_client::LeafClient;
 use proto::leaf::leaf_server::Leaf;
 use proto::leaf::{
-    InfoRequest, InfoResponse, SearchRequest, SearchResponse, SearchShardsRequest, ShardAnswer,
-    TermStatsAnswer, TermStatsRequest, TermStatsResponse, TermStatsShardsRequest,
+    InfoRequest, InfoResponse, SearchRequest, SearchResponse, SearchShardsRequest,
+    SearchShardsResponse, ShardAnswer, TermStatsAnswer, TermStatsRequest, TermStatsResponse,
+    TermStatsShardsRequest, TermStatsShardsResponse,
 };
 use svc::auth::{AuthChannel, Credentials};
 use svc::tls::ClientTls;
@@ -194,13 +195,47 @@ impl Connect {
     }
 }
 
-/// A gRPC leaf client over one lazily connected HTTP/2 channel.
-#[derive(Clone)]
-pub struct GrpcLeaf {
-    client: LeafClient<AuthChannel>,
+/// A [`LeafService`] over an implementation of the `Leaf` service: a leaf
+/// reached over gRPC ([`GrpcLeaf`]) or one served by this very process
+/// ([`InProcessLeaf`]: no encoding, HTTP/2 or loopback). Every call names
+/// the client's shard, carries its budget as `grpc-timeout` metadata (so
+/// that a leaf in process applies its deadline, admission and metrics as
+/// over the wire) and is bounded by the budget here too; a panic of the
+/// callee fails the call instead of the caller's task.
+pub struct LeafOver<S> {
+    service: Arc<S>,
     /// The shard named in every call (none: the process's only shard).
     shard: Option<u32>,
+    in_process: bool,
 }
+
+impl<S> Clone for LeafOver<S> {
+    fn clone(&self) -> Self {
+        LeafOver {
+            service: Arc::clone(&self.service),
+            shard: self.shard,
+            in_process: self.in_process,
+        }
+    }
+}
+
+impl<S> LeafOver<S> {
+    /// This client, naming `shard` in every call: a process serving
+    /// several shards answers for that one, and one serving another shard
+    /// refuses rather than answering for the wrong one.
+    pub fn for_shard(self, shard: u32) -> Self {
+        LeafOver {
+            shard: Some(shard),
+            ..self
+        }
+    }
+}
+
+/// A gRPC leaf client over one lazily connected HTTP/2 channel.
+pub type GrpcLeaf = LeafOver<Remote>;
+
+/// A leaf served by this very process, called through its `Leaf` service.
+pub type InProcessLeaf<S> = LeafOver<S>;
 
 impl GrpcLeaf {
     /// Builds a client for `addr` (`host:port` or a URL) without connecting,
@@ -211,20 +246,63 @@ impl GrpcLeaf {
 
     /// A client for `addr` that connects and authenticates with `connect`.
     pub fn with_connect(addr: &str, connect: &Connect) -> Result<Self, CallError> {
-        Ok(GrpcLeaf {
-            client: LeafClient::new(lazy_channel(addr, connect)?),
+        Ok(LeafOver {
+            service: Arc::new(Remote(LeafClient::new(lazy_channel(addr, connect)?))),
             shard: None,
+            in_process: false,
         })
     }
+}
 
-    /// This client, naming `shard` in every call: a process serving
-    /// several shards answers for that one, and one serving another shard
-    /// refuses rather than answering for the wrong one.
-    pub fn for_shard(self, shard: u32) -> Self {
-        GrpcLeaf {
-            shard: Some(shard),
-            ..self
+impl<S: Leaf> InProcessLeaf<S> {
+    /// A client of `service`, in this process, naming `shard` in every call.
+    pub fn local(service: Arc<S>, shard: Option<u32>) -> Self {
+        LeafOver {
+            service,
+            shard,
+            in_process: true,
         }
+    }
+}
+
+/// The `Leaf` service of a remote leaf: each call over the gRPC channel.
+pub struct Remote(LeafClient<AuthChannel>);
+
+#[async_trait]
+impl Leaf for Remote {
+    async fn search(
+        &self,
+        request: tonic::Request<SearchRequest>,
+    ) -> Result<tonic::Response<SearchResponse>, tonic::Status> {
+        self.0.clone().search(request).await
+    }
+
+    async fn info(
+        &self,
+        request: tonic::Request<InfoRequest>,
+    ) -> Result<tonic::Response<InfoResponse>, tonic::Status> {
+        self.0.clone().info(request).await
+    }
+
+    async fn term_stats(
+        &self,
+        request: tonic::Request<TermStatsRequest>,
+    ) -> Result<tonic::Response<TermStatsResponse>, tonic::Status> {
+        self.0.clone().term_stats(request).await
+    }
+
+    async fn search_shards(
+        &self,
+        request: tonic::Request<SearchShardsRequest>,
+    ) -> Result<tonic::Response<SearchShardsResponse>, tonic::Status> {
+        self.0.clone().search_shards(request).await
+    }
+
+    async fn term_stats_shards(
+        &self,
+        request: tonic::Request<TermStatsShardsRequest>,
+    ) -> Result<tonic::Response<TermStatsShardsResponse>, tonic::Status> {
+        self.0.clone().term_stats_shards(request).await
     }
 }
 
@@ -262,91 +340,9 @@ fn request<T>(message: T, budget: Duration) -> tonic::Request<T> {
     request
 }
 
-#[async_trait]
-impl LeafService for GrpcLeaf {
-    async fn search(
-        &self,
-        mut message: SearchRequest,
-        budget: Duration,
-    ) -> Result<SearchResponse, CallError> {
-        let mut client = self.client.clone();
-        message.shard = self.shard;
-        with_deadline(budget, client.search(request(message, budget))).await
-    }
-
-    async fn search_shards(
-        &self,
-        search: SearchRequest,
-        shards: Vec<u32>,
-        budget: Duration,
-    ) -> Result<Vec<ShardAnswer>, CallError> {
-        let mut client = self.client.clone();
-        let message = SearchShardsRequest {
-            search: Some(search),
-            shards,
-        };
-        with_deadline(budget, client.search_shards(request(message, budget)))
-            .await
-            .map(|response| response.answers)
-    }
-
-    async fn term_stats_shards(
-        &self,
-        query: &str,
-        shards: Vec<u32>,
-        budget: Duration,
-    ) -> Result<Vec<TermStatsAnswer>, CallError> {
-        let mut client = self.client.clone();
-        let message = TermStatsShardsRequest {
-            query: query.to_string(),
-            shards,
-        };
-        with_deadline(budget, client.term_stats_shards(request(message, budget)))
-            .await
-            .map(|response| response.answers)
-    }
-
-    async fn term_stats(
-        &self,
-        query: &str,
-        budget: Duration,
-    ) -> Result<TermStatsResponse, CallError> {
-        let mut client = self.client.clone();
-        let message = TermStatsRequest {
-            query: query.to_string(),
-            shard: self.shard,
-        };
-        with_deadline(budget, client.term_stats(request(message, budget))).await
-    }
-
-    async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
-        let mut client = self.client.clone();
-        let message = InfoRequest { shard: self.shard };
-        with_deadline(budget, client.info(request(message, budget))).await
-    }
-}
-
-/// A leaf served by this very process, called through its `Leaf` service
-/// with no transport: no encoding, no HTTP/2, no loopback. Each call
-/// carries its budget as `grpc-timeout` metadata, so the leaf applies its
-/// deadline, admission and metrics exactly as for a call over the wire,
-/// and is bounded by the budget here too. A panic inside the leaf fails
-/// the call instead of the caller's task.
-pub struct InProcessLeaf<S> {
-    service: Arc<S>,
-    /// The shard named in every call, as [`GrpcLeaf::for_shard`].
-    shard: Option<u32>,
-}
-
-impl<S: Leaf> InProcessLeaf<S> {
-    pub fn new(service: Arc<S>, shard: Option<u32>) -> Self {
-        InProcessLeaf { service, shard }
-    }
-}
-
-/// Runs an in-process call as [`with_deadline`] runs a remote one, with a
-/// panic of the callee turned into a failed call.
-async fn in_process<T, F>(budget: Duration, call: F) -> Result<T, CallError>
+/// Runs one call as [`with_deadline`] does, with a panic of the callee
+/// turned into a failed call.
+async fn guarded<T, F>(budget: Duration, call: F) -> Result<T, CallError>
 where
     F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
@@ -357,15 +353,15 @@ where
     {
         Ok(result) => result,
         Err(_) => Err(CallError::Failed(
-            "the embedded leaf panicked on this call".to_string(),
+            "the leaf panicked on this call".to_string(),
         )),
     }
 }
 
 #[async_trait]
-impl<S: Leaf> LeafService for InProcessLeaf<S> {
+impl<S: Leaf> LeafService for LeafOver<S> {
     fn in_process(&self) -> bool {
-        true
+        self.in_process
     }
 
     async fn search(
@@ -374,7 +370,7 @@ impl<S: Leaf> LeafService for InProcessLeaf<S> {
         budget: Duration,
     ) -> Result<SearchResponse, CallError> {
         message.shard = self.shard;
-        in_process(budget, self.service.search(request(message, budget))).await
+        guarded(budget, self.service.search(request(message, budget))).await
     }
 
     async fn search_shards(
@@ -387,7 +383,7 @@ impl<S: Leaf> LeafService for InProcessLeaf<S> {
             search: Some(search),
             shards,
         };
-        in_process(budget, self.service.search_shards(request(message, budget)))
+        guarded(budget, self.service.search_shards(request(message, budget)))
             .await
             .map(|response| response.answers)
     }
@@ -402,7 +398,7 @@ impl<S: Leaf> LeafService for InProcessLeaf<S> {
             query: query.to_string(),
             shards,
         };
-        in_process(
+        guarded(
             budget,
             self.service.term_stats_shards(request(message, budget)),
         )
@@ -419,12 +415,12 @@ impl<S: Leaf> LeafService for InProcessLeaf<S> {
             query: query.to_string(),
             shard: self.shard,
         };
-        in_process(budget, self.service.term_stats(request(message, budget))).await
+        guarded(budget, self.service.term_stats(request(message, budget))).await
     }
 
     async fn info(&self, budget: Duration) -> Result<InfoResponse, CallError> {
         let message = InfoRequest { shard: self.shard };
-        in_process(budget, self.service.info(request(message, budget))).await
+        guarded(budget, self.service.info(request(message, budget))).await
     }
 }
 
@@ -444,7 +440,7 @@ impl LocalLeaf {
         LocalLeaf {
             address: address.into(),
             client: Arc::new(move |shard| {
-                Arc::new(InProcessLeaf::new(Arc::clone(&service), shard)) as Arc<dyn LeafService>
+                Arc::new(InProcessLeaf::local(Arc::clone(&service), shard)) as Arc<dyn LeafService>
             }),
         }
     }
