@@ -204,7 +204,10 @@ impl Connect {
 /// callee fails the call instead of the caller's task.
 pub struct LeafOver<S> {
     service: Arc<S>,
-    /// The shard named in every call (none: the process's only shard).
+    /// The shard named in every call (none: the process's only shard): a
+    /// process serving several shards answers for that one, and one
+    /// serving another shard refuses rather than answering for the wrong
+    /// one. Set by [`clients_of`].
     shard: Option<u32>,
     in_process: bool,
 }
@@ -215,18 +218,6 @@ impl<S> Clone for LeafOver<S> {
             service: Arc::clone(&self.service),
             shard: self.shard,
             in_process: self.in_process,
-        }
-    }
-}
-
-impl<S> LeafOver<S> {
-    /// This client, naming `shard` in every call: a process serving
-    /// several shards answers for that one, and one serving another shard
-    /// refuses rather than answering for the wrong one.
-    pub fn for_shard(self, shard: u32) -> Self {
-        LeafOver {
-            shard: Some(shard),
-            ..self
         }
     }
 }
@@ -429,7 +420,7 @@ impl<S: Leaf> LeafService for LeafOver<S> {
 #[derive(Clone)]
 pub struct LocalLeaf {
     address: String,
-    client: Arc<dyn Fn(Option<u32>) -> Arc<dyn LeafService> + Send + Sync>,
+    clients: ShardClients,
 }
 
 impl LocalLeaf {
@@ -439,21 +430,34 @@ impl LocalLeaf {
         let service = Arc::new(service);
         LocalLeaf {
             address: address.into(),
-            client: Arc::new(move |shard| {
+            clients: Arc::new(move |shard| {
                 Arc::new(InProcessLeaf::local(Arc::clone(&service), shard)) as Arc<dyn LeafService>
             }),
         }
     }
+}
 
-    pub fn address(&self) -> &str {
-        &self.address
-    }
+/// Makes clients of one leaf process, each naming the shard given in every
+/// call (none: the process's only shard, or its first for `Info`).
+pub type ShardClients = Arc<dyn Fn(Option<u32>) -> Arc<dyn LeafService> + Send + Sync>;
 
-    /// A client naming `shard` in every call (none: the leaf's only
-    /// shard, or its first for `Info`).
-    pub fn client(&self, shard: Option<u32>) -> Arc<dyn LeafService> {
-        (self.client)(shard)
+/// The clients of the leaf process at `address`: in process when it is one
+/// of `local` (served by this process), over gRPC with `connect` otherwise.
+pub fn clients_of(
+    address: &str,
+    connect: &Connect,
+    local: &[LocalLeaf],
+) -> Result<ShardClients, CallError> {
+    if let Some(local) = local.iter().find(|local| local.address == address) {
+        return Ok(Arc::clone(&local.clients));
     }
+    let client = GrpcLeaf::with_connect(address, connect)?;
+    Ok(Arc::new(move |shard| {
+        Arc::new(LeafOver {
+            shard,
+            ..client.clone()
+        }) as Arc<dyn LeafService>
+    }))
 }
 
 #[cfg(test)]

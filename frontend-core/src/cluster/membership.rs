@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::leaf_client::{Connect, GrpcLeaf, LeafService, LocalLeaf};
+use crate::cluster::leaf_client::{clients_of, Connect, LocalLeaf, ShardClients};
 
 pub struct StaticMembership {
     members: watch::Sender<Arc<Vec<Member>>>,
@@ -35,28 +35,16 @@ impl StaticMembership {
         for (index, address) in leaves.into_iter().enumerate() {
             let membership = Arc::clone(&membership);
             let shutdown = shutdown.clone();
-            let client: Arc<dyn Fn(Option<u32>) -> Arc<dyn LeafService> + Send + Sync> =
-                match local.iter().find(|local| local.address() == address) {
-                    Some(local) => {
-                        let local = local.clone();
-                        Arc::new(move |shard| local.client(shard))
-                    }
-                    None => match GrpcLeaf::with_connect(&address, &connect) {
-                        Ok(client) => Arc::new(move |shard: Option<u32>| match shard {
-                            Some(shard) => {
-                                Arc::new(client.clone().for_shard(shard)) as Arc<dyn LeafService>
-                            }
-                            None => Arc::new(client.clone()),
-                        }),
-                        Err(error) => {
-                            tracing::error!(%address, %error, "bad leaf address");
-                            continue;
-                        }
-                    },
-                };
+            let clients = match clients_of(&address, &connect, local) {
+                Ok(clients) => clients,
+                Err(error) => {
+                    tracing::error!(%address, %error, "bad leaf address");
+                    continue;
+                }
+            };
             tokio::spawn(async move {
                 loop {
-                    match discover(client.as_ref(), index, &address).await {
+                    match discover(&clients, index, &address).await {
                         Ok(members) => {
                             for member in members {
                                 membership.add(member);
@@ -88,11 +76,11 @@ impl StaticMembership {
 /// process serves (`Info.served`), each with that shard's own generation,
 /// and lease ids unique per shard when there are several.
 async fn discover(
-    client: &(dyn Fn(Option<u32>) -> Arc<dyn LeafService> + Send + Sync),
+    clients: &ShardClients,
     index: usize,
     address: &str,
 ) -> Result<Vec<Member>, crate::cluster::leaf_client::CallError> {
-    let info = client(None).info(Duration::from_secs(1)).await?;
+    let info = clients(None).info(Duration::from_secs(1)).await?;
     tracing::info!(%address, shard = info.shard, served = ?info.served, docs = info.num_docs, "static leaf found");
     if info.served.len() <= 1 {
         return Ok(vec![Member {
@@ -108,7 +96,7 @@ async fn discover(
         let generation = if shard == info.shard {
             info.generation
         } else {
-            client(Some(shard))
+            clients(Some(shard))
                 .info(Duration::from_secs(1))
                 .await?
                 .generation

@@ -31,7 +31,7 @@ use proto::cache::cache_client::CacheClient;
 use svc::auth::AuthChannel;
 
 use crate::cluster::leaf_client::{
-    lazy_channel, CallError, Connect, GrpcLeaf, LeafService, LocalLeaf,
+    clients_of, lazy_channel, CallError, Connect, LeafService, LocalLeaf,
 };
 use crate::cluster::load::PeakEwma;
 
@@ -264,18 +264,15 @@ pub fn grpc_clients(connect: Connect) -> ClientFactory {
 /// The client factory: an in-process client for a member at the address
 /// of one of `local`, a gRPC client with `connect` for every other.
 pub fn clients(connect: Connect, local: Vec<LocalLeaf>) -> ClientFactory {
-    Arc::new(move |member: &Member| {
-        if let Some(local) = local.iter().find(|local| local.address() == member.address) {
-            return Some(local.client(Some(member.shard)));
-        }
-        match GrpcLeaf::with_connect(&member.address, &connect) {
-            Ok(client) => Some(Arc::new(client.for_shard(member.shard)) as Arc<dyn LeafService>),
+    Arc::new(
+        move |member: &Member| match clients_of(&member.address, &connect, &local) {
+            Ok(clients) => Some(clients(Some(member.shard))),
             Err(error) => {
                 tracing::warn!(address = %member.address, %error, "cannot build leaf client");
                 None
             }
-        }
-    })
+        },
+    )
 }
 
 /// How long a replica must have answered nothing (every call failed or
