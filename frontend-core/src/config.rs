@@ -197,7 +197,8 @@ pub struct SearchFlags {
     pub global_stats: bool,
     /// Memory for cached term statistics, in MiB (about 4 KiB per term and
     /// field on 8 shards, most of it the champion lists behind
-    /// `estimated_recall`).
+    /// `estimated_recall`; a quarter of it for queries' statistics
+    /// assembled, so that a query seen again costs one look-up).
     #[arg(long, default_value_t = 64)]
     pub stats_cache_mib: u64,
     /// Queries whose term lists the statistics cache keeps (about 0.1 KiB

@@ -341,7 +341,7 @@ impl Metrics {
         )?;
         let term_stats_cache_bytes = IntGauge::new(
             "frontend_term_stats_cache_bytes",
-            "Bytes of per-term statistics held by the term-statistics cache (bounded by --stats-cache-mib).",
+            "Bytes of statistics held by the term-statistics cache, per term and per assembled query (bounded by --stats-cache-mib).",
         )?;
         let term_stats_cache_terms = IntGauge::new(
             "frontend_term_stats_cache_terms",

@@ -40,9 +40,16 @@ pub const CHECK_EVERY: u64 = 256;
 /// Longest snippet, in characters.
 const SNIPPET_CHARS: usize = 160;
 
-/// A parsed query, ready to run on the shard it was parsed for.
+/// A parsed query, ready to run on the shard it was parsed for (or on any
+/// shard of the same schema).
 #[derive(Debug)]
 pub struct ParsedQuery(pub(crate) Box<dyn Query>);
+
+impl Clone for ParsedQuery {
+    fn clone(&self) -> Self {
+        ParsedQuery(self.0.box_clone())
+    }
+}
 
 impl ParsedQuery {
     /// The tantivy query (benchmarks run it through tantivy's collectors).
@@ -164,6 +171,34 @@ impl SearchOutput {
     }
 }
 
+/// One shard's best documents, scored but not loaded
+/// ([`ShardIndex::score`]).
+#[derive(Clone, Debug)]
+pub struct Scored {
+    /// Score, id and place, ordered by score desc, then id asc.
+    winners: Vec<(Score, String, DocAddress)>,
+    docs_searched: u64,
+    early_terminated: bool,
+    global_stats: bool,
+    /// Winners below this get their title and no snippet.
+    snippet_floor: Score,
+}
+
+impl Scored {
+    /// The winners' scores and ids, best first.
+    pub fn ranked(&self) -> impl Iterator<Item = (Score, &str)> + '_ {
+        self.winners
+            .iter()
+            .map(|(score, id, _)| (*score, id.as_str()))
+    }
+
+    /// Keeps the winners for which `keep(score, id)` holds; the search's
+    /// coverage is unchanged.
+    pub fn retain(&mut self, mut keep: impl FnMut(Score, &str) -> bool) {
+        self.winners.retain(|(score, id, _)| keep(*score, id));
+    }
+}
+
 /// Checks `k` (1..=[`MAX_K`]).
 pub fn validate_k(k: u32) -> Result<usize> {
     if (1..=MAX_K).contains(&k) {
@@ -264,6 +299,24 @@ impl ShardIndex {
         floor: Option<Score>,
         budget: &Budget,
     ) -> Result<SearchOutput> {
+        let scored = self.score(query, k, stats, floor, budget)?;
+        self.load(query, scored, budget)
+    }
+
+    /// The scoring half of [`ShardIndex::search_above`]: the best `k`
+    /// documents' scores, ids and places, and how far the search got,
+    /// without loading any of them. [`ShardIndex::load`] makes the hits;
+    /// in between, a caller holding several shards' winners may drop those
+    /// that cannot make the answer ([`Scored::retain`]), so that only the
+    /// joint top k are loaded.
+    pub fn score(
+        &self,
+        query: &ParsedQuery,
+        k: usize,
+        stats: Option<&CorpusStats>,
+        floor: Option<Score>,
+        budget: &Budget,
+    ) -> Result<Scored> {
         let searcher = &self.searcher;
         let provider = stats
             .map(|stats| GlobalStatistics::new(self, stats))
@@ -380,6 +433,31 @@ impl ShardIndex {
 
         winners.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         winners.truncate(k);
+        Ok(Scored {
+            winners,
+            docs_searched: covered,
+            early_terminated: stopped.is_some(),
+            global_stats: stats.is_some(),
+            snippet_floor,
+        })
+    }
+
+    /// The loading half of [`ShardIndex::search_above`]: titles and
+    /// snippets of `scored`'s winners (those below its snippet floor get
+    /// their title only).
+    pub fn load(
+        &self,
+        query: &ParsedQuery,
+        scored: Scored,
+        budget: &Budget,
+    ) -> Result<SearchOutput> {
+        let Scored {
+            winners,
+            docs_searched,
+            early_terminated,
+            global_stats,
+            snippet_floor,
+        } = scored;
         let snippets_skipped = winners
             .iter()
             .filter(|(score, _, _)| *score < snippet_floor)
@@ -387,10 +465,10 @@ impl ShardIndex {
         let hits = self.hits(query, winners, snippet_floor, budget)?;
         Ok(SearchOutput {
             hits,
-            docs_searched: covered,
-            docs_total: searcher.num_docs(),
-            early_terminated: stopped.is_some(),
-            global_stats: stats.is_some(),
+            docs_searched,
+            docs_total: self.searcher.num_docs(),
+            early_terminated,
+            global_stats,
             layout: self.layout,
             snippets_skipped,
         })

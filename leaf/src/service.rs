@@ -1,5 +1,5 @@
 //! The `Leaf` gRPC service: deadlines, faults, admission, then a search on
-//! the blocking pool (or inline, when short).
+//! the blocking pool (or inline, when short), then its hits.
 //!
 //! A search call goes through these steps, each of which may end it:
 //! 1. the caller's deadline (`grpc-timeout`): less than [`MIN_BUDGET`] left
@@ -7,10 +7,13 @@
 //! 2. validation of `k`, the query and the statistics: INVALID_ARGUMENT;
 //! 3. fault knobs (hang, delay, error);
 //! 4. admission ([`crate::limits`]): RESOURCE_EXHAUSTED when full;
-//! 5. the search, stopping a little before the deadline with what it has
+//! 5. the scoring, stopping a little before the deadline with what it has
 //!    (`early_terminated`): on the calling task when its terms list few
 //!    postings ([`crate::LeafConfig::inline_postings`]), else on the
-//!    blocking pool.
+//!    blocking pool;
+//! 6. after the admission slot is given back, loading the winners' titles
+//!    and snippets (at most k documents; in a `SearchShards` call, only
+//!    those in the joint top k of all its shards), where the scoring ran.
 //!
 //! If the deadline passes during steps 3–4 the answer is DEADLINE_EXCEEDED;
 //! once scoring has started the leaf always answers with what it found.
@@ -39,7 +42,7 @@ use crate::faults::Faults;
 use crate::index::ShardIndex;
 use crate::limits::Admission;
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::search::{validate_k, Budget};
+use crate::search::{validate_k, Budget, ParsedQuery, Scored};
 use crate::stats::validate_stats;
 
 /// Less time left than this and a call is refused without starting work.
@@ -213,61 +216,27 @@ async fn search_one(
 ) -> std::result::Result<SearchResponse, Status> {
     let mut call = CallGuard::new(Arc::clone(shared), deadline, received);
     let cancel = Arc::clone(&call.cancel);
-    match shared.search(request, deadline, cancel).await {
-        Ok(response) => {
-            call.finish(if response.early_terminated {
-                "early_stop"
-            } else {
-                "ok"
-            });
-            Ok(response)
-        }
-        Err(error) => {
-            call.finish(error.outcome());
-            log_error(&error, "search");
-            Err(error.into())
-        }
-    }
+    let result = shared.search(request, deadline, cancel).await;
+    call.end(result)
 }
 
-/// The k-th best score among `answers` (by score, then id), if they hold
-/// at least k hits.
-fn kth_best(answers: &[ShardAnswer], k: usize) -> Option<f32> {
-    let mut scores: Vec<f32> = answers
-        .iter()
-        .filter_map(|answer| answer.response.as_ref())
-        .flat_map(|response| response.hits.iter().map(|hit| hit.score))
-        .collect();
-    if k == 0 || scores.len() < k {
+/// The k-th best of the winners `ranked` lists, by score then id (the
+/// frontend's merge order), when they hold more than k: the last entry of
+/// their joint top k.
+fn joint_kth<'a>(ranked: impl Iterator<Item = (f32, &'a str)>, k: usize) -> Option<(f32, String)> {
+    let mut all: Vec<(f32, &str)> = ranked.collect();
+    if k == 0 || all.len() <= k {
         return None;
     }
-    scores.sort_unstable_by(|a, b| b.total_cmp(a));
-    Some(scores[k - 1])
+    all.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let (score, id) = all[k - 1];
+    Some((score, id.to_string()))
 }
 
-/// Keeps, in each answer, only the hits in the top k of all the answers
-/// together (score descending, then id ascending: the frontend's merge
-/// order), so that merging the trimmed answers gives the same top k.
-fn trim_to_top_k(answers: &mut [ShardAnswer], k: usize) {
-    let mut all: Vec<(f32, &str)> = answers
-        .iter()
-        .filter_map(|answer| answer.response.as_ref())
-        .flat_map(|response| response.hits.iter().map(|hit| (hit.score, hit.id.as_str())))
-        .collect();
-    if k == 0 || all.len() <= k {
-        return;
-    }
-    all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let (last_score, last_id) = all[k - 1];
-    let last_id = last_id.to_string();
-    let keep = |hit: &proto::leaf::Hit| {
-        hit.score > last_score || (hit.score == last_score && hit.id.as_str() <= last_id.as_str())
-    };
-    for answer in answers.iter_mut() {
-        if let Some(response) = answer.response.as_mut() {
-            response.hits.retain(keep);
-        }
-    }
+/// Whether a winner scoring `score` with `id` is in the joint top k whose
+/// last entry is `kth`.
+fn in_top_k(score: f32, id: &str, kth: &(f32, String)) -> bool {
+    score > kth.0 || (score == kth.0 && id <= kth.1.as_str())
 }
 
 /// When a request reached the server, stamped by [`ArrivalLayer`].
@@ -386,6 +355,31 @@ impl CallGuard {
         }
     }
 
+    /// Counts how the call ended and turns the leaf's error into a status.
+    fn end(
+        &mut self,
+        result: Result<SearchResponse>,
+    ) -> std::result::Result<SearchResponse, Status> {
+        match result {
+            Ok(response) => {
+                self.finish(if response.early_terminated {
+                    "early_stop"
+                } else {
+                    "ok"
+                });
+                Ok(response)
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Counts a call that failed with `error`, its status.
+    fn fail(&mut self, error: LeafError) -> Status {
+        self.finish(error.outcome());
+        log_error(&error, "search");
+        error.into()
+    }
+
     fn finish(&mut self, outcome: &'static str) {
         self.finished = true;
         let metrics = &self.shared.metrics;
@@ -414,6 +408,18 @@ impl Drop for CallGuard {
     }
 }
 
+/// One shard's search, scored under its admission slot, its hits not yet
+/// loaded: what [`Shared::respond`] turns into the answer.
+struct Scoring {
+    index: Arc<ShardIndex>,
+    query: ParsedQuery,
+    scored: Scored,
+    budget: Budget,
+    /// Whether the search ran on the calling task (then so does the load).
+    inline: bool,
+    arrived: Instant,
+}
+
 impl Shared {
     async fn search(
         &self,
@@ -421,11 +427,27 @@ impl Shared {
         deadline: Option<Instant>,
         cancel: Arc<AtomicBool>,
     ) -> Result<SearchResponse> {
+        let scoring = self.score(request, None, deadline, cancel).await?;
+        self.respond(scoring).await
+    }
+
+    /// Steps 1 to 5 of a search call, up to the winners' scores; `parsed`
+    /// is the query already parsed for an index of the same schema.
+    async fn score(
+        &self,
+        request: SearchRequest,
+        parsed: Option<ParsedQuery>,
+        deadline: Option<Instant>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Scoring> {
         let arrived = Instant::now();
         ensure_time_left(deadline)?;
         let index = self.index.load_full();
         let k = validate_k(request.k)?;
-        let query = index.parse_query(&request.query)?;
+        let query = match parsed {
+            Some(parsed) => parsed,
+            None => index.parse_query(&request.query)?,
+        };
         if let Some(recent) = &self.recent {
             recent.note(&request.query);
         }
@@ -448,8 +470,6 @@ impl Shared {
         }
         .with_cancel(cancel)
         .with_scan_delay(self.faults.slow_scan());
-        let shard = index.shard();
-        let generation = index.generation();
         let in_flight = self.metrics.searches_in_flight.clone();
         let stats = request.stats;
         let floor = request.score_floor;
@@ -461,10 +481,10 @@ impl Shared {
         let inline = self.inline_postings > 0
             && self.faults.slow_scan().is_zero()
             && index.postings_at_most(&query, self.inline_postings);
-        let (output, permit) = if inline {
+        let (scored, index, query, budget, permit) = if inline {
             let _in_flight = GaugeGuard::new(&in_flight);
-            let output = index.search_above(&query, k, stats.as_ref(), floor, &budget);
-            (output, permit)
+            let scored = index.score(&query, k, stats.as_ref(), floor, &budget);
+            (scored, index, query, budget, permit)
         } else {
             let in_flight = in_flight.clone();
             let task = tokio::task::spawn_blocking(move || {
@@ -472,8 +492,8 @@ impl Shared {
                 // the call was dropped meanwhile (the task's output, permit
                 // included, is dropped only when it finishes).
                 let _in_flight = GaugeGuard::new(&in_flight);
-                let output = index.search_above(&query, k, stats.as_ref(), floor, &budget);
-                (output, permit)
+                let scored = index.score(&query, k, stats.as_ref(), floor, &budget);
+                (scored, index, query, budget, permit)
             });
             task.await
                 .map_err(|error| LeafError::Internal(format!("search task failed: {error}")))?
@@ -485,6 +505,41 @@ impl Shared {
             tokio::time::sleep_until((admitted + hold).into()).await;
         }
         drop(permit);
+        Ok(Scoring {
+            index,
+            query,
+            scored: scored?,
+            budget,
+            inline,
+            arrived,
+        })
+    }
+
+    /// Step 6: loads the titles and snippets of the winners `scoring` still
+    /// holds (at most k documents, after its admission slot is given back)
+    /// and makes the answer.
+    async fn respond(&self, scoring: Scoring) -> Result<SearchResponse> {
+        let Scoring {
+            index,
+            query,
+            scored,
+            budget,
+            inline,
+            arrived,
+        } = scoring;
+        let in_flight = self.metrics.searches_in_flight.clone();
+        let (shard, generation) = (index.shard(), index.generation());
+        let output = if inline {
+            let _in_flight = GaugeGuard::new(&in_flight);
+            index.load(&query, scored, &budget)
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let _in_flight = GaugeGuard::new(&in_flight);
+                index.load(&query, scored, &budget)
+            })
+            .await
+            .map_err(|error| LeafError::Internal(format!("load task failed: {error}")))?
+        };
         let output = output?;
         if inline {
             self.metrics.inline_searches.inc();
@@ -554,10 +609,10 @@ impl Leaf for LeafService {
             .map(Response::new)
     }
 
-    /// The shards one after the other on this task, each with the k-th
-    /// best score of those before it as its snippet floor (a lower bound
-    /// on the k-th best of the corpus, when the scores are corpus-wide),
-    /// then every answer trimmed to the top k of them all.
+    /// The shards scored one after the other on this task (the query
+    /// parsed once when their schemas agree), then the titles and snippets
+    /// loaded only for the winners in the top k of them all: every answer
+    /// holds just its part of that joint top k.
     #[instrument(
         name = "leaf.search_shards",
         skip_all,
@@ -572,19 +627,49 @@ impl Leaf for LeafService {
         let SearchShardsRequest { search, shards } = request.into_inner();
         let search = search.ok_or_else(|| Status::invalid_argument("no search in the request"))?;
         let k = search.k as usize;
-        let mut answers: Vec<ShardAnswer> = Vec::with_capacity(shards.len());
+        // The query as the first shard parsed it, with that shard's schema.
+        let mut parsed: Option<(tantivy::schema::Schema, ParsedQuery)> = None;
+        let mut scored = Vec::with_capacity(shards.len());
         for (shard, routed) in self.asked(shards)? {
             let result = match routed {
                 Ok(shared) => {
+                    let mut call = CallGuard::new(Arc::clone(shared), deadline, received);
+                    let cancel = Arc::clone(&call.cancel);
                     let mut request = search.clone();
                     request.shard = Some(shard);
-                    if request.stats.is_some() {
-                        request.score_floor = match (request.score_floor, kth_best(&answers, k)) {
-                            (Some(a), Some(b)) => Some(a.max(b)),
-                            (a, b) => a.or(b),
-                        };
+                    let schema = shared.index.load().searcher().schema().clone();
+                    let reuse = parsed
+                        .as_ref()
+                        .filter(|(theirs, _)| *theirs == schema)
+                        .map(|(_, query)| query.clone());
+                    match shared.score(request, reuse, deadline, cancel).await {
+                        Ok(scoring) => {
+                            parsed.get_or_insert_with(|| (schema, scoring.query.clone()));
+                            Ok((call, shared, scoring))
+                        }
+                        Err(error) => Err(call.fail(error)),
                     }
-                    search_one(shared, request, deadline, received).await
+                }
+                Err(status) => Err(status),
+            };
+            scored.push((shard, result));
+        }
+        let kth = joint_kth(
+            scored
+                .iter()
+                .filter_map(|(_, result)| result.as_ref().ok())
+                .flat_map(|(_, _, scoring)| scoring.scored.ranked()),
+            k,
+        );
+        let mut answers: Vec<ShardAnswer> = Vec::with_capacity(scored.len());
+        for (shard, result) in scored {
+            let result = match result {
+                Ok((mut call, shared, mut scoring)) => {
+                    if let Some(kth) = &kth {
+                        scoring.scored.retain(|score, id| in_top_k(score, id, kth));
+                    }
+                    let result = shared.respond(scoring).await;
+                    call.end(result)
                 }
                 Err(status) => Err(status),
             };
@@ -596,7 +681,6 @@ impl Leaf for LeafService {
                 error_message,
             });
         }
-        trim_to_top_k(&mut answers, k);
         Ok(Response::new(SearchShardsResponse { answers }))
     }
 

@@ -53,7 +53,8 @@ pub struct RootConfig {
     /// Wait for every shard, ignoring the deadline (a baseline for
     /// benchmarks; never use in production).
     pub wait_for_all: bool,
-    /// Bytes of per-term statistics (frequencies and champion lists) kept.
+    /// Bytes of statistics kept: per term (frequencies and champion lists),
+    /// and a quarter for assembled queries.
     pub stats_cache_bytes: u64,
     /// Queries whose (field, term) lists the statistics cache keeps (a
     /// query's list names the pairs it needs; the pairs are bounded by
@@ -364,7 +365,7 @@ impl Root {
                 .for_query(&params.q, &self.fanout, stats_deadline)
                 .await
         } else {
-            QueryStats::local()
+            Arc::new(QueryStats::local())
         };
         self.metrics
             .term_stats

@@ -23,7 +23,7 @@
 //! replica that serves it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -89,7 +89,16 @@ pub struct QueryStats {
     /// True when the query is made of free words only (no `+`, `-`,
     /// phrases or other syntax): the shape a score floor holds for.
     pub free_words: bool,
+    /// Score floors computed so far, by k (shared by the clones: the
+    /// statistics they are computed from are the same).
+    floors: Floors,
 }
+
+/// Score floors by k, memoized.
+type Floors = Arc<Mutex<Vec<(usize, Option<f32>)>>>;
+
+/// Distinct `k` whose score floors one [`QueryStats`] remembers.
+const FLOORS_KEPT: usize = 4;
 
 impl QueryStats {
     pub fn local() -> Self {
@@ -99,6 +108,7 @@ impl QueryStats {
             source: StatsSource::Local,
             shard_docs: Vec::new(),
             free_words: false,
+            floors: Arc::default(),
         }
     }
 
@@ -127,8 +137,56 @@ impl QueryStats {
             return None;
         }
         let pairs = self.evidence.as_ref()?.impacts.as_deref()?;
-        crate::query::estimate::score_floor(pairs, k)
+        // Sorting the champion lists costs more than the rest of a warm
+        // query's statistics: a query seen again reuses its floor.
+        let known = |floors: &[(usize, Option<f32>)]| {
+            floors
+                .iter()
+                .find(|(of, _)| *of == k)
+                .map(|(_, floor)| *floor)
+        };
+        if let Some(floor) = known(&lock(&self.floors)) {
+            return floor;
+        }
+        let floor = crate::query::estimate::score_floor(pairs, k);
+        let mut floors = lock(&self.floors);
+        if floors.len() < FLOORS_KEPT && known(&floors).is_none() {
+            floors.push((k, floor));
+        }
+        floor
     }
+
+    /// Bytes the statistics hold, for the weigher of the cache of
+    /// assembled queries: the pairs' champion lists counted in full, though
+    /// the per-term cache mostly holds them too.
+    fn weight(&self) -> u32 {
+        let stats = self.stats.as_ref().map_or(0, |stats| {
+            stats
+                .terms
+                .iter()
+                .map(|term| 64 + term.field.len() + term.term.len())
+                .sum::<usize>()
+        });
+        let evidence = self.evidence.as_ref().map_or(0, |evidence| {
+            evidence.share.len() * 8
+                + evidence.impacts.as_ref().map_or(0, |impacts| {
+                    impacts
+                        .iter()
+                        .map(|pair| 32 + pair.stats.weight() as usize)
+                        .sum::<usize>()
+                })
+        });
+        (256 + stats + evidence + self.shard_docs.len() * 8)
+            .try_into()
+            .unwrap_or(u32::MAX)
+    }
+}
+
+/// The lock, even if a holder panicked (the floors are a memo).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A (field, term) pair.
@@ -190,6 +248,11 @@ pub struct TermStatsCache {
     queries: Cache<(u64, String), Arc<Vec<Pair>>>,
     /// Generation set → per-shard totals.
     totals: Cache<u64, Arc<Totals>>,
+    /// (generation set, query as sent) → its statistics assembled from the
+    /// caches above, with the score floors computed for it: a query seen
+    /// again costs one look-up. Bounded by bytes (a quarter of the
+    /// statistics budget; the per-term cache has the rest).
+    assembled: Cache<(u64, String), Arc<QueryStats>>,
     /// Round trips that outlive their request, drained on shutdown.
     tasks: TaskTracker,
 }
@@ -201,12 +264,19 @@ impl Default for TermStatsCache {
 }
 
 impl TermStatsCache {
-    /// A cache of at most `max_bytes` of per-term statistics (about 4 KiB
-    /// per (field, term) pair on 8 shards) and `max_queries` queries' term lists.
+    /// A cache of at most `max_bytes` of statistics (three quarters per
+    /// (field, term) pair, about 4 KiB a pair on 8 shards; a quarter for
+    /// assembled queries) and `max_queries` queries' term lists.
     pub fn new(max_bytes: u64, max_queries: u64) -> Self {
+        let assembled_bytes = max_bytes / 4;
         TermStatsCache {
+            assembled: Cache::builder()
+                .max_capacity(assembled_bytes)
+                .weigher(|_, stats: &Arc<QueryStats>| stats.weight())
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
             terms: Cache::builder()
-                .max_capacity(max_bytes)
+                .max_capacity(max_bytes - assembled_bytes)
                 .weigher(|_, pair: &Arc<PairStats>| pair.weight())
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
@@ -226,9 +296,10 @@ impl TermStatsCache {
         if settle {
             self.terms.run_pending_tasks();
             self.queries.run_pending_tasks();
+            self.assembled.run_pending_tasks();
         }
         StatsCacheUsage {
-            bytes: self.terms.weighted_size(),
+            bytes: self.terms.weighted_size() + self.assembled.weighted_size(),
             terms: self.terms.entry_count(),
             queries: self.queries.entry_count(),
         }
@@ -249,7 +320,7 @@ impl TermStatsCache {
         query: &str,
         fanout: &Arc<Fanout>,
         deadline: Instant,
-    ) -> QueryStats {
+    ) -> Arc<QueryStats> {
         let topology = fanout.routing().snapshot();
         let generations = topology.generations();
         let set = xxh3_64(
@@ -258,8 +329,14 @@ impl TermStatsCache {
                 .flat_map(|g| g.to_le_bytes())
                 .collect::<Vec<u8>>(),
         );
+        let key = (set, query.to_string());
+        if let Some(assembled) = self.assembled.get(&key) {
+            return assembled;
+        }
         let normalized = crate::cluster::cache_client::normalize(query);
         if let Some(warm) = self.warm(set, &normalized, query) {
+            let warm = Arc::new(warm);
+            self.assembled.insert(key, Arc::clone(&warm));
             return warm;
         }
         let cache = self.clone();
@@ -278,9 +355,9 @@ impl TermStatsCache {
                 .await
         });
         match tokio::time::timeout_at(deadline, fetch).await {
-            Ok(Ok(stats)) => stats,
+            Ok(Ok(stats)) => Arc::new(stats),
             // Out of time: the fetch goes on and fills the cache.
-            Ok(Err(_)) | Err(_) => QueryStats::local(),
+            Ok(Err(_)) | Err(_) => Arc::new(QueryStats::local()),
         }
     }
 
@@ -383,6 +460,11 @@ impl TermStatsCache {
             );
         }
         let mut result = assemble(&totals, &per_term, clauses(query));
+        if complete {
+            // Served warm from now on (`result` is still `Warm`).
+            self.assembled
+                .insert((set, query.to_string()), Arc::new(result.clone()));
+        }
         result.source = if complete {
             StatsSource::Fetched
         } else {
@@ -516,6 +598,7 @@ fn assemble(
         source: StatsSource::Warm,
         shard_docs: totals.docs.clone(),
         free_words,
+        floors: Arc::default(),
     }
 }
 
@@ -750,11 +833,19 @@ mod tests {
         {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
+            // Champion lists: the five documents, each shard its own.
+            let top: Vec<Impact> = (0..5)
+                .map(|doc| Impact {
+                    doc: u64::from(doc * 2 + self.shard),
+                    term_freq: 1 + doc,
+                    field_length: 10,
+                })
+                .collect();
             let term = |field: &str| TermStat {
                 field: field.to_string(),
                 term: "json".to_string(),
                 doc_freq: 5,
-                top: Vec::new(),
+                top: top.clone(),
             };
             Ok(proto::leaf::TermStatsResponse {
                 shard: self.shard,
@@ -898,7 +989,7 @@ mod tests {
             figures.push((
                 batches.load(std::sync::atomic::Ordering::SeqCst),
                 singles,
-                stats.stats,
+                stats.stats.clone(),
             ));
         }
         // Batched: one call (which asked each shard once); else one per shard.
@@ -906,6 +997,75 @@ mod tests {
         assert_eq!((figures[1].0, figures[1].1), (0, 2));
         assert_eq!(figures[0].2, figures[1].2, "the same statistics either way");
         assert_eq!(figures[0].2.as_ref().unwrap().num_docs, 200);
+    }
+
+    /// A query seen again is served its assembled statistics, score floors
+    /// included, and they equal what the caches of terms make of it; a new
+    /// generation set is not served the old one's.
+    #[tokio::test(start_paused = true)]
+    async fn a_query_seen_again_reuses_its_assembled_statistics() {
+        let (leaves, routing) = routed(&[
+            ("leaf0", 0, 1, Duration::from_millis(1)),
+            ("leaf1", 1, 1, Duration::from_millis(1)),
+        ]);
+        let cache = TermStatsCache::default();
+        let fanout = over(&routing);
+        let deadline = || Instant::now() + Duration::from_millis(100);
+        let query = "json parser";
+        let fetched = cache.for_query(query, &fanout, deadline()).await;
+        assert_eq!(fetched.source.label(), "fetched");
+        let warm = cache.for_query(query, &fanout, deadline()).await;
+        assert_eq!(warm.source.label(), "warm");
+        let again = cache.for_query(query, &fanout, deadline()).await;
+        assert!(Arc::ptr_eq(&warm, &again), "assembled once, then reused");
+        // A query whose pieces are all cached but which was never fetched
+        // itself is assembled, then reused.
+        let other = "JSON  Parser";
+        let first = cache.for_query(other, &fanout, deadline()).await;
+        assert_eq!(first.source.label(), "warm");
+        assert!(!Arc::ptr_eq(&first, &again), "kept by the query as sent");
+        let second = cache.for_query(other, &fanout, deadline()).await;
+        assert!(Arc::ptr_eq(&first, &second));
+        // The same figures as assembling anew from the caches of terms.
+        let set = xxh3_64(
+            &[1u64, 1]
+                .iter()
+                .flat_map(|g| g.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        let fresh = cache.warm(set, &crate::cluster::cache_client::normalize(query), query);
+        let fresh = fresh.expect("every piece cached");
+        assert_eq!(again.stats, fresh.stats);
+        assert_eq!(again.shard_docs, fresh.shard_docs);
+        for k in [1, 3, 10, 3, 1] {
+            let floor = again.score_floor(k);
+            assert_eq!(floor, fresh.score_floor(k), "k = {k}");
+            let pairs = again.evidence.as_ref().unwrap().impacts.as_deref().unwrap();
+            assert_eq!(
+                floor,
+                crate::query::estimate::score_floor(pairs, k),
+                "k = {k}"
+            );
+        }
+        assert!(again.score_floor(1).is_some(), "the test needs floors");
+        assert_eq!(lock(&again.floors).len(), 3, "one memo per k");
+        let calls = |leaves: &[(String, Arc<SlowStats>)]| -> usize {
+            leaves
+                .iter()
+                .map(|(_, leaf)| leaf.calls.load(std::sync::atomic::Ordering::SeqCst))
+                .sum()
+        };
+        assert_eq!(calls(&leaves), 2, "one round trip in all");
+
+        // Leaves of a new generation: another set, fetched again.
+        let (newer, routing) = routed(&[
+            ("leaf0", 0, 2, Duration::from_millis(1)),
+            ("leaf1", 1, 2, Duration::from_millis(1)),
+        ]);
+        let next = cache.for_query(query, &over(&routing), deadline()).await;
+        assert_eq!(next.source.label(), "fetched");
+        assert!(!Arc::ptr_eq(&next, &again));
+        assert_eq!(calls(&newer), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -929,7 +1089,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = cache.for_query("JSON", &fanout, deadline()).await;
         assert_eq!(second.source.label(), "warm");
-        let stats = second.stats.unwrap();
+        let stats = second.stats.clone().unwrap();
         assert_eq!(stats.num_docs, 200);
         assert!(stats.terms.iter().all(|term| term.doc_freq == 10));
         let calls: usize = leaves

@@ -58,6 +58,18 @@ fn plain(response: SearchResponse) -> SearchResponse {
     }
 }
 
+/// Hits the process has loaded (titles read, snippets made), all shards
+/// together: `leaf_hits_total`.
+fn hits_loaded(handle: &LeafHandle) -> f64 {
+    handle
+        .registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "leaf_hits_total")
+        .flat_map(|family| family.get_metric().iter().map(|m| m.get_counter().value()))
+        .sum()
+}
+
 /// `responses` with only the hits in the top k of them all (score
 /// descending, then id), as SearchShards must cut them.
 fn cut_to_top_k(mut responses: Vec<SearchResponse>, k: usize) -> Vec<SearchResponse> {
@@ -154,7 +166,9 @@ async fn a_process_serving_several_shards_answers_as_one_leaf_per_shard() {
             }
             let full: usize = expected.iter().map(|r| r.hits.len()).sum();
             let expected = cut_to_top_k(expected, 5);
-            cut += full - expected.iter().map(|r| r.hits.len()).sum::<usize>();
+            let kept: usize = expected.iter().map(|r| r.hits.len()).sum();
+            cut += full - kept;
+            let loaded = hits_loaded(&multi);
             let batched = several
                 .search_shards(SearchShardsRequest {
                     search: Some(search(query, None, stats.clone())),
@@ -163,6 +177,8 @@ async fn a_process_serving_several_shards_answers_as_one_leaf_per_shard() {
                 .await
                 .unwrap()
                 .into_inner();
+            // Only the joint top k were loaded, not each shard's own k.
+            assert_eq!(hits_loaded(&multi) - loaded, kept as f64, "{query}");
             let shards: Vec<u32> = batched.answers.iter().map(|a| a.shard).collect();
             assert_eq!(shards, vec![1, 0, 2], "answers come in the order asked");
             for answer in batched.answers {
