@@ -472,7 +472,7 @@ pub(crate) fn build_in_ram_segments(
 /// 100): the hits' stored fields are read from them, and each miss costs a
 /// block decompression. 1,024 blocks of 16 KiB hold about 16 MiB, the whole
 /// store of a 50k-document shard of the npm corpus.
-const DOC_STORE_CACHE_BLOCKS: usize = 1024;
+pub const DOC_STORE_CACHE_BLOCKS: usize = 1024;
 
 fn finish(
     index: Index,

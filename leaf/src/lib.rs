@@ -58,7 +58,7 @@ pub use corpus::{read_corpus, shard_of, CorpusRead, CorpusSource, Document};
 pub use error::{LeafError, Result};
 pub use faults::{FaultConfig, Faults};
 pub use generations::{GenerationsConfig, Manifest};
-pub use index::{BuildReport, IndexConfig, ShardIndex};
+pub use index::{BuildReport, IndexConfig, ShardIndex, DOC_STORE_CACHE_BLOCKS};
 pub use limits::Limits;
 pub use search::{Budget, ParsedQuery, SearchOutput, MAX_K};
 pub use server::{run, start, LeafHandle};

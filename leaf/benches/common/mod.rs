@@ -146,14 +146,17 @@ pub fn leaf_search(index: &ShardIndex, text: &str) -> SearchOutput {
 pub type Row = (f32, String, String, String);
 
 /// tantivy's own searcher over the leaf's index: same segments, but its
-/// own doc-store block cache, so that neither side reads documents the
-/// other just decompressed.
+/// own doc-store block cache (of the leaf's size), so that neither side
+/// reads documents the other just decompressed.
 pub fn tantivy_searcher(index: &ShardIndex) -> Searcher {
     let reader: IndexReader = index
         .searcher()
         .index()
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
+        // The leaf's doc-store cache size, so that the comparison is of the
+        // search, not of how many decompressed blocks each side keeps.
+        .doc_store_cache_num_blocks(leaf::DOC_STORE_CACHE_BLOCKS)
         .try_into()
         .expect("reader");
     reader.searcher()
