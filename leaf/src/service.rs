@@ -32,6 +32,7 @@ use proto::leaf::{
     SearchShardsResponse, ShardAnswer, TermStatsAnswer, TermStatsRequest, TermStatsResponse,
     TermStatsShardsRequest, TermStatsShardsResponse,
 };
+use tantivy::schema::Schema;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -432,11 +433,12 @@ impl Shared {
     }
 
     /// Steps 1 to 5 of a search call, up to the winners' scores; `parsed`
-    /// is the query already parsed for an index of the same schema.
+    /// is the same query parsed for another index, used when the index
+    /// searched has the same schema.
     async fn score(
         &self,
         request: SearchRequest,
-        parsed: Option<ParsedQuery>,
+        parsed: Option<&(Schema, ParsedQuery)>,
         deadline: Option<Instant>,
         cancel: Arc<AtomicBool>,
     ) -> Result<Scoring> {
@@ -444,8 +446,8 @@ impl Shared {
         ensure_time_left(deadline)?;
         let index = self.index.load_full();
         let k = validate_k(request.k)?;
-        let query = match parsed {
-            Some(parsed) => parsed,
+        let query = match parsed.filter(|(schema, _)| schema == index.searcher().schema()) {
+            Some((_, query)) => query.clone(),
             None => index.parse_query(&request.query)?,
         };
         if let Some(recent) = &self.recent {
@@ -628,7 +630,7 @@ impl Leaf for LeafService {
         let search = search.ok_or_else(|| Status::invalid_argument("no search in the request"))?;
         let k = search.k as usize;
         // The query as the first shard parsed it, with that shard's schema.
-        let mut parsed: Option<(tantivy::schema::Schema, ParsedQuery)> = None;
+        let mut parsed: Option<(Schema, ParsedQuery)> = None;
         let mut scored = Vec::with_capacity(shards.len());
         for (shard, routed) in self.asked(shards)? {
             let result = match routed {
@@ -637,14 +639,15 @@ impl Leaf for LeafService {
                     let cancel = Arc::clone(&call.cancel);
                     let mut request = search.clone();
                     request.shard = Some(shard);
-                    let schema = shared.index.load().searcher().schema().clone();
-                    let reuse = parsed
-                        .as_ref()
-                        .filter(|(theirs, _)| *theirs == schema)
-                        .map(|(_, query)| query.clone());
-                    match shared.score(request, reuse, deadline, cancel).await {
+                    match shared
+                        .score(request, parsed.as_ref(), deadline, cancel)
+                        .await
+                    {
                         Ok(scoring) => {
-                            parsed.get_or_insert_with(|| (schema, scoring.query.clone()));
+                            parsed.get_or_insert_with(|| {
+                                let schema = scoring.index.searcher().schema().clone();
+                                (schema, scoring.query.clone())
+                            });
                             Ok((call, shared, scoring))
                         }
                         Err(error) => Err(call.fail(error)),

@@ -23,10 +23,11 @@
 //! replica that serves it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
+use parking_lot::Mutex;
 use proto::leaf::{CorpusStats, FieldStats, Impact, TermStat};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -145,11 +146,11 @@ impl QueryStats {
                 .find(|(of, _)| *of == k)
                 .map(|(_, floor)| *floor)
         };
-        if let Some(floor) = known(&lock(&self.floors)) {
+        if let Some(floor) = known(&self.floors.lock()) {
             return floor;
         }
         let floor = crate::query::estimate::score_floor(pairs, k);
-        let mut floors = lock(&self.floors);
+        let mut floors = self.floors.lock();
         if floors.len() < FLOORS_KEPT && known(&floors).is_none() {
             floors.push((k, floor));
         }
@@ -180,13 +181,6 @@ impl QueryStats {
             .try_into()
             .unwrap_or(u32::MAX)
     }
-}
-
-/// The lock, even if a holder panicked (the floors are a memo).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A (field, term) pair.
@@ -460,12 +454,10 @@ impl TermStatsCache {
             );
         }
         let mut result = assemble(&totals, &per_term, clauses(query));
-        if complete {
-            // Served warm from now on (`result` is still `Warm`).
+        result.source = if complete {
+            // Served warm from now on (`result` is still `Warm` here).
             self.assembled
                 .insert((set, query.to_string()), Arc::new(result.clone()));
-        }
-        result.source = if complete {
             StatsSource::Fetched
         } else {
             StatsSource::Partial
@@ -1048,7 +1040,7 @@ mod tests {
             );
         }
         assert!(again.score_floor(1).is_some(), "the test needs floors");
-        assert_eq!(lock(&again.floors).len(), 3, "one memo per k");
+        assert_eq!(again.floors.lock().len(), 3, "one memo per k");
         let calls = |leaves: &[(String, Arc<SlowStats>)]| -> usize {
             leaves
                 .iter()
