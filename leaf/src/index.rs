@@ -118,6 +118,9 @@ pub struct ShardIndex {
     /// Bounded by bytes ([`CHAMPION_CACHE_BYTES`]); tied to this
     /// generation, since it lives in its index.
     pub(crate) champions: ChampionCache,
+    /// Queries already parsed and measured here ([`ShardIndex::prepare`]),
+    /// by text; tied to this generation like the champion lists.
+    pub(crate) prepared: crate::search::PreparedCache,
     /// Keeps the searcher's segments open.
     _reader: IndexReader,
     report: BuildReport,
@@ -501,6 +504,7 @@ fn finish(
         ids,
         parser,
         champions: champion_cache(),
+        prepared: crate::search::prepared_cache(),
         _reader: reader,
         report,
     })

@@ -23,7 +23,7 @@ use std::time::Instant;
 use proto::leaf::{CorpusStats, Hit, SearchResponse};
 use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::schema::document::{DeserializeError, DocumentDeserialize, DocumentDeserializer};
-use tantivy::schema::{Field, OwnedValue, Value};
+use tantivy::schema::{Field, OwnedValue, Schema, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, DocId, Score, TantivyDocument, TERMINATED};
 
@@ -41,21 +41,55 @@ pub const CHECK_EVERY: u64 = 256;
 const SNIPPET_CHARS: usize = 160;
 
 /// A parsed query, ready to run on the shard it was parsed for (or on any
-/// shard of the same schema).
-#[derive(Debug)]
-pub struct ParsedQuery(pub(crate) Box<dyn Query>);
+/// shard of the same schema), with its shape for block-max WAND worked out
+/// once. Cheap to clone (shared).
+#[derive(Clone, Debug)]
+pub struct ParsedQuery(Arc<Parsed>);
 
-impl Clone for ParsedQuery {
-    fn clone(&self) -> Self {
-        ParsedQuery(self.0.box_clone())
-    }
+#[derive(Debug)]
+struct Parsed {
+    query: Box<dyn Query>,
+    /// None when the query is not a pure disjunction of terms.
+    disjunction: Option<prune::Disjunction>,
 }
 
 impl ParsedQuery {
+    fn new(query: Box<dyn Query>) -> ParsedQuery {
+        let disjunction = prune::Disjunction::of(query.as_ref());
+        ParsedQuery(Arc::new(Parsed { query, disjunction }))
+    }
+
     /// The tantivy query (benchmarks run it through tantivy's collectors).
     pub fn query(&self) -> &dyn Query {
-        self.0.as_ref()
+        self.0.query.as_ref()
     }
+
+    fn disjunction(&self) -> Option<&prune::Disjunction> {
+        self.0.disjunction.as_ref()
+    }
+}
+
+/// A query as one shard index prepared it: parsed, and the postings its
+/// terms list there. Kept per index ([`ShardIndex::prepare`]), so that a
+/// query seen again is neither parsed nor looked up anew.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub query: ParsedQuery,
+    /// Postings of the query's terms in this index, summed over terms and
+    /// segments (deleted documents included): a bound on the documents a
+    /// search of it scores.
+    pub postings: u64,
+}
+
+/// Queries prepared and kept per shard index (a few hundred bytes each).
+pub const PREPARED_QUERIES: u64 = 2048;
+
+pub(crate) type PreparedCache = moka::sync::Cache<String, Prepared>;
+
+pub(crate) fn prepared_cache() -> PreparedCache {
+    moka::sync::Cache::builder()
+        .max_capacity(PREPARED_QUERIES)
+        .build()
 }
 
 /// When a search must stop: a point in time, a cancellation flag, and for
@@ -229,34 +263,39 @@ impl ShardIndex {
         }
         self.parser
             .parse_query(text)
-            .map(ParsedQuery)
+            .map(ParsedQuery::new)
             .map_err(|error| LeafError::InvalidQuery(lowercase_first(&error.to_string())))
     }
 
-    /// Whether `query`'s terms list at most `limit` postings in this shard,
-    /// summed over terms and segments: a bound on the documents a search of
-    /// it scores, by which the service decides whether to run it without a
-    /// hand-off. When every term listing every document stays within
-    /// `limit`, no term is looked up.
-    pub fn postings_at_most(&self, query: &ParsedQuery, limit: u64) -> bool {
-        let mut terms = 0u64;
-        query.0.query_terms(&mut |_, _| terms += 1);
-        // Postings also list deleted documents: count those too.
-        let docs: u64 = self
-            .searcher
-            .segment_readers()
-            .iter()
-            .map(|reader| u64::from(reader.max_doc()))
-            .sum();
-        if terms.saturating_mul(docs) <= limit {
-            return true;
+    /// `text` parsed and measured for this index, from the index's cache of
+    /// prepared queries when it was seen before. `parsed` is the same text
+    /// parsed for another index: used when that index has this one's schema
+    /// (then only the postings are counted here).
+    pub fn prepare(&self, text: &str, parsed: Option<&(Schema, ParsedQuery)>) -> Result<Prepared> {
+        if let Some(prepared) = self.prepared.get(text) {
+            return Ok(prepared);
         }
+        let query = match parsed.filter(|(schema, _)| schema == self.searcher.schema()) {
+            Some((_, query)) => query.clone(),
+            None => self.parse_query(text)?,
+        };
+        let prepared = Prepared {
+            postings: self.postings(&query),
+            query,
+        };
+        self.prepared.insert(text.to_string(), prepared.clone());
+        Ok(prepared)
+    }
+
+    /// The postings `query`'s terms list in this shard, summed over terms
+    /// and segments ([`Prepared::postings`]).
+    fn postings(&self, query: &ParsedQuery) -> u64 {
         let mut total = 0u64;
-        query.0.query_terms(&mut |term, _| {
+        query.query().query_terms(&mut |term, _| {
             let freq = self.searcher.doc_freq(term).unwrap_or(u64::MAX);
             total = total.saturating_add(freq);
         });
-        total <= limit
+        total
     }
 
     /// Parses and runs `text` (tests and in-process callers).
@@ -325,7 +364,7 @@ impl ShardIndex {
             Some(provider) => EnableScoring::enabled_from_statistics_provider(provider, searcher),
             None => EnableScoring::enabled_from_searcher(searcher),
         };
-        let pruner = match prune::Disjunction::of(query.0.as_ref()) {
+        let pruner = match query.disjunction() {
             Some(disjunction) => Some(disjunction.weights(scoring)?),
             None => None,
         };
@@ -387,7 +426,7 @@ impl ShardIndex {
             } else {
                 let weight = match &mut weight {
                     Some(weight) => weight,
-                    None => weight.insert(query.0.weight(scoring)?),
+                    None => weight.insert(query.query().weight(scoring)?),
                 };
                 let mut scorer = weight.scorer(reader, 1.0)?;
                 let mut doc = scorer.doc();
@@ -510,11 +549,8 @@ impl ShardIndex {
             let body_snippets = match &mut body_snippets {
                 Some(generator) => generator,
                 None => {
-                    let mut generator = SnippetGenerator::create(
-                        &self.searcher,
-                        query.0.as_ref(),
-                        self.fields.body,
-                    )?;
+                    let mut generator =
+                        SnippetGenerator::create(&self.searcher, query.query(), self.fields.body)?;
                     generator.set_max_num_chars(SNIPPET_CHARS);
                     body_snippets.insert(generator)
                 }
@@ -537,7 +573,7 @@ impl ShardIndex {
                         None => {
                             let mut generator = SnippetGenerator::create(
                                 &self.searcher,
-                                query.0.as_ref(),
+                                query.query(),
                                 self.fields.title,
                             )?;
                             generator.set_max_num_chars(SNIPPET_CHARS);

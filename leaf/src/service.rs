@@ -446,10 +446,8 @@ impl Shared {
         ensure_time_left(deadline)?;
         let index = self.index.load_full();
         let k = validate_k(request.k)?;
-        let query = match parsed.filter(|(schema, _)| schema == index.searcher().schema()) {
-            Some((_, query)) => query.clone(),
-            None => index.parse_query(&request.query)?,
-        };
+        let prepared = index.prepare(&request.query, parsed)?;
+        let query = prepared.query;
         if let Some(recent) = &self.recent {
             recent.note(&request.query);
         }
@@ -482,7 +480,7 @@ impl Shared {
         // going away.
         let inline = self.inline_postings > 0
             && self.faults.slow_scan().is_zero()
-            && index.postings_at_most(&query, self.inline_postings);
+            && prepared.postings <= self.inline_postings;
         let (scored, index, query, budget, permit) = if inline {
             let _in_flight = GaugeGuard::new(&in_flight);
             let scored = index.score(&query, k, stats.as_ref(), floor, &budget);

@@ -29,10 +29,10 @@ impl ShardIndex {
     /// [`ShardIndex::term_stats`] with champion lists of at most `depth`
     /// documents (0: none), for measuring what the lists cost.
     pub fn term_stats_at_depth(&self, query: &str, depth: usize) -> Result<CorpusStats> {
-        let parsed = self.parse_query(query)?;
+        let parsed = self.prepare(query, None)?.query;
         let schema = self.searcher.schema();
         let mut terms: BTreeSet<&Term> = BTreeSet::new();
-        parsed.0.query_terms(&mut |term, _| {
+        parsed.query().query_terms(&mut |term, _| {
             terms.insert(term);
         });
         let mut fields: BTreeSet<Field> = [self.fields.title, self.fields.body].into();

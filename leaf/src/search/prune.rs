@@ -19,6 +19,7 @@
 //! relative [`SLACK`], so that no document whose exact score could tie or
 //! beat it is pruned because its pruning-order sum came out a few ulps low.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use tantivy::query::{
@@ -57,7 +58,7 @@ impl Disjunction {
     }
 
     /// The leaves' weights and their flat union, with `scoring`.
-    pub(crate) fn weights(self, scoring: EnableScoring<'_>) -> tantivy::Result<Pruner> {
+    pub(crate) fn weights(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Pruner<'_>> {
         let leaves = self
             .leaves
             .iter()
@@ -78,7 +79,7 @@ impl Disjunction {
             Box::new(SumCombiner::default),
         );
         Ok(Pruner {
-            tree: self.tree,
+            tree: &self.tree,
             leaves,
             union,
         })
@@ -112,18 +113,52 @@ fn shape(query: &dyn Query, leaves: &mut Vec<Box<dyn Query>>) -> Option<Node> {
 /// would reach the callback (which checks the budget) only for
 /// competitive documents.
 fn is_boosted_term(query: &dyn Query) -> bool {
-    query.is::<BoostQuery>() && format!("{query:?}").starts_with("Boost(query=TermQuery(")
+    const TERM_INSIDE: &str = "Boost(query=TermQuery(";
+    if !query.is::<BoostQuery>() {
+        return false;
+    }
+    // Only the start of the `Debug` form is written: formatting stops at
+    // the first write past it.
+    let mut start = Prefix {
+        text: String::with_capacity(TERM_INSIDE.len()),
+        limit: TERM_INSIDE.len(),
+    };
+    let _ = write!(start, "{query:?}");
+    start.text == TERM_INSIDE
+}
+
+/// A `fmt::Write` that keeps the first `limit` bytes written to it and
+/// fails the write that would go past them.
+struct Prefix {
+    text: String,
+    limit: usize,
+}
+
+impl std::fmt::Write for Prefix {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let room = self.limit - self.text.len();
+        if text.len() <= room {
+            self.text.push_str(text);
+            return Ok(());
+        }
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.text.push_str(&text[..end]);
+        Err(std::fmt::Error)
+    }
 }
 
 /// A [`Disjunction`]'s weights for one search.
-pub(crate) struct Pruner {
-    tree: Node,
+pub(crate) struct Pruner<'a> {
+    tree: &'a Node,
     leaves: Vec<Arc<dyn Weight>>,
     /// All leaves as one union of term scorers: block-max WAND.
     pub(crate) union: BooleanWeight<SumCombiner>,
 }
 
-impl Pruner {
+impl Pruner<'_> {
     /// The exact scorer of a segment. With at most two leaves, the pruning
     /// sum is already exact (`0 + a + b == 0 + b + a` in floating point),
     /// and no second set of scorers is opened.
@@ -139,7 +174,7 @@ impl Pruner {
             Some(scorers)
         };
         Ok(Exact {
-            tree: &self.tree,
+            tree: self.tree,
             scorers,
         })
     }

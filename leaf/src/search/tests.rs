@@ -372,14 +372,14 @@ fn reference(
         Some(stats) => {
             let provider = GlobalStatistics::new(index, stats).unwrap();
             query
-                .0
+                .query()
                 .weight(EnableScoring::enabled_from_statistics_provider(
                     &provider, searcher,
                 ))
                 .unwrap()
         }
         None => query
-            .0
+            .query()
             .weight(EnableScoring::enabled_from_searcher(searcher))
             .unwrap(),
     };
@@ -573,5 +573,63 @@ fn a_title_is_read_without_the_body() {
         assert_eq!(leading.text(index.fields.title), title, "{address:?}");
         assert!(title.is_some());
         assert_eq!(index.title(address).unwrap(), title.unwrap());
+    }
+}
+
+#[test]
+fn a_prepared_query_is_kept_and_searches_like_a_fresh_parse() {
+    let index = segmented_index();
+    let ids = stored_ids(index);
+    let other = small_index();
+    for text in reference_queries() {
+        let first = index.prepare(&text, None).unwrap();
+        let again = index.prepare(&text, None).unwrap();
+        assert!(Arc::ptr_eq(&first.query.0, &again.query.0), "{text}");
+        let mut postings = 0u64;
+        index
+            .parse_query(&text)
+            .unwrap()
+            .query()
+            .query_terms(&mut |term, _| postings += index.searcher.doc_freq(term).unwrap());
+        assert_eq!(first.postings, postings, "{text}");
+        let output = index
+            .search(&again.query, 10, None, &Budget::unlimited())
+            .unwrap();
+        assert_same(
+            &text,
+            &output.hits,
+            &reference(index, &ids, &text, 10, None, u64::MAX),
+        );
+
+        // Parsed for another index of the same schema: that parse is used,
+        // the postings are this index's.
+        let elsewhere = (
+            other.searcher.schema().clone(),
+            other.parse_query(&text).unwrap(),
+        );
+        let fresh = ShardIndex::build_in_ram(0, 1, &generate_corpus(500, 3)).unwrap();
+        let shared = fresh.prepare(&text, Some(&elsewhere)).unwrap();
+        assert!(Arc::ptr_eq(&shared.query.0, &elsewhere.1 .0), "{text}");
+        assert_eq!(shared.postings, fresh.postings(&shared.query), "{text}");
+    }
+}
+
+#[test]
+fn disjunctions_of_terms_are_recognised_whatever_their_length() {
+    let index = small_index();
+    // Within the tokenizer's 40-byte limit on a term.
+    let long = "x".repeat(38);
+    for text in [
+        "json",
+        "json parser",
+        "title:json body:json json",
+        long.as_str(),
+    ] {
+        let parsed = index.parse_query(text).unwrap();
+        assert!(parsed.disjunction().is_some(), "{text}");
+    }
+    for text in ["\"command line\"", "+logger -color", "json AND parser"] {
+        let parsed = index.parse_query(text).unwrap();
+        assert!(parsed.disjunction().is_none(), "{text}");
     }
 }
