@@ -120,7 +120,7 @@ pub struct ShardIndex {
     pub(crate) champions: ChampionCache,
     /// Queries already parsed and measured here ([`ShardIndex::prepare`]),
     /// by text; tied to this generation like the champion lists.
-    pub(crate) prepared: crate::search::PreparedCache,
+    pub(crate) prepared: crate::query::PreparedCache,
     /// Keeps the searcher's segments open.
     _reader: IndexReader,
     report: BuildReport,
@@ -504,7 +504,7 @@ fn finish(
         ids,
         parser,
         champions: champion_cache(),
-        prepared: crate::search::prepared_cache(),
+        prepared: crate::query::prepared_cache(),
         _reader: reader,
         report,
     })

@@ -13,7 +13,9 @@
 //!   for the `indexer` crate, and [`generations`] serves the newest
 //!   generation under an `--index-root`, swapping to newer ones as they
 //!   appear.
-//! - [`search`] parses queries and runs them under a [`Budget`] (deadline,
+//! - [`query`] holds queries parsed once and prepared per index (their
+//!   block-max WAND shape, their postings count);
+//!   [`search`] parses queries and runs them under a [`Budget`] (deadline,
 //!   cancellation), returning an exact top-k ordered by score then id;
 //!   [`stats`] provides per-shard term statistics and scoring with
 //!   corpus-wide statistics, so that merged shards equal one index.
@@ -46,6 +48,7 @@ pub mod generations;
 pub mod index;
 pub mod limits;
 pub mod metrics;
+pub mod query;
 pub mod search;
 pub mod server;
 pub mod service;
@@ -60,7 +63,8 @@ pub use faults::{FaultConfig, Faults};
 pub use generations::{GenerationsConfig, Manifest};
 pub use index::{BuildReport, IndexConfig, ShardIndex, DOC_STORE_CACHE_BLOCKS};
 pub use limits::Limits;
-pub use search::{Budget, ParsedQuery, SearchOutput, MAX_K};
+pub use query::{ParsedQuery, Prepared, PREPARED_QUERIES};
+pub use search::{Budget, Scored, SearchOutput, SharedWeights, MAX_K};
 pub use server::{run, start, LeafHandle};
 pub use service::LeafStats;
 pub use stats::sum_corpus_stats;

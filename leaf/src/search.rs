@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto::leaf::{CorpusStats, Hit, SearchResponse};
-use tantivy::query::{EnableScoring, Query, Weight};
+use tantivy::query::{EnableScoring, Weight};
 use tantivy::schema::document::{DeserializeError, DocumentDeserialize, DocumentDeserializer};
 use tantivy::schema::{Field, OwnedValue, Schema, Value};
 use tantivy::snippet::SnippetGenerator;
@@ -29,6 +29,7 @@ use tantivy::{DocAddress, DocId, Score, TantivyDocument, TERMINATED};
 
 use crate::error::{LeafError, Result};
 use crate::index::ShardIndex;
+use crate::query::{prune, ParsedQuery, Prepared};
 use crate::stats::GlobalStatistics;
 
 pub use scoring::MAX_K;
@@ -39,58 +40,6 @@ const MAX_NESTING: usize = 32;
 pub const CHECK_EVERY: u64 = 256;
 /// Longest snippet, in characters.
 const SNIPPET_CHARS: usize = 160;
-
-/// A parsed query, ready to run on the shard it was parsed for (or on any
-/// shard of the same schema), with its shape for block-max WAND worked out
-/// once. Cheap to clone (shared).
-#[derive(Clone, Debug)]
-pub struct ParsedQuery(Arc<Parsed>);
-
-#[derive(Debug)]
-struct Parsed {
-    query: Box<dyn Query>,
-    /// None when the query is not a pure disjunction of terms.
-    disjunction: Option<prune::Disjunction>,
-}
-
-impl ParsedQuery {
-    fn new(query: Box<dyn Query>) -> ParsedQuery {
-        let disjunction = prune::Disjunction::of(query.as_ref());
-        ParsedQuery(Arc::new(Parsed { query, disjunction }))
-    }
-
-    /// The tantivy query (benchmarks run it through tantivy's collectors).
-    pub fn query(&self) -> &dyn Query {
-        self.0.query.as_ref()
-    }
-
-    fn disjunction(&self) -> Option<&prune::Disjunction> {
-        self.0.disjunction.as_ref()
-    }
-}
-
-/// A query as one shard index prepared it: parsed, and the postings its
-/// terms list there. Kept per index ([`ShardIndex::prepare`]), so that a
-/// query seen again is neither parsed nor looked up anew.
-#[derive(Clone, Debug)]
-pub struct Prepared {
-    pub query: ParsedQuery,
-    /// Postings of the query's terms in this index, summed over terms and
-    /// segments (deleted documents included): a bound on the documents a
-    /// search of it scores.
-    pub postings: u64,
-}
-
-/// Queries prepared and kept per shard index (a few hundred bytes each).
-pub const PREPARED_QUERIES: u64 = 2048;
-
-pub(crate) type PreparedCache = moka::sync::Cache<String, Prepared>;
-
-pub(crate) fn prepared_cache() -> PreparedCache {
-    moka::sync::Cache::builder()
-        .max_capacity(PREPARED_QUERIES)
-        .build()
-}
 
 /// When a search must stop: a point in time, a cancellation flag, and for
 /// tests a number of documents.
@@ -216,6 +165,24 @@ pub struct Scored {
     global_stats: bool,
     /// Winners below this get their title and no snippet.
     snippet_floor: Score,
+    /// The BM25 weights this search built, when another shard of the same
+    /// schema may use them for the same query and statistics.
+    weights: Option<SharedWeights>,
+}
+
+/// A query's block-max WAND weights built from corpus-wide statistics
+/// alone (no term or field fell back to a shard's own): the same on every
+/// shard of this schema, so that the shards of one call build them once.
+#[derive(Clone)]
+pub struct SharedWeights {
+    schema: Schema,
+    pruner: Arc<prune::Pruner>,
+}
+
+impl std::fmt::Debug for SharedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWeights").finish_non_exhaustive()
+    }
 }
 
 impl Scored {
@@ -230,6 +197,12 @@ impl Scored {
     /// coverage is unchanged.
     pub fn retain(&mut self, mut keep: impl FnMut(Score, &str) -> bool) {
         self.winners.retain(|(score, id, _)| keep(*score, id));
+    }
+
+    /// Weights another shard of the same call may reuse
+    /// ([`SharedWeights`]).
+    pub fn weights(&self) -> Option<&SharedWeights> {
+        self.weights.as_ref()
     }
 }
 
@@ -338,7 +311,7 @@ impl ShardIndex {
         floor: Option<Score>,
         budget: &Budget,
     ) -> Result<SearchOutput> {
-        let scored = self.score(query, k, stats, floor, budget)?;
+        let scored = self.score(query, k, stats, floor, None, budget)?;
         self.load(query, scored, budget)
     }
 
@@ -348,12 +321,17 @@ impl ShardIndex {
     /// in between, a caller holding several shards' winners may drop those
     /// that cannot make the answer ([`Scored::retain`]), so that only the
     /// joint top k are loaded.
+    ///
+    /// `weights`, from another shard's search of the same query with the
+    /// same `stats` ([`Scored::weights`]), are used when this index has
+    /// their schema instead of building the leaves' weights again.
     pub fn score(
         &self,
         query: &ParsedQuery,
         k: usize,
         stats: Option<&CorpusStats>,
         floor: Option<Score>,
+        weights: Option<&SharedWeights>,
         budget: &Budget,
     ) -> Result<Scored> {
         let searcher = &self.searcher;
@@ -364,9 +342,23 @@ impl ShardIndex {
             Some(provider) => EnableScoring::enabled_from_statistics_provider(provider, searcher),
             None => EnableScoring::enabled_from_searcher(searcher),
         };
-        let pruner = match query.disjunction() {
-            Some(disjunction) => Some(disjunction.weights(scoring)?),
-            None => None,
+        let reusable = weights
+            .filter(|weights| stats.is_some() && &weights.schema == searcher.schema())
+            .map(|weights| Arc::clone(&weights.pruner));
+        let mut shared = None;
+        let pruner = match (query.disjunction(), reusable) {
+            (Some(_), Some(pruner)) => Some(pruner),
+            (Some(disjunction), None) => {
+                let pruner = Arc::new(disjunction.weights(scoring)?);
+                if provider.as_ref().is_some_and(|p| p.corpus_wide()) {
+                    shared = Some(SharedWeights {
+                        schema: searcher.schema().clone(),
+                        pruner: Arc::clone(&pruner),
+                    });
+                }
+                Some(pruner)
+            }
+            (None, _) => None,
         };
         let snippet_floor = floor
             .filter(|floor| stats.is_some() && pruner.is_some() && !floor.is_nan())
@@ -478,6 +470,7 @@ impl ShardIndex {
             early_terminated: stopped.is_some(),
             global_stats: stats.is_some(),
             snippet_floor,
+            weights: shared,
         })
     }
 
@@ -496,6 +489,7 @@ impl ShardIndex {
             early_terminated,
             global_stats,
             snippet_floor,
+            ..
         } = scored;
         let snippets_skipped = winners
             .iter()
@@ -785,6 +779,5 @@ fn escape_html(text: &str) -> String {
     out
 }
 
-mod prune;
 #[cfg(test)]
 mod tests;

@@ -43,7 +43,8 @@ use crate::faults::Faults;
 use crate::index::ShardIndex;
 use crate::limits::Admission;
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::search::{validate_k, Budget, ParsedQuery, Scored};
+use crate::query::ParsedQuery;
+use crate::search::{validate_k, Budget, Scored, SharedWeights};
 use crate::stats::validate_stats;
 
 /// Less time left than this and a call is refused without starting work.
@@ -409,6 +410,14 @@ impl Drop for CallGuard {
     }
 }
 
+/// What the shards of one `SearchShards` call share: the query as one of
+/// them parsed it, and weights built from corpus-wide statistics alone.
+#[derive(Default)]
+struct Reuse {
+    parsed: Option<(Schema, ParsedQuery)>,
+    weights: Option<SharedWeights>,
+}
+
 /// One shard's search, scored under its admission slot, its hits not yet
 /// loaded: what [`Shared::respond`] turns into the answer.
 struct Scoring {
@@ -428,17 +437,19 @@ impl Shared {
         deadline: Option<Instant>,
         cancel: Arc<AtomicBool>,
     ) -> Result<SearchResponse> {
-        let scoring = self.score(request, None, deadline, cancel).await?;
+        let scoring = self
+            .score(request, &Reuse::default(), deadline, cancel)
+            .await?;
         self.respond(scoring).await
     }
 
-    /// Steps 1 to 5 of a search call, up to the winners' scores; `parsed`
-    /// is the same query parsed for another index, used when the index
-    /// searched has the same schema.
+    /// Steps 1 to 5 of a search call, up to the winners' scores; `reuse`
+    /// holds what another shard of the same call made of the same query
+    /// (used when the index searched has the same schema).
     async fn score(
         &self,
         request: SearchRequest,
-        parsed: Option<&(Schema, ParsedQuery)>,
+        reuse: &Reuse,
         deadline: Option<Instant>,
         cancel: Arc<AtomicBool>,
     ) -> Result<Scoring> {
@@ -446,7 +457,7 @@ impl Shared {
         ensure_time_left(deadline)?;
         let index = self.index.load_full();
         let k = validate_k(request.k)?;
-        let prepared = index.prepare(&request.query, parsed)?;
+        let prepared = index.prepare(&request.query, reuse.parsed.as_ref())?;
         let query = prepared.query;
         if let Some(recent) = &self.recent {
             recent.note(&request.query);
@@ -483,16 +494,19 @@ impl Shared {
             && prepared.postings <= self.inline_postings;
         let (scored, index, query, budget, permit) = if inline {
             let _in_flight = GaugeGuard::new(&in_flight);
-            let scored = index.score(&query, k, stats.as_ref(), floor, &budget);
+            let weights = reuse.weights.as_ref();
+            let scored = index.score(&query, k, stats.as_ref(), floor, weights, &budget);
             (scored, index, query, budget, permit)
         } else {
+            let weights = reuse.weights.clone();
             let in_flight = in_flight.clone();
             let task = tokio::task::spawn_blocking(move || {
                 // The slot is held until the search really ends, even when
                 // the call was dropped meanwhile (the task's output, permit
                 // included, is dropped only when it finishes).
                 let _in_flight = GaugeGuard::new(&in_flight);
-                let scored = index.score(&query, k, stats.as_ref(), floor, &budget);
+                let weights = weights.as_ref();
+                let scored = index.score(&query, k, stats.as_ref(), floor, weights, &budget);
                 (scored, index, query, budget, permit)
             });
             task.await
@@ -627,8 +641,9 @@ impl Leaf for LeafService {
         let SearchShardsRequest { search, shards } = request.into_inner();
         let search = search.ok_or_else(|| Status::invalid_argument("no search in the request"))?;
         let k = search.k as usize;
-        // The query as the first shard parsed it, with that shard's schema.
-        let mut parsed: Option<(Schema, ParsedQuery)> = None;
+        // The query as the first shard parsed it, and the first shareable
+        // weights, with their schema.
+        let mut reuse = Reuse::default();
         let mut scored = Vec::with_capacity(shards.len());
         for (shard, routed) in self.asked(shards)? {
             let result = match routed {
@@ -637,15 +652,15 @@ impl Leaf for LeafService {
                     let cancel = Arc::clone(&call.cancel);
                     let mut request = search.clone();
                     request.shard = Some(shard);
-                    match shared
-                        .score(request, parsed.as_ref(), deadline, cancel)
-                        .await
-                    {
+                    match shared.score(request, &reuse, deadline, cancel).await {
                         Ok(scoring) => {
-                            parsed.get_or_insert_with(|| {
+                            reuse.parsed.get_or_insert_with(|| {
                                 let schema = scoring.index.searcher().schema().clone();
                                 (schema, scoring.query.clone())
                             });
+                            if reuse.weights.is_none() {
+                                reuse.weights = scoring.scored.weights().cloned();
+                            }
                             Ok((call, shared, scoring))
                         }
                         Err(error) => Err(call.fail(error)),

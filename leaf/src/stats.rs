@@ -8,6 +8,7 @@
 //! the shards' top-k gives exactly the top-k of one unsharded index.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use proto::leaf::{CorpusStats, FieldStats, Impact, TermStat};
 use tantivy::postings::Postings;
@@ -196,6 +197,10 @@ pub(crate) struct GlobalStatistics<'a> {
     num_docs: u64,
     tokens: HashMap<Field, u64>,
     doc_freqs: HashMap<(Field, &'a str), u64>,
+    /// Set when a look-up fell back to the shard's own statistics (a field
+    /// or term the given statistics lack): weights built then are the
+    /// shard's, not the corpus's.
+    fell_back: AtomicBool,
 }
 
 impl<'a> GlobalStatistics<'a> {
@@ -221,7 +226,16 @@ impl<'a> GlobalStatistics<'a> {
             num_docs: stats.num_docs,
             tokens,
             doc_freqs,
+            fell_back: AtomicBool::new(false),
         })
+    }
+}
+
+impl GlobalStatistics<'_> {
+    /// Whether every look-up so far was answered by the given statistics:
+    /// BM25 weights built from them alone are the same on every shard.
+    pub(crate) fn corpus_wide(&self) -> bool {
+        !self.fell_back.load(Ordering::Relaxed)
     }
 }
 
@@ -239,7 +253,10 @@ impl Bm25StatisticsProvider for GlobalStatistics<'_> {
     fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
         match self.tokens.get(&field) {
             Some(&tokens) => Ok(tokens),
-            None => Bm25StatisticsProvider::total_num_tokens(self.searcher, field),
+            None => {
+                self.fell_back.store(true, Ordering::Relaxed);
+                Bm25StatisticsProvider::total_num_tokens(self.searcher, field)
+            }
         }
     }
 
@@ -254,7 +271,10 @@ impl Bm25StatisticsProvider for GlobalStatistics<'_> {
             .and_then(|text| self.doc_freqs.get(&(term.field(), text)).copied());
         let doc_freq = match given {
             Some(doc_freq) => doc_freq,
-            None => self.searcher.doc_freq(term)?,
+            None => {
+                self.fell_back.store(true, Ordering::Relaxed);
+                self.searcher.doc_freq(term)?
+            }
         };
         Ok(doc_freq.min(self.num_docs))
     }

@@ -633,3 +633,59 @@ fn disjunctions_of_terms_are_recognised_whatever_their_length() {
         assert!(parsed.disjunction().is_none(), "{text}");
     }
 }
+
+#[test]
+fn weights_from_corpus_wide_statistics_are_shared_by_the_shards_of_a_call() {
+    let docs = generate_corpus(3000, 41);
+    let shards: Vec<ShardIndex> = (0..3)
+        .map(|shard| ShardIndex::build_in_ram(shard, 3, &docs).unwrap())
+        .collect();
+    let mut shared_some = 0;
+    for text in reference_queries() {
+        let parts: Vec<CorpusStats> = shards
+            .iter()
+            .map(|shard| shard.term_stats(&text).unwrap())
+            .collect();
+        let global = sum_corpus_stats(&parts);
+        let score = |shard: &ShardIndex, stats, weights| {
+            let query = shard.prepare(&text, None).unwrap().query;
+            shard
+                .score(&query, 10, stats, None, weights, &Budget::unlimited())
+                .unwrap()
+        };
+        let first = score(&shards[0], Some(&global), None);
+        let Some(weights) = first.weights() else {
+            // Not a disjunction of terms: nothing to share.
+            assert!(shards[0]
+                .parse_query(&text)
+                .unwrap()
+                .disjunction()
+                .is_none());
+            continue;
+        };
+        shared_some += 1;
+        for shard in &shards[1..] {
+            let own: Vec<_> = score(shard, Some(&global), None).winners;
+            let reused: Vec<_> = score(shard, Some(&global), Some(weights)).winners;
+            assert_eq!(own, reused, "{text}");
+        }
+        // Statistics that lack a term or a field: the weights are the
+        // shard's own and are not offered.
+        let mut partial = global.clone();
+        partial.terms.pop();
+        assert!(
+            score(&shards[0], Some(&partial), None).weights().is_none(),
+            "{text}"
+        );
+        let mut no_fields = global.clone();
+        no_fields.fields.clear();
+        assert!(
+            score(&shards[0], Some(&no_fields), None)
+                .weights()
+                .is_none(),
+            "{text}"
+        );
+        assert!(score(&shards[0], None, None).weights().is_none(), "{text}");
+    }
+    assert!(shared_some > 20, "{shared_some}");
+}

@@ -44,7 +44,7 @@ enum Node {
 /// term queries, possibly boosted.
 #[derive(Debug)]
 pub(crate) struct Disjunction {
-    tree: Node,
+    tree: Arc<Node>,
     leaves: Vec<Box<dyn Query>>,
 }
 
@@ -54,11 +54,14 @@ impl Disjunction {
     pub(crate) fn of(query: &dyn Query) -> Option<Disjunction> {
         let mut leaves = Vec::new();
         let tree = shape(query, &mut leaves)?;
-        Some(Disjunction { tree, leaves })
+        Some(Disjunction {
+            tree: Arc::new(tree),
+            leaves,
+        })
     }
 
     /// The leaves' weights and their flat union, with `scoring`.
-    pub(crate) fn weights(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Pruner<'_>> {
+    pub(crate) fn weights(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Pruner> {
         let leaves = self
             .leaves
             .iter()
@@ -79,7 +82,7 @@ impl Disjunction {
             Box::new(SumCombiner::default),
         );
         Ok(Pruner {
-            tree: &self.tree,
+            tree: Arc::clone(&self.tree),
             leaves,
             union,
         })
@@ -151,14 +154,14 @@ impl std::fmt::Write for Prefix {
 }
 
 /// A [`Disjunction`]'s weights for one search.
-pub(crate) struct Pruner<'a> {
-    tree: &'a Node,
+pub(crate) struct Pruner {
+    tree: Arc<Node>,
     leaves: Vec<Arc<dyn Weight>>,
     /// All leaves as one union of term scorers: block-max WAND.
     pub(crate) union: BooleanWeight<SumCombiner>,
 }
 
-impl Pruner<'_> {
+impl Pruner {
     /// The exact scorer of a segment. With at most two leaves, the pruning
     /// sum is already exact (`0 + a + b == 0 + b + a` in floating point),
     /// and no second set of scorers is opened.
@@ -174,7 +177,7 @@ impl Pruner<'_> {
             Some(scorers)
         };
         Ok(Exact {
-            tree: self.tree,
+            tree: &self.tree,
             scorers,
         })
     }
