@@ -1,5 +1,5 @@
 //! Queries as a shard index keeps them: parsed once ([`ParsedQuery`],
-//! with its block-max WAND shape, [`prune`]) and prepared per index
+//! with its block-max WAND shape, `prune`) and prepared per index
 //! ([`Prepared`], in the index's cache; made by
 //! `ShardIndex::prepare` in [`crate::search`]).
 
@@ -39,7 +39,7 @@ impl ParsedQuery {
 }
 
 /// A query as one shard index prepared it: parsed, and the postings its
-/// terms list there. Kept per index ([`ShardIndex::prepare`]), so that a
+/// terms list there. Kept per index ([`crate::index::ShardIndex::prepare`]), so that a
 /// query seen again is neither parsed nor looked up anew.
 #[derive(Clone, Debug)]
 pub struct Prepared {
