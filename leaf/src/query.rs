@@ -39,8 +39,9 @@ impl ParsedQuery {
 }
 
 /// A query as one shard index prepared it: parsed, and the postings its
-/// terms list there. Kept per index ([`crate::index::ShardIndex::prepare`]), so that a
-/// query seen again is neither parsed nor looked up anew.
+/// terms list there. Kept per index
+/// ([`crate::index::ShardIndex::prepare`]), so that a query seen again is
+/// neither parsed nor looked up anew.
 #[derive(Clone, Debug)]
 pub struct Prepared {
     pub query: ParsedQuery,
